@@ -1,0 +1,53 @@
+"""penjing: make deep learning models small, fast and cheap.
+
+One verb and one config per method, model in, model out (changed in place)::
+
+    import penjing as pj
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    pj.fit(model, train, epochs=3)
+    print(pj.summary(model, test))
+
+The verbs are bound here eagerly, after their packages are imported: a method folder and its
+verb share a name (``penjing.prune`` the package, ``pj.prune`` the function), and binding the
+function last is what makes ``pj.prune(...)`` the verb.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from penjing import data, models  # noqa: E402
+from penjing.core.params import bake  # noqa: E402
+from penjing.core.select import select, swap  # noqa: E402
+from penjing.recipe import load_recipe, run_recipe  # noqa: E402
+from penjing.report.summary import summary  # noqa: E402
+from penjing.train import evaluate, fit  # noqa: E402
+
+# method package -> the public names it provides
+_METHODS = {
+    "penjing.prune": ["prune", "PruneConfig", "sensitivity"],
+    "penjing.share": ["share", "ShareConfig"],
+    "penjing.codec": ["save", "load"],
+    "penjing.quantize": ["quantize", "QuantConfig", "convert"],
+    "penjing.lowrank": ["lowrank", "LowRankConfig"],
+    "penjing.lowbit": ["binarize", "BinaryConfig", "ternarize", "TernaryConfig"],
+    "penjing.winograd": ["winograd", "WinogradConfig"],
+    "penjing.hw": ["simulate", "energy"],
+    "penjing.train": ["DistillConfig", "DSDConfig"],
+}
+
+for _module_name, _names in _METHODS.items():
+    try:
+        _module = importlib.import_module(_module_name)
+    except ModuleNotFoundError as _exc:  # TODO(integration): drop once every method has landed
+        if _exc.name != _module_name:
+            raise
+        continue
+    for _name in _names:
+        if hasattr(_module, _name):
+            globals()[_name] = getattr(_module, _name)
+
+__all__ = ["bake", "data", "evaluate", "fit", "load_recipe", "models", "run_recipe", "select",
+           "summary", "swap", *(n for names in _METHODS.values() for n in names)]

@@ -1,0 +1,53 @@
+"""The ``penjing`` command. Thin: parse, call the public API, print.
+
+Each sub-command lives in ``penjing/commands/<name>.py`` and defines ``register(subparsers)``;
+they are found automatically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import penjing.commands as commands_pkg
+
+DESCRIPTION = """\
+penjing makes deep learning models small, fast and cheap.
+
+Start with the main job on the bundled default (LeNet-300-100 on scikit-learn's digits):
+  penjing compress
+Then try a method on its own, e.g.
+  penjing compress --model lenet5 --recipe iterative_pruning
+Every sub-command has its own --help with examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="penjing", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"penjing.commands.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as exc:
+        # Errors a user can act on: print the message, not a traceback.
+        print(f"penjing {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``penjing`` sub-command, each with ``register(subparsers)``."""

@@ -1,0 +1,55 @@
+"""``penjing compress``: run a recipe on a model and print what every step did."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from penjing.commands._common import add_model_args, load_model_and_data, out_dir
+
+DEFAULT_RECIPE = "deep_compression"
+
+EXAMPLES = """\
+examples:
+  penjing compress                                   # Deep Compression of LeNet-300-100 on digits
+  penjing compress --model lenet5                    # the same recipe on the LeNet-5-style net
+  penjing compress --recipe iterative_pruning        # a shipped recipe by name
+  penjing compress --model my.py:MyNet --weights my.pt --recipe my.yaml --out out/
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compress", help="run a compression recipe (default: Deep Compression on the bundled default)",
+        description="Run a recipe (prune, share, quantize, encode...) on a model, fine-tuning "
+        "and measuring after every step; writes the report (and the compressed file if the "
+        "recipe encodes) to --out.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p, default=None)
+    p.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help=f"a YAML file or a shipped recipe name (default: {DEFAULT_RECIPE})")
+    p.add_argument("--out", default="out", help="output folder (default: out/)")
+    p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning (default: 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from penjing.recipe import RecipeContext, load_recipe, run_recipe
+    from penjing.recipe.schema import builtin_recipe
+
+    path = Path(args.recipe)
+    recipe = load_recipe(path if path.suffix in {".yaml", ".yml"} or path.exists() else builtin_recipe(args.recipe))
+    args.model = args.model or recipe.model or "lenet300"
+    if args.data == "digits" and recipe.data != "digits":
+        args.data = recipe.data
+    model, train, test = load_model_and_data(args)
+    ctx = RecipeContext(train=train, test=test, out_dir=out_dir(args.out), progress=not args.no_progress,
+                        seed=args.seed)
+    result = run_recipe(recipe, model, ctx)
+    first, last = result.summaries[0], result.final
+    print(f"\n{args.model}: {last.ratio:.1f}x smaller than dense float32; accuracy "
+          f"{100 * first.accuracy:.2f}% -> {100 * last.accuracy:.2f}% "
+          f"({100 * (last.accuracy - first.accuracy):+.2f} points)")
+    print(f"report: {result.report_path}")
+    return 0

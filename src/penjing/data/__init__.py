@@ -1,0 +1,7 @@
+"""Bundled and local data sets, all returned as ``(train, test)`` :class:`TensorDataset` pairs."""
+
+from penjing.data.digits import digits
+from penjing.data.local import cifar10, mnist
+from penjing.data.registry import get_data
+
+__all__ = ["cifar10", "digits", "get_data", "mnist"]

@@ -1,0 +1,47 @@
+"""What a recipe step gets besides the model: data, output folder, fine-tuning, reporting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from penjing.report.summary import Summary, summary
+
+
+@dataclass
+class RecipeContext:
+    train: TensorDataset
+    test: TensorDataset
+    out_dir: Path
+    progress: bool = True
+    seed: int = 0
+    summaries: list[Summary] = field(default_factory=list)
+    #: Free-form results steps leave for the report (e.g. sensitivity curves, file paths).
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    #: Set by an encoding step: bytes of the written compressed file.
+    file_bytes: int | None = None
+    echo: bool = True
+
+    def finetune(self, model: nn.Module, epochs: int, lr: float = 1e-3, desc: str = "fine-tune") -> None:
+        """Fine-tune with the one training loop (parametrizations stay in force)."""
+        if epochs <= 0:
+            return
+        from penjing.train import fit
+
+        fit(model, self.train, epochs=epochs, lr=lr, seed=self.seed, progress=self.progress, desc=desc)
+
+    def record(self, model: nn.Module, title: str) -> Summary:
+        """Measure ``model`` after a step, keep the table and print it."""
+        result = summary(model, self.test, title=title, file_bytes=self.file_bytes)
+        self.summaries.append(result)
+        if self.echo:
+            from rich.console import Console
+
+            console = Console()
+            console.print(result.rich_table())
+            console.print(result.totals())
+        return result

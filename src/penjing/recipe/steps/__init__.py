@@ -1,0 +1,1 @@
+"""One module per recipe step method; see :mod:`penjing.recipe.schema`."""

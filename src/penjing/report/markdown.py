@@ -1,0 +1,36 @@
+"""The Markdown report a recipe run leaves in its output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from penjing.report.plots import sparsity_per_layer, weight_histogram
+
+
+def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
+    """Write ``report.md`` (every step's table) and the standard plots into ``ctx.out_dir``.
+
+    Steps may add their own plots as ``ctx.artifacts["plots"] = [(title, path), ...]`` and
+    Markdown sections as ``ctx.artifacts["sections"] = [markdown, ...]``.
+    """
+    out = ctx.out_dir
+    plots = [
+        ("Weight values, dense vs final (zeros left out)",
+         weight_histogram({"dense": dense, "final": model}, out / "weights_histogram.png")),
+        ("Weights kept per layer", sparsity_per_layer(model, out / "sparsity_per_layer.png")),
+        *ctx.artifacts.get("plots", []),
+    ]
+    lines = ["# penjing report", ""]
+    first, last = ctx.summaries[0], ctx.summaries[-1]
+    if first.accuracy is not None and last.accuracy is not None:
+        lines += [f"Accuracy {100 * first.accuracy:.2f}% dense -> {100 * last.accuracy:.2f}% final; "
+                  f"size {last.ratio:.1f}x smaller than dense float32.", ""]
+    lines += [s.to_markdown() for s in ctx.summaries]
+    lines += ctx.artifacts.get("sections", [])
+    for title, path in plots:
+        lines += [f"### {title}", "", f"![{title}]({Path(path).name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
