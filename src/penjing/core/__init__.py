@@ -1,7 +1,7 @@
 """What every method shares: selecting and swapping modules, parametrizations, accounting."""
 
 from penjing.core.params import attach, bake, is_parametrized, parametrizations
-from penjing.core.select import LayerSelector, select, swap
+from penjing.core.select import LayerSelector, select, swap, type_name
 from penjing.core.stats import LayerStats, layer_stats
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "parametrizations",
     "select",
     "swap",
+    "type_name",
 ]

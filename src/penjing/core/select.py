@@ -32,13 +32,34 @@ WEIGHTED_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+def type_name(module: nn.Module) -> str:
+    """The class name a user wrote (``Linear``), also for a parametrized module, whose class
+    torch replaces by a generated ``ParametrizedLinear`` subclass."""
+    cls = type(module)
+    if getattr(module, "parametrizations", None) is not None and cls.__name__.startswith("Parametrized"):
+        cls = cls.__bases__[0]
+    return cls.__name__
+
+
+def _direct_tensors(module: nn.Module) -> list[str]:
+    names = [n for n, _ in module.named_parameters(recurse=False)]
+    parametrized = getattr(module, "parametrizations", None)
+    if parametrized is not None:
+        names += list(parametrized.keys())
+        names = [n for n in names if not n.startswith("parametrizations.")]
+    return names
+
+
 def _matches(selector: LayerSelector, name: str, module: nn.Module) -> bool:
     if selector is None:
         return isinstance(module, WEIGHTED_TYPES)
     if isinstance(selector, str):
-        if selector in {type(module).__name__, f"nn.{type(module).__name__}"}:
+        if selector in {type_name(module), f"nn.{type_name(module)}"}:
             return True
-        return fnmatch.fnmatchcase(name, selector) or fnmatch.fnmatchcase(f"{name}.weight", selector)
+        if fnmatch.fnmatchcase(name, selector):
+            return True
+        # "*.weight"-style patterns name a parameter: match modules that hold one directly.
+        return any(fnmatch.fnmatchcase(f"{name}.{p}" if name else p, selector) for p in _direct_tensors(module))
     if isinstance(selector, type):
         return isinstance(module, selector)
     if isinstance(selector, tuple) and all(isinstance(s, type) for s in selector):

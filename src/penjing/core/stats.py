@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from penjing.core.params import parametrizations
-from penjing.core.select import WEIGHTED_TYPES
+from penjing.core.select import WEIGHTED_TYPES, type_name
 
 #: Relative-index widths of Deep Compression (Han et al. 2016): 8 bits conv, 5 bits fc.
 INDEX_BITS = {"Linear": 5, "conv": 8}
@@ -79,12 +79,12 @@ def layer_stats(model: nn.Module, types: tuple[type, ...] = WEIGHTED_TYPES) -> l
         rows.append(
             LayerStats(
                 name=name or "(root)",
-                type=type(module).__name__,
+                type=type_name(module),
                 shape=tuple(w.shape),
                 params=params,
                 nonzeros=nonzeros,
                 bits=bits,
-                bytes=estimate_bytes(params, nonzeros, bits, type(module).__name__),
+                bytes=estimate_bytes(params, nonzeros, bits, type_name(module)),
                 bias_params=bias.numel() if isinstance(bias, torch.Tensor) else 0,
             )
         )
