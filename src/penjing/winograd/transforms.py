@@ -106,7 +106,7 @@ def _parse_points(points, alpha: int) -> tuple[list[Fraction], bool]:
     finite, has_inf = [], False
     for p in points:
         if isinstance(p, str) or (isinstance(p, float) and p == float("inf")):
-            if str(p).lower() not in {"inf", "infinity"}:
+            if p != INF and p != float("inf"):
                 raise ValueError(f"point {p!r} is not a number; use 'inf' for the point at infinity")
             if has_inf:
                 raise ValueError("the point at infinity is given twice")
@@ -156,7 +156,8 @@ def winograd_transforms(m: int, r: int, points=None) -> WinogradTransforms:
         raise ValueError(f"F(m, r) needs integers m >= 1 and r >= 1, got m={m!r}, r={r!r}")
     if points is None:
         points = default_points(m, r)
-    points = tuple(INF if isinstance(p, str) else p for p in points)
+    points = tuple(INF if isinstance(p, str) and p.lower() in {"inf", "infinity"} else p
+                   for p in points)
     return _generate(m, r, points)
 
 
