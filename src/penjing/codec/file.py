@@ -1,0 +1,287 @@
+"""The ``.pjz`` file: every tensor of a state_dict, each with its own codec. No pickle.
+
+Layout (varints are unsigned LEB128; u32 little-endian)::
+
+    b"PJZ" version(u8)
+    header length (varint)
+    header:  tensor count (varint), then per tensor:
+             name length (varint), name (UTF-8), dtype code (u8), ndim (u8), dims (varints),
+             codec (u8), payload length (varint)
+    crc32 of the header (u32)
+    the payloads, in header order
+    crc32 of the payloads (u32)
+
+:func:`load` checks, before allocating anything large: the magic and version, that the header
+length fits the file, the header checksum, that the payload lengths add up to the bytes that
+are there, the payload checksum, each tensor's size against ``max_elements`` and, inside each
+codec, every count against the bytes that remain.
+"""
+
+from __future__ import annotations
+
+import inspect as _inspect
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from penjing.codec.bits import Reader, varint
+from penjing.codec.dtypes import dtype_code, dtype_of
+from penjing.codec.errors import CorruptFileError
+from penjing.codec.tensors import CODEC_NAMES, decode_tensor, encode_tensor
+
+MAGIC = b"PJZ"
+VERSION = 1
+#: Default cap on one tensor's elements when loading (a guard against decompression bombs).
+MAX_ELEMENTS = 1 << 32
+MAX_NDIM = 16
+
+
+@dataclass
+class TensorInfo:
+    """One tensor of a ``.pjz`` file: its codec and the bytes of each part."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    codec: str
+    parts: dict[str, int] = field(default_factory=dict)
+    header: int = 0
+    nonzeros: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def payload(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def total(self) -> int:
+        """Payload plus this tensor's entry in the header."""
+        return self.payload + self.header
+
+
+@dataclass
+class FileInfo:
+    """What :func:`save` wrote or :func:`inspect` read: file size and per-tensor accounting."""
+
+    path: Path
+    bytes: int
+    tensors: list[TensorInfo]
+    overhead: int  # magic, version, lengths, checksums: the bytes no single tensor owns
+
+    def __getitem__(self, name: str) -> TensorInfo:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------- hints
+
+def _call_hint(p: nn.Module, value: torch.Tensor) -> dict | None:
+    method = p.codec_hint
+    try:
+        takes_value = len(_inspect.signature(method).parameters) >= 1
+    except (TypeError, ValueError):
+        takes_value = False
+    hint = method(value) if takes_value else method()
+    if hint is not None and not isinstance(hint, dict):
+        raise TypeError(f"{type(p).__name__}.codec_hint() must return a dict, got {type(hint).__name__}")
+    return hint
+
+
+@torch.no_grad()
+def collect_hints(model: nn.Module) -> dict[str, dict]:
+    """``{state_dict key: hint}`` from the parametrizations that define ``codec_hint(v)``.
+
+    Each parametrization is asked with the value it receives (the output of the ones below
+    it); when several answer, the last (outermost) one wins, merged over the earlier ones.
+    """
+    hints: dict[str, dict] = {}
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, plist in module.parametrizations.items():
+            value = plist.original
+            merged: dict = {}
+            for p in plist:
+                if hasattr(p, "codec_hint"):
+                    hint = _call_hint(p, value)
+                    if hint:
+                        merged = {**merged, **hint}
+                        if "affine" in hint:
+                            merged.pop("codebook_bits", None)
+                        elif "codebook_bits" in hint:
+                            merged.pop("affine", None)
+                value = p(value)
+            if merged:
+                hints[f"{mod_name}.{tensor_name}" if mod_name else tensor_name] = merged
+    return hints
+
+
+@torch.no_grad()
+def baked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict ``bake(model)`` would have, without changing ``model``.
+
+    (Baking a ``deepcopy`` is not an option: torch's parametrize gives the copy the same
+    dynamically created class, and removing a parametrization from the copy deletes the
+    property from that shared class, breaking the original model.)
+    """
+    state = model.state_dict()
+    replace: dict[str, tuple[str, torch.Tensor]] = {}  # first key of a group -> baked entry
+    drop: set[str] = set()
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        for tensor_name in module.parametrizations:
+            group = f"{prefix}parametrizations.{tensor_name}."
+            keys = [k for k in state if k.startswith(group)]
+            replace[keys[0]] = (prefix + tensor_name, getattr(module, tensor_name).detach().clone())
+            drop.update(keys)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in replace:
+            name, baked = replace[key]
+            out[name] = baked
+        elif key not in drop:
+            out[key] = value.detach()
+    return out
+
+
+def _state_and_hints(obj: nn.Module | dict) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    if isinstance(obj, nn.Module):
+        return baked_state_dict(obj), collect_hints(obj)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+                raise TypeError(f"save() needs a model or a state_dict of str -> Tensor; got {k!r}: {type(v).__name__}")
+        return {k: v.detach() for k, v in obj.items()}, {}
+    raise TypeError(f"save() needs an nn.Module or a state_dict, got {type(obj).__name__}")
+
+
+def _index_bits_for(name: str, shape: tuple[int, ...], index_bits: int | dict | None) -> int | None:
+    if index_bits is None or isinstance(index_bits, int):
+        return index_bits
+    kind = "conv" if len(shape) > 2 else "fc"
+    module = name.rsplit(".", 1)[0]
+    for key in (name, module, kind, "Conv2d" if kind == "conv" else "Linear", "*"):
+        if key in index_bits:
+            return int(index_bits[key])
+    return None
+
+
+# ---------------------------------------------------------------------------- save / load
+
+def save(model_or_state_dict: nn.Module | dict[str, torch.Tensor], path: str | Path, *,
+         huffman: bool = True, index_bits: int | dict[str, int] | None = None) -> FileInfo:
+    """Write a model (baked on a copy; the model is not changed) or a state_dict to ``path``.
+
+    ``huffman``: Huffman-code index streams where that is smaller. ``index_bits``: width of the
+    relative sparse index, one int or a dict keyed by tensor name, module name, ``"conv"``,
+    ``"fc"`` or ``"*"`` (default: 8 for conv kernels, 5 otherwise). Returns the byte accounting.
+    """
+    state, hints = _state_and_hints(model_or_state_dict)
+    header = bytearray(varint(len(state)))
+    payloads: list[bytes] = []
+    infos: list[TensorInfo] = []
+    for name, tensor in state.items():
+        shape = tuple(tensor.shape)
+        if len(shape) > MAX_NDIM:
+            raise ValueError(f"{name}: {len(shape)} dimensions; the format stores at most {MAX_NDIM}")
+        enc = encode_tensor(tensor.cpu(), hint=hints.get(name), huffman=huffman,
+                            index_bits=_index_bits_for(name, shape, index_bits))
+        raw_name = name.encode()
+        entry = (varint(len(raw_name)) + raw_name + bytes([dtype_code(tensor.dtype), len(shape)])
+                 + b"".join(varint(d) for d in shape) + bytes([enc.codec]) + varint(len(enc.payload)))
+        header += entry
+        payloads.append(enc.payload)
+        infos.append(TensorInfo(name, tensor.dtype, shape, enc.name, enc.parts, len(entry),
+                                int(torch.count_nonzero(tensor)) if tensor.numel() else 0))
+    body = b"".join(payloads)
+    header = bytes(header)
+    blob = (MAGIC + bytes([VERSION]) + varint(len(header)) + header
+            + zlib.crc32(header).to_bytes(4, "little") + body + zlib.crc32(body).to_bytes(4, "little"))
+    path = Path(path)
+    path.write_bytes(blob)
+    overhead = len(blob) - sum(t.total for t in infos)
+    return FileInfo(path, len(blob), infos, overhead)
+
+
+def _read(path: str | Path, max_elements: int) -> tuple[dict[str, torch.Tensor], FileInfo]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    blob = path.read_bytes()
+    r = Reader(blob, str(path))
+    if len(blob) < len(MAGIC) + 1 or bytes(r.take(len(MAGIC), "magic")) != MAGIC:
+        raise CorruptFileError(f"{path}: not a penjing .pjz file (bad magic bytes)")
+    version = r.u8("version")
+    if version != VERSION:
+        raise CorruptFileError(f"{path}: unsupported .pjz version {version} (this penjing reads version {VERSION})")
+    header_len = r.varint("header length")
+    header = r.take(header_len, "header")
+    if r.u32("header checksum") != zlib.crc32(header):
+        raise CorruptFileError(f"{path}: header checksum mismatch (the file is damaged)")
+    if r.remaining < 4:
+        raise CorruptFileError(f"{path}: truncated (no payload checksum)")
+    body = r.take(r.remaining - 4, "payloads")
+    if r.u32("payload checksum") != zlib.crc32(body):
+        raise CorruptFileError(f"{path}: payload checksum mismatch (the file is damaged or truncated)")
+    h = Reader(header, f"{path} header")
+    count = h.varint("tensor count", limit=len(header))
+    entries = []
+    total = 0
+    for _ in range(count):
+        start = h.pos
+        name = bytes(h.take(h.varint("name length"), "name")).decode("utf-8", errors="strict")
+        dtype = dtype_of(h.u8("dtype"))
+        ndim = h.u8("ndim")
+        if ndim > MAX_NDIM:
+            raise CorruptFileError(f"{path}: {name} claims {ndim} dimensions")
+        shape = tuple(h.varint("dimension") for _ in range(ndim))
+        numel = math.prod(shape)
+        if numel > max_elements:
+            raise CorruptFileError(f"{path}: {name} claims {numel} elements, over the limit of {max_elements}")
+        codec = h.u8("codec")
+        if codec not in CODEC_NAMES:
+            raise CorruptFileError(f"{path}: {name} uses unknown codec {codec}")
+        length = h.varint("payload length")
+        total += length
+        if total > len(body):
+            raise CorruptFileError(f"{path}: {name}'s payload runs past the end of the file")
+        entries.append((name, dtype, shape, codec, length, h.pos - start))
+    h.expect_end()
+    if total != len(body):
+        raise CorruptFileError(f"{path}: payloads hold {len(body)} bytes but the header accounts for {total}")
+    state: dict[str, torch.Tensor] = {}
+    infos = []
+    offset = 0
+    for name, dtype, shape, codec, length, entry_len in entries:
+        if name in state:
+            raise CorruptFileError(f"{path}: tensor {name} appears twice")
+        tensor, parts = decode_tensor(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}")
+        offset += length
+        state[name] = tensor
+        infos.append(TensorInfo(name, dtype, shape, CODEC_NAMES[codec], parts, entry_len,
+                                int(torch.count_nonzero(tensor)) if tensor.numel() else 0))
+    overhead = len(blob) - sum(t.total for t in infos)
+    return state, FileInfo(path, len(blob), infos, overhead)
+
+
+def load(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> dict[str, torch.Tensor]:
+    """Read a ``.pjz`` file back into a state_dict (plain tensors, bit-identical to what was
+    saved). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file."""
+    return _read(path, max_elements)[0]
+
+
+def inspect(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> FileInfo:
+    """Per-tensor codec and byte accounting of a ``.pjz`` file (decodes it to verify it)."""
+    return _read(path, max_elements)[1]

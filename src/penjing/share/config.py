@@ -1,0 +1,51 @@
+"""``ShareConfig``: how many bits (centroids) per layer, how to start k-means, which layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from penjing.share.kmeans import INITS
+
+#: Deep Compression's widths: 8 bits (256 centroids) for conv layers, 5 bits (32) for fc.
+DEFAULT_BITS: dict[str, int] = {"conv": 8, "Linear": 5}
+
+
+@dataclass
+class ShareConfig:
+    """Weight sharing settings.
+
+    ``bits``: one int for every layer, or a dict whose keys are layer names (exact), module type
+    names (``"Linear"``, ``"Conv2d"``), ``"conv"`` (any ConvNd) or ``"*"`` (anything else);
+    looked up in that order. ``init``: ``linear`` (default, the paper's best), ``density`` or
+    ``random``. ``layers``/``exclude``: a selector (see :func:`penjing.core.select.select`).
+    """
+
+    bits: int | dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BITS))
+    init: str = "linear"
+    layers: Any = None
+    exclude: Any = ()
+    max_iter: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"ShareConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        widths = self.bits.values() if isinstance(self.bits, dict) else [self.bits]
+        for b in widths:
+            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
+                raise ValueError(f"ShareConfig.bits must be integers in [1, 16], got {b!r}")
+        if self.max_iter < 1:
+            raise ValueError(f"ShareConfig.max_iter must be >= 1, got {self.max_iter}")
+
+    def bits_for(self, name: str, module: nn.Module) -> int | None:
+        """Bits for layer ``name``; ``None`` when the dict names nothing that matches."""
+        if not isinstance(self.bits, dict):
+            return self.bits
+        kind = type(module).__name__
+        for key in (name, kind, "conv" if kind.startswith("Conv") else "fc" if kind == "Linear" else None, "*"):
+            if key is not None and key in self.bits:
+                return self.bits[key]
+        return None
