@@ -1,0 +1,110 @@
+"""Fold BatchNorm into the convolution or linear layer that feeds it.
+
+In inference ``BN(conv(x)) = gamma * (W x + b - mu) / sqrt(var + eps) + beta`` is itself an
+affine map, so it folds into new weights and bias of the conv (PyTorch's own
+``fuse_conv_bn_weights`` / ``fuse_linear_bn_weights`` do the arithmetic) and the BN becomes an
+``Identity``. Quantizing the folded weight is what an integer kernel will run, so PTQ folds
+first.
+
+Pairs are found on a ``torch.fx`` trace of the model (a BN whose only input is a conv/linear
+whose only user is that BN); models fx cannot trace fall back to consecutive children of
+``nn.Sequential`` containers. A folded conv keeps any pruning mask on its weight: the
+per-output-channel BN scale multiplies the dense tensor under the mask, which commutes with it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from penjing.core.params import original, parametrizations
+from penjing.core.select import swap
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
+    import torch.fx
+
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
+            continue
+        if len(node.args) != 1 or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        src = node.args[0]
+        if src.op == "call_module" and isinstance(modules.get(src.target), _FOLDABLE) and len(src.users) == 1:
+            pairs.append((src.target, node.target))
+    # a module called twice in forward appears twice in the graph; fold it at most once
+    seen_layers, seen_bn, unique = set(), set(), []
+    for layer, bn in pairs:
+        if layer in seen_layers or bn in seen_bn:
+            continue
+        seen_layers.add(layer)
+        seen_bn.add(bn)
+        unique.append((layer, bn))
+    return unique
+
+
+def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+            if isinstance(a, _FOLDABLE) and isinstance(b, _BN):
+                prefix = f"{name}." if name else ""
+                pairs.append((prefix + a_name, prefix + b_name))
+    return pairs
+
+
+def find_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer_name, bn_name)`` for every BatchNorm that directly follows a conv/linear."""
+    if not any(isinstance(m, _BN) for m in model.modules()):
+        return []
+    try:
+        return _pairs_fx(model)
+    except Exception:  # noqa: BLE001 -- fx cannot trace data-dependent control flow; fall back
+        return _pairs_sequential(model)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every foldable BatchNorm of ``model`` into its producer (in place).
+
+    Returns the folded ``(layer, bn)`` pairs. The model computes the same function in eval
+    mode afterwards, up to float rounding.
+    """
+    pairs = find_bn_pairs(model)
+    for layer_name, bn_name in pairs:
+        layer = model.get_submodule(layer_name)
+        bn = model.get_submodule(bn_name)
+        if parametrizations(layer):
+            # scale the dense tensor under the parametrizations (masks commute with it)
+            dense = original(layer)
+            probe = dense.detach().clone()
+        else:
+            dense = layer.weight
+            probe = dense.detach().clone()
+        bias = layer.bias.detach() if layer.bias is not None else None
+        if isinstance(layer, nn.Linear):
+            new_w, new_b = fuse_linear_bn_weights(probe, bias, bn.running_mean, bn.running_var, bn.eps,
+                                                  bn.weight if bn.affine else torch.ones_like(bn.running_mean),
+                                                  bn.bias if bn.affine else torch.zeros_like(bn.running_mean))
+        else:
+            transpose = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+            new_w, new_b = fuse_conv_bn_weights(probe, bias, bn.running_mean, bn.running_var, bn.eps,
+                                                bn.weight if bn.affine else None,
+                                                bn.bias if bn.affine else None, transpose=transpose)
+        dense.data.copy_(new_w.detach())
+        if layer.bias is None:
+            layer.bias = nn.Parameter(new_b.detach().clone())
+        else:
+            layer.bias.data.copy_(new_b.detach())
+        swap(model, bn_name, nn.Identity())
+    return pairs
