@@ -1,0 +1,51 @@
+"""``penjing eval FILE``: accuracy of a compressed file's weights on the bundled (or a local) data."""
+
+from __future__ import annotations
+
+import argparse
+
+from penjing.commands._common import MODEL_HELP
+
+EXAMPLES = """\
+examples:
+  penjing eval out/model.pjz                       # LeNet-300-100 on the bundled digits
+  penjing eval out/model.pjz --model lenet5
+  penjing eval my.pjz --model my.py:MyNet --data mnist:~/data/mnist
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="test accuracy of the weights in a .pjz file",
+        description="Load a .pjz file into the architecture named by --model and measure its "
+        "top-1 accuracy on the test split of --data.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", help="a .pjz file written by penjing")
+    p.add_argument("--model", default="lenet300", help=MODEL_HELP + " (default: lenet300)")
+    p.add_argument("--data", default="digits", help="digits (bundled), mnist:PATH or cifar10:PATH")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from penjing.codec import load
+    from penjing.data import get_data
+    from penjing.models import MODELS, get_model
+    from penjing.models.user import load_user_model
+    from penjing.train import evaluate
+
+    state = load(args.file)
+    train, test = get_data(args.data)
+    if args.model in MODELS:
+        model = get_model(args.model, train.tensors[0][:1])
+    else:
+        model = load_user_model(args.model, None)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"{args.file} does not fit --model {args.model}: {first[1].strip() if len(first) > 1 else first[0]}") from None
+    accuracy = evaluate(model, test)
+    print(f"{args.file}: {args.model} on {args.data}: accuracy {100 * accuracy:.2f}% "
+          f"({len(test):,} test samples)")
+    return 0
