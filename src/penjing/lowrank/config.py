@@ -54,6 +54,11 @@ class LowRankConfig:
             self.params = 0.5
             set_rules = ["params"]
         self._rule = set_rules[0]
+        # Ranks read back from JSON/YAML come as lists; a Tucker pair is a tuple here.
+        if isinstance(self.rank, list):
+            self.rank = tuple(self.rank)
+        if isinstance(self.rank, dict):
+            self.rank = {k: tuple(v) if isinstance(v, list) else v for k, v in self.rank.items()}
         if self.energy is not None and not 0 < self.energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
         for name in ("params", "flops"):
