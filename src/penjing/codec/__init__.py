@@ -15,7 +15,7 @@ every tensor of its state_dict. Each tensor gets the smallest of the codecs that
 values); ``codebook`` / ``sparse-codebook`` (distinct values + one index each; Deep
 Compression's storage); ``affine`` (b-bit integers with scale and zero point). Index streams
 are bit-packed or canonical-Huffman coded, whichever is smaller. Loading gives tensors
-bit-identical to the baked model's.
+bit-identical to the baked model's (affine: equal, see below).
 
 The codec hint protocol (for methods that change how weights are represented)
 -------------------------------------------------------------------------------
@@ -34,7 +34,8 @@ weight may be stored, *before* baking::
   most ``2^b`` values; ``axis`` is the channel axis of a per-channel ``scale``/``zero_point``
   (``None``: one of each). ``save`` recomputes ``q = round(w / scale + zero_point)`` and
   checks that the formula gives the weight back *bit for bit* (in the scale's dtype, then
-  cast to the weight's); if not, it warns and stores the tensor without the hint.
+  cast to the weight's); if not, it warns and stores the tensor without the hint. (The one
+  liberty: a ``-0.0`` weight comes back as ``+0.0``, since ``q = 0`` carries no sign.)
 
 When several parametrizations of one weight answer, the outermost (last attached) wins.
 Tensors without a hint are stored raw, or sparse, whichever is smaller; a tensor with at

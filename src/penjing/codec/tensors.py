@@ -164,7 +164,10 @@ def _affine(tensor: torch.Tensor, hint: dict, use_huffman: bool) -> Encoded | No
             else:
                 qi = q.to(torch.int64)
                 back = affine_dequant(qi, scale, zero_point, axis, tensor.dtype)
-                if not np.array_equal(to_bits(back), to_bits(tensor)):
+                # Bit-exact, except that a quantizer's -0.0 may come back as +0.0 (the
+                # integer q = 0 has no sign); the two are equal in every computation.
+                same = (to_bits(back) == to_bits(tensor)) | ((back == 0) & (tensor == 0)).reshape(-1).numpy()
+                if not same.all():
                     problem = "(q - zero_point) * scale does not reproduce the weights bit for bit"
                 else:
                     qmin = int(qi.min()) if qi.numel() else 0
