@@ -56,7 +56,7 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
             if isinstance(a, _FOLDABLE) and isinstance(b, _BN):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
@@ -84,13 +84,9 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     for layer_name, bn_name in pairs:
         layer = model.get_submodule(layer_name)
         bn = model.get_submodule(bn_name)
-        if parametrizations(layer):
-            # scale the dense tensor under the parametrizations (masks commute with it)
-            dense = original(layer)
-            probe = dense.detach().clone()
-        else:
-            dense = layer.weight
-            probe = dense.detach().clone()
+        # with parametrizations, scale the dense tensor under them (masks commute with it)
+        dense = original(layer) if parametrizations(layer) else layer.weight
+        probe = dense.detach().clone()
         bias = layer.bias.detach() if layer.bias is not None else None
         if isinstance(layer, nn.Linear):
             new_w, new_b = fuse_linear_bn_weights(probe, bias, bn.running_mean, bn.running_var, bn.eps,

@@ -32,9 +32,12 @@ Which kernel, by measurement (torch 2.13 CPU, AMD EPYC AVX2, 1 thread; /tmp numb
   Activations therefore use 7 bits of range by default (``QuantConfig.act_reduce_range``),
   exactly as ``torch.ao``'s x86 backend does; with it the kernels match exact integer
   arithmetic to float rounding.
-* Plan for removal: every backend is looked up at run time; where an op is missing (a
-  future PyTorch), the module falls back to the ``"reference"`` backend, exact integer
-  arithmetic done in float64 (correct, slower). ``convert(model, backend="reference")``
+* Plan for removal: PyTorch 2.13 warns that quantized *tensors* (qint8, which fbgemm's
+  prepack takes) will be removed. The oneDNN ops take plain int8/uint8 tensors, so Linear
+  falls back to ``onednn::qlinear_pointwise`` (measured above: slower at batch 1 and 32, equal
+  at 256) when the fbgemm op is gone, and every layer falls back to the ``"reference"``
+  backend, exact integer arithmetic done in float64 (correct, slower), when both are gone.
+  Every backend is looked up at run time. ``convert(model, backend="reference")``
   forces it. Asymmetric weights (nonzero weight zero-points) also use it.
 """
 
@@ -55,6 +58,11 @@ BACKENDS = ("auto", "fbgemm", "onednn", "reference")
 def _has_fbgemm_linear() -> bool:
     return (hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
             and any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm")))
+
+
+def _has_onednn_linear() -> bool:
+    return hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack") \
+        and torch.backends.mkldnn.is_available()
 
 
 def _has_onednn_conv() -> bool:
@@ -129,16 +137,21 @@ class Int8Linear(_Int8Base):
     def from_float(cls, layer: nn.Linear, backend: str = "auto") -> Int8Linear:
         weight_q, scale, zp, act = _integer_weight(layer)
         if backend == "auto":
-            backend = "fbgemm" if _has_fbgemm_linear() else "reference"
-        if backend == "fbgemm" and not bool((zp == 0).all()):
+            backend = "fbgemm" if _has_fbgemm_linear() else "onednn" if _has_onednn_linear() else "reference"
+        if backend in ("fbgemm", "onednn") and not bool((zp == 0).all()):
             backend = "reference"  # the packed kernels take symmetric weights only
-        if backend not in ("fbgemm", "reference"):
-            raise ValueError(f"Int8Linear backends are fbgemm and reference, got {backend!r}")
+        if backend not in ("fbgemm", "onednn", "reference"):
+            raise ValueError(f"Int8Linear backends are fbgemm, onednn and reference, got {backend!r}")
         return cls(weight_q, scale, zp, layer.bias, act, backend)
 
     def _pack(self):
+        if self._packed is None and self.backend == "onednn":
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
         if self._packed is None:
-            with _quantized_engine(_engine()):
+            # fbgemm packs from a qint8 tensor; creating one warns of the deprecation of
+            # quantized tensors (the onednn backend is the planned replacement, see above)
+            with _quantized_engine(_engine()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
                 qw = torch._make_per_channel_quantized_tensor(
                     self.weight, self.weight_scale.double(), self.weight_zero_point.long(), 0)
                 self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
@@ -153,6 +166,11 @@ class Int8Linear(_Int8Base):
             lo, hi = (self.in_qmin - zp) * scale, (self.in_qmax - zp) * scale
             y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 x2.clamp(lo, hi), scale, zp - self.in_qmin, self._pack())
+        elif self.backend == "onednn":
+            q, zp_u8 = self._quantize_u8(x2, scale, zp)
+            y = torch.ops.onednn.qlinear_pointwise(
+                q, scale, zp_u8, self._pack(), self.weight_scale, torch.zeros_like(self.weight_zero_point),
+                self.bias, 1.0, 0, torch.float32, "none", [], "")
         else:
             acc = self._reference_input(x2, scale, zp) @ self._weight_ints().t()
             y = (acc * (scale * self.weight_scale.double())).float()
@@ -283,7 +301,7 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
             continue
         was_training = module.training
         if isinstance(module, nn.Linear):
-            new = Int8Linear.from_float(module, "auto" if backend == "onednn" else backend)
+            new = Int8Linear.from_float(module, backend)
         else:
             new = Int8Conv2d.from_float(module, "auto" if backend == "fbgemm" else backend)
         new.train(was_training)

@@ -19,7 +19,12 @@ from tqdm.auto import tqdm
 from penjing.core.params import attach, parametrizations
 from penjing.core.select import select
 from penjing.quantize.config import QuantConfig
-from penjing.quantize.fake_quant import ActFakeQuant, WeightFakeQuant, attach_input_quant, input_quant
+from penjing.quantize.fake_quant import (
+    ActFakeQuant,
+    WeightFakeQuant,
+    attach_input_quant,
+    input_quant,
+)
 from penjing.quantize.fold_bn import fold_batchnorm
 
 #: Layer types that get fake-quantized weights (output channels on axis 0).
