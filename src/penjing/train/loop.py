@@ -152,10 +152,11 @@ class _Run:
         self.log = tqdm.write if progress and main_process else (lambda message: None)
 
         self.history: dict[str, Any] = {"loss": []}
-        self.callbacks: list = list(callbacks)
-        if dsd is not None:
-            self.callbacks.insert(0, DSDSchedule(dsd, self.total, optimizer, self.scheduler,
-                                                 self._measure, self.log, self.history))
+        self.user_callbacks: list = list(callbacks)
+        self.dsd = (DSDSchedule(dsd, self.total, optimizer, self.scheduler, self._measure, self.log,
+                                self.history) if dsd is not None else None)
+        # DSD runs first, so that user callbacks see the phase that step ended in.
+        self.callbacks = ([self.dsd] if self.dsd else []) + self.user_callbacks
         self.step = self.epoch = self.batch = 0
         self.sums = [0.0, 0, 0]  # loss * n, correct, n over the current epoch
         self._wrapped: tuple[int, nn.Module] | None = None
@@ -172,7 +173,8 @@ class _Run:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "precision": self.strategy.state_dict(),
             "distill": self.distiller.state_dict() if self.distiller else None,
-            "callbacks": [getattr(cb, "state_dict", dict)() for cb in self.callbacks],
+            "callbacks": [getattr(cb, "state_dict", dict)() for cb in self.user_callbacks],
+            "dsd": self.dsd.state_dict() if self.dsd else None,
             "rng": rng_state(),
             "step": self.step, "epoch": self.epoch, "batch": self.batch, "sums": list(self.sums),
             "history": self.history, "data_seed": self.data_seed, "batch_size": self.batch_size,
@@ -180,12 +182,17 @@ class _Run:
 
     def _restore(self, path, saved: dict[str, Any]) -> None:
         states = saved.get("callbacks", [])
-        if len(states) != len(self.callbacks) and any(states):
-            raise ValueError(f"checkpoint {path} was written with {len(states)} callback(s) (DSD "
-                             f"included), this run has {len(self.callbacks)}; pass the same ones")
-        for cb, state in zip(self.callbacks, states):
+        if len(states) != len(self.user_callbacks) and any(states):
+            raise ValueError(f"checkpoint {path} was written with {len(states)} callback(s), this "
+                             f"run has {len(self.user_callbacks)}; pass the same ones")
+        for cb, state in zip(self.user_callbacks, states, strict=False):
             if state and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(self.model, state)
+        if (saved.get("dsd") is None) != (self.dsd is None):
+            raise ValueError(f"checkpoint {path} was written by a run {'with' if saved.get('dsd') else 'without'} "
+                             f"dsd=, this run is {'with' if self.dsd else 'without'}; pass the same dsd=")
+        if self.dsd is not None:
+            self.dsd.load_state_dict(self.model, saved["dsd"])
         check_model(path, saved["model"], self.model)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
