@@ -57,7 +57,7 @@ def layer_report(model: nn.Module) -> list[LayerReport]:
         nscale = wq.scale.numel()
         zp_bytes = 0 if wq.spec.symmetric else 4 * nscale
         rows.append(LayerReport(
-            name=name, type=type(module).__name__, bits=wq.spec.bits, act_bits=act.spec.bits if act else None,
+            name=name, type=type(module).__name__.removeprefix("Parametrized"), bits=wq.spec.bits, act_bits=act.spec.bits if act else None,
             scale_min=float(wq.scale.min()), scale_max=float(wq.scale.max()),
             sqnr_db=sqnr_db(before, after), params=after.numel(),
             bytes=after.numel() * wq.spec.bits / 8 + 4 * nscale + zp_bytes))
