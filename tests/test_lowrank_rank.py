@@ -58,6 +58,7 @@ def test_a_rank_that_does_not_pay_keeps_the_layer_dense_with_a_reason():
     result = decompose_model(model, LowRankConfig(rank={"2": 28}))
     row = {r.name: r for r in result.layers}["2"]
     assert row.rank is None and row.reason == "rank 28 does not pay (3,080 vs 3,000 parameters)"
+    assert row.break_even == 27
     assert isinstance(model[2], nn.Linear)
     result = decompose_model(model, LowRankConfig(rank={"2": 27}))
     assert result.ranks == {"2": 27}

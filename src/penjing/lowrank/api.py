@@ -39,6 +39,7 @@ class LayerResult:
     error: float = 0.0  # relative Frobenius error ||W - W_r|| / ||W||
     reason: str = ""
     spectrum: list[float] = field(default_factory=list)
+    break_even: int | None = None  # the largest rank that still pays (single-rank methods)
 
 
 @dataclass
@@ -169,6 +170,9 @@ def decompose_model(model: nn.Module, config: LowRankConfig | None = None, *,
             row.flops_before = row.flops_after = all_macs.get(name)
     elif metric == "flops":
         raise ValueError("a flops budget needs an example input to count MACs: pass example= or data=")
+
+    for cand in candidates:
+        rows[cand.name].break_even = cand.break_even(metric)
 
     # --- choose the states ------------------------------------------------------------------
     states: dict[str, State] = {}

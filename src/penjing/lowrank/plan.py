@@ -59,6 +59,16 @@ class Candidate:
     def max_rank(self) -> int:
         return min(self.matrix_shape)
 
+    def break_even(self, metric: str = "params") -> int | None:
+        """The largest single rank that still pays (None for Tucker-2 or if none does)."""
+        if self.method == "tucker" or not self.pays(1, metric):
+            return None
+        low, high = 1, self.max_rank  # cost grows with rank: bisect for the last paying one
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.pays(mid, metric) else (low, mid - 1)
+        return low
+
     def min_state(self) -> State:
         return (1, 1) if self.method == "tucker" else 1
 
@@ -203,12 +213,9 @@ def measure_positions(model: nn.Module, candidates: list[Candidate], example: to
 
     for cand in candidates:
         handles.append(cand.module.register_forward_hook(hook(cand)))
-    was_training = model.training
-    model.eval()
     try:
-        model(example)
+        _run(model, example)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
 
@@ -227,16 +234,27 @@ def weighted_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
             w = module.weight
             if isinstance(module, nn.Linear):
                 positions = output.numel() // output.shape[-1] // batch
+            elif isinstance(module, nn.modules.conv._ConvTransposeNd):
+                # a transposed conv scatters every *input* position through the whole kernel
+                positions = inputs[0].numel() // inputs[0].shape[1] // batch
             else:
                 positions = output.numel() // output.shape[1] // batch
             macs[name] = macs.get(name, 0) + positions * w.numel()
         handles.append(module.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
     try:
-        model(example)
+        _run(model, example)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return macs
+
+
+def _run(model: nn.Module, example: torch.Tensor) -> None:
+    """One eval-mode forward pass of ``example`` on the model's device."""
+    device = next((p.device for p in model.parameters()), example.device)
+    was_training = model.training
+    model.eval()
+    try:
+        model(example.to(device))
+    finally:
+        model.train(was_training)

@@ -76,12 +76,15 @@ def plot_spectra(result, path: str | Path) -> Path:
         top = s[0] if s and s[0] > 0 else 1.0
         ax.semilogy(range(1, len(s) + 1), [max(v / top, 1e-12) for v in s], color="#3b7dd8")
         title = f"{r.name} ({r.method})"
+        if r.break_even is not None and r.break_even < len(s):
+            ax.axvline(r.break_even, color="#999999", linestyle=":", label=f"break-even {r.break_even}")
         if r.rank is not None:
             cut = r.rank[1] if isinstance(r.rank, tuple) else r.rank  # tucker: output mode shown
             ax.axvline(cut, color="#e76f51", linestyle="--", label=f"rank {_rank(r.rank)}")
-            ax.legend(loc="upper right", fontsize=8)
         else:
             title += " dense"
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("index")
         ax.set_ylabel("sigma / sigma_1")
