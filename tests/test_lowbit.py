@@ -85,6 +85,17 @@ def test_binaryconnect_clips_latent_weights_to_unit_interval_and_sees_no_dead_we
     assert torch.equal(original(layer).grad, torch.ones(3, 4))  # |w| <= 1 everywhere: all pass
 
 
+def test_binaryconnect_normalizes_latent_weights_without_changing_the_forward():
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 10)
+    before = torch.where(layer.weight >= 0, 1.0, -1.0)
+    binarize(layer, BinaryConfig("binaryconnect", keep_first_last=False))
+    assert original(layer).abs().max().item() == pytest.approx(1.0)
+    assert torch.equal(layer.weight, before)
+    with pytest.raises(ValueError, match="normalize=True changes alpha = mean|V|; use it only with scaling='none'"):
+        BinaryConfig("xnor", normalize=True)
+
+
 def test_xnor_scale_is_mean_abs_per_output_channel_and_differentiated():
     v = torch.tensor([[0.5, -0.3, 0.1], [-0.2, -0.4, 0.0]], requires_grad=True)
     w = BinaryWeight("channel", clip=False)(v)

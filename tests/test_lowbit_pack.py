@@ -174,3 +174,37 @@ def test_to_multiplication_free_keeps_the_model_output():
     assert torch.allclose(model(x), expected, atol=1e-5)
     with pytest.raises(ValueError, match="no ternarized Linear layer"):
         to_multiplication_free(nn.Sequential(nn.Linear(2, 2)))
+
+
+# --- the compressed file (penjing.save / penjing.load) through the codec hint protocol -----
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_compressed_file_round_trip_uses_the_hints_and_is_bit_exact(method, tmp_path):
+    torch.manual_seed(0)
+    model = pj.models.LeNet5()
+    CONFIGS[method](model)
+    info = pj.save(model, tmp_path / "m.pjz")
+    state = pj.load(tmp_path / "m.pjz")
+    for name in ("conv2", "fc1"):
+        assert torch.equal(state[f"{name}.weight"], getattr(model, name).weight)
+    fc1 = info["fc1.weight"]
+    expected = {"xnor": "affine"}.get(method, "codebook")
+    assert expected in fc1.codec
+    bits = 1 if method in ("binaryconnect", "xnor", "xnor-tensor") else 2
+    assert fc1.parts["indices"] <= 100_000 * bits / 8  # at most 1 or 2 bits per weight
+
+
+def test_xnor_hint_is_the_exact_one_bit_affine_form():
+    layer = nn.Linear(3, 2)
+    binarize(layer, BinaryConfig("xnor", keep_first_last=False))
+    p = layer.parametrizations.weight[0]
+    v = layer.parametrizations.weight.original
+    hint = p.codec_hint(v)["affine"]
+    alpha = v.abs().mean(1)
+    assert hint["bits"] == 1 and hint["axis"] == 0 and torch.equal(hint["scale"], 2 * alpha)
+    q = (v >= 0).float()
+    w = (q - hint["zero_point"]) * hint["scale"].reshape(-1, 1)
+    assert torch.equal(w, layer.weight)
+    with torch.no_grad():
+        v[0].zero_()
+    assert p.codec_hint(v) == {}  # a zero channel has no 1-bit affine form: no hint

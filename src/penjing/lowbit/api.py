@@ -27,6 +27,12 @@ def binarize(model: nn.Module, config: BinaryConfig | None = None) -> nn.Module:
     for _, module in pick_layers(model, config.layers, config.exclude, config.keep_first_last,
                                  "binarize", LOWBIT_TYPES):
         attach(module, BinaryWeight(config.scaling, config.stochastic, config.clip))
+        if config.normalize:
+            with torch.no_grad():
+                v = original(module)
+                peak = v.abs().max()
+                if peak > 0:  # an all-zero layer stays zero (and sign(0) = +1)
+                    v.div_(peak)
     if config.activations not in ((), None, []):
         targets = list(select(model, config.activations, types=SUPPORTED))
         if not targets:

@@ -116,6 +116,8 @@ class BinaryWeight(nn.Module):
         if v is None:
             raise ValueError("a per-channel binary hint needs the latent weight to compute alpha")
         alpha = self.encode(v)["alpha"]
+        if not bool((alpha > 0).all()):
+            return {}  # an all-zero channel has no 1-bit affine form; the codec picks another
         return {"affine": {"bits": 1, "scale": 2 * alpha, "zero_point": torch.tensor(0.5), "axis": 0}}
 
     def extra_repr(self) -> str:

@@ -22,7 +22,11 @@ class BinaryConfig:
     ``method="xnor"``: ``W = alpha_c * sign(V)``, ``alpha_c = mean|V|`` per output channel.
     ``scaling`` overrides the method's default (``"none"``, ``"tensor"``, ``"channel"``).
     ``stochastic``: BinaryConnect's stochastic sign in training. ``clip``: latent weights
-    kept in ``[-1, 1]``. ``activations``: a selector of layers whose *inputs* are binarized
+    kept in ``[-1, 1]``. ``normalize``: divide each layer's latent weights by their max
+    ``|V|`` when binarizing (default: on for ``scaling="none"``, the only case where it leaves
+    the forward unchanged, since ``sign(V / c) = sign(V)``); BinaryConnect's latent weights
+    live in ``[-1, 1]``, while a trained layer's are ~0.05, where ``hard_sigmoid`` is ~0.5
+    and the stochastic sign would be a coin flip. ``activations``: a selector of layers whose *inputs* are binarized
     too (XNOR-Net); none by default. ``layers``/``exclude``: which layers (default: every
     Linear/Conv); ``keep_first_last``: the first and last weighted layers stay full precision.
     """
@@ -31,6 +35,7 @@ class BinaryConfig:
     scaling: Literal["none", "tensor", "channel"] | None = None
     stochastic: bool = False
     clip: bool = True
+    normalize: bool | None = None
     activations: LayerSelector = ()
     layers: LayerSelector = None
     exclude: LayerSelector = ()
@@ -43,6 +48,10 @@ class BinaryConfig:
             self.scaling = "none" if self.method == "binaryconnect" else "channel"
         if self.scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        if self.normalize is None:
+            self.normalize = self.scaling == "none"
+        if self.normalize and self.scaling != "none":
+            raise ValueError("normalize=True changes alpha = mean|V|; use it only with scaling='none'")
 
 
 @dataclass

@@ -21,6 +21,7 @@ class Params(StepParams):
     scaling: Literal["none", "tensor", "channel"] | None = None
     stochastic: bool = False
     clip: bool = True
+    normalize: bool | None = None
     #: layers whose inputs are binarized too (XNOR-Net); none by default
     activations: str | list[str] = Field(default_factory=list)
     layers: str | list[str] | None = None
@@ -35,6 +36,7 @@ def run(model: nn.Module, params: Params, ctx) -> None:
 
     binarize(model, BinaryConfig(method=params.method, scaling=params.scaling,
                                  stochastic=params.stochastic, clip=params.clip,
+                                 normalize=params.normalize,
                                  activations=params.activations or (), layers=params.layers,
                                  exclude=params.exclude or (), keep_first_last=params.keep_first_last))
     ctx.finetune(model, params.finetune_epochs, params.lr, desc=f"binarize ({params.method})")

@@ -1,0 +1,74 @@
+"""The ``binarize``/``ternarize`` recipe steps and commands, end to end on a small model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import penjing as pj
+from penjing.cli import main
+from penjing.lowbit import unpack
+from penjing.recipe import RecipeContext, RecipeError
+from penjing.recipe.schema import Recipe
+
+
+@pytest.fixture(scope="module")
+def lenet300_weights(tmp_path_factory, digits_data):
+    """A LeNet-300-100 trained briefly, saved as a state_dict (no cached baseline needed)."""
+    train, _ = digits_data
+    torch.manual_seed(0)
+    model = pj.models.LeNet300()
+    pj.fit(model, train, epochs=3, lr=3e-3, progress=False)
+    path = tmp_path_factory.mktemp("lowbit") / "lenet300.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_recipe_steps_validate_their_fields():
+    recipe = Recipe.from_dict({"steps": [{"ternarize": {"method": "twn", "threshold": 0.7}},
+                                         {"binarize": {"method": "binaryconnect", "stochastic": True}}]})
+    assert [s.method for s in recipe.steps] == ["ternarize", "binarize"]
+    with pytest.raises(RecipeError, match=r"step 1 \(ternarize\): .*TTQ threshold t must be in \(0, 1\), got 1.5"):
+        Recipe.from_dict({"steps": [{"ternarize": {"threshold": 1.5}}]})
+    with pytest.raises(RecipeError, match=r"step 1 \(binarize\): field 'method'"):
+        Recipe.from_dict({"steps": [{"binarize": {"method": "xor"}}]})
+
+
+def test_ternarize_step_runs_finetunes_and_reports_sparsity(tmp_path, digits_data):
+    from penjing.recipe.steps import ternarize as step
+
+    train, test = digits_data
+    model = pj.models.LeNet300()
+    ctx = RecipeContext(train=torch.utils.data.Subset(train, range(200)), test=test,
+                        out_dir=tmp_path, progress=False, echo=False)
+    step.run(model, step.Params(method="ttq", finetune_epochs=1, keep_first_last=False), ctx)
+    assert model.fc2.parametrizations.weight[0].bits == 2
+    (section,) = ctx.artifacts["sections"]
+    assert "Ternary sparsity (TTQ)" in section and "| fc2 |" in section
+
+
+def test_ternarize_command_writes_a_packed_file(tmp_path, lenet300_weights, capsys):
+    out = tmp_path / "t.pt"
+    rc = main(["ternarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--method", "twn",
+               "--epochs", "1", "--no-progress", "--all-layers", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "zeros %" in text and "low-bit weights 16.0x smaller than float32" in text
+    state = unpack(torch.load(out, weights_only=True))
+    model = pj.models.LeNet300()
+    model.load_state_dict(state)
+    assert len(model.fc2.weight.unique()) <= 3
+
+
+def test_binarize_command_and_its_errors(tmp_path, lenet300_weights, capsys):
+    rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
+               "--no-progress", "--activations", "fc2"])
+    assert rc == 0
+    assert "packed: low-bit weights" in capsys.readouterr().out
+    rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
+               "--no-progress", "--layers", "act"])
+    assert rc == 1
+    assert "cannot binarize layer 'act' (ReLU): it has no weight" in capsys.readouterr().err
+    rc = main(["ternarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--threshold", "2"])
+    assert rc == 1
+    assert "TTQ threshold t must be in (0, 1), got 2.0" in capsys.readouterr().err
