@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     example = test.tensors[0][: args.batch]
     report = convert(model, WinogradConfig(m=args.m, tiles=args.tiles, example_input=example,
                                            measure=args.measure))
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # the table is wide; keep rows on one line
     console.print(report.rich_table())
     console.print(report.summary_line())
     with torch.no_grad():

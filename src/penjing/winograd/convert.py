@@ -101,9 +101,14 @@ class WinogradReport:
             after += d.winograd_mults if d.converted and d.winograd_mults else d.direct_mults
         return direct, after
 
+    @property
+    def measured(self) -> bool:
+        return any(d.times_ms for d in self.layers)
+
     def header(self) -> list[str]:
+        timing = ["ms direct / F(m)"] if self.measured else []
         return ["layer", "weight", "input", "status", "m", "mults direct", "mults winograd",
-                "saving", "time direct/F(m) ms", "reason"]
+                "saving", *timing, "reason"]
 
     def rows(self) -> list[list[str]]:
         out = []
@@ -118,7 +123,7 @@ class WinogradReport:
                 f"{d.direct_mults:,}" if d.direct_mults is not None else "-",
                 f"{d.winograd_mults:,}" if d.winograd_mults is not None and d.converted else "-",
                 f"{d.reduction:.2f}x" if d.reduction is not None and d.converted else "-",
-                times, d.reason,
+                *([times] if self.measured else []), d.reason,
             ])
         return out
 
@@ -208,7 +213,7 @@ def convert(model: nn.Module, config: WinogradConfig | None = None) -> WinogradR
     for name in eligible:
         module = model.get_submodule(name)
         d = decisions[name]
-        r = module.kernel_size[0]
+        r, c = module.kernel_size[0], module.in_channels
         x = inputs.get(name)
         if config.example_input is not None and x is None:
             d.reason = "not reached by the example input"

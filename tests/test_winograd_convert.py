@@ -1,0 +1,195 @@
+"""penjing.winograd on whole models: what is swapped, what is skipped and why, same predictions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import penjing
+from penjing.winograd import (
+    WinogradConfig,
+    WinogradConv2d,
+    choose_tile_by_cost,
+    conv_multiplications,
+    convert,
+)
+
+torch.set_num_threads(1)
+
+
+class Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.d = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.e = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.f = nn.Conv2d(8, 6, 5, padding=2)
+        self.unused = nn.Conv2d(6, 6, 3)
+
+    def forward(self, x):
+        return self.f(self.e(self.d(self.c(self.b(self.a(x))))))
+
+
+def test_swaps_eligible_and_reports_why_others_are_skipped():
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 17, 15)
+    report = convert(model, WinogradConfig(example_input=x, measure=False))
+    reasons = {d.name: d.reason for d in report.layers}
+    assert reasons == {
+        "a": "cost model picks F(4) of [2, 4]",
+        "b": "Winograd needs stride 1, got stride=(2, 2)",
+        "c": "1x1 kernel has nothing to save with Winograd (kernel_size must be >= 2)".join(["a ", ""]),
+        "d": "Winograd needs dilation 1, got dilation=(2, 2)",
+        "e": "Winograd needs groups=1, got groups=2 (grouped and depthwise convs have no channel GEMM "
+             "for the transforms to pay off)",
+        "f": "cost model picks F(4) of [2, 4]",
+        "unused": "not reached by the example input",
+    }
+    assert isinstance(model.a, WinogradConv2d) and isinstance(model.f, WinogradConv2d)
+    assert type(model.b) is nn.Conv2d and type(model.unused) is nn.Conv2d
+    assert [d.name for d in report.converted] == ["a", "f"]
+    a = next(d for d in report.layers if d.name == "a")
+    assert a.input_shape == (2, 3, 17, 15)
+    assert a.direct_mults == conv_multiplications(3, 8, 17, 15, 3, a.m, 2).direct
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+    text = report.to_markdown()
+    assert "| a | 8x3x3x3 | 2x3x17x15 | winograd |" in text and "2 conv(s) converted" in text
+    again = convert(model, WinogradConfig())  # idempotent
+    assert {d.name: d.reason for d in again.layers}["a"] == "already a WinogradConv2d"
+
+
+def test_verb_returns_the_model_and_keeps_the_report():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    out = penjing.winograd(model, WinogradConfig(m=4, kernel_sizes=(3,)))
+    assert out is model and all(isinstance(model[i], WinogradConv2d) for i in (0, 2))
+    assert model[0].m == 4 and [d.reason for d in model.winograd_report.layers] == ["fixed m"] * 2
+
+
+def test_measured_choice_keeps_the_fastest_or_leaves_the_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
+    report = convert(model, WinogradConfig(example_input=torch.randn(1, 16, 12, 12), reps=3))
+    (d,) = report.layers
+    assert set(d.times_ms) == {"direct", "2", "4"}
+    if d.converted:  # which one wins depends on the machine; the decision must follow the times
+        assert d.times_ms[str(d.m)] <= d.times_ms["direct"]
+        assert d.reason.startswith("measured ")
+    else:
+        assert d.reason.startswith("direct conv faster on this shape")
+
+
+def test_layer_selection_and_exclusion():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3))
+    convert(model, WinogradConfig(exclude="0"))
+    assert type(model[0]) is nn.Conv2d and isinstance(model[1], WinogradConv2d)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(m=0), "output tile m must be an integer >= 1, got 0"),
+    (dict(tiles=()), "tiles must name at least one output tile size, e.g. (2, 4)"),
+    (dict(kernel_sizes=(1,)), "kernel_sizes must be >= 2, got (1,)"),
+])
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        WinogradConfig(**kwargs)
+    assert str(info.value) == message
+
+
+def test_cost_model_prefers_small_tiles_when_the_filter_dominates():
+    # 512 channels at 7x7, batch 1: U is 36 * 512^2 floats for F(4): F(2) reads less.
+    assert choose_tile_by_cost(512, 512, 7, 7, 3, batch=1) == 2
+    # 64 channels at 56x56: plenty of tiles, F(4)'s 4x fewer multiplications win.
+    assert choose_tile_by_cost(64, 64, 56, 56, 3, batch=1) == 4
+
+
+def test_accounting_matches_the_per_tile_counts():
+    f2 = conv_multiplications(64, 64, 56, 56, 3, m=2)
+    assert f2.tiles == 28 * 28 and f2.direct / f2.elementwise == pytest.approx(36 / 16)
+    f4 = conv_multiplications(64, 64, 56, 56, 3, m=4)
+    assert f4.direct / f4.elementwise == pytest.approx(144 / 36)
+    assert f4.input_transform > 0 and 3.5 < f4.reduction < 4
+    odd = conv_multiplications(8, 8, 7, 7, 3, m=4)  # 7x7 needs 2x2 tiles of 4x4: overhang counted
+    assert odd.tiles == 4 and odd.elementwise == 4 * 8 * 8 * 36
+
+
+@pytest.fixture(scope="module")
+def digits_resnet():
+    from penjing.data import digits
+    from penjing.models import get_model
+    from penjing.train import fit
+
+    train, test = digits()
+    torch.manual_seed(0)
+    model = get_model("resnet")
+    fit(model, train, epochs=2, lr=2e-3, seed=0, progress=False)
+    return model.eval(), train, test
+
+
+def test_converted_resnet_gives_identical_predictions_on_digits(digits_resnet):
+    from penjing.train import evaluate
+
+    model, train, test = digits_resnet
+    converted = copy.deepcopy(model)
+    report = convert(converted, WinogradConfig(example_input=train.tensors[0][:16], measure=False))
+    assert len(report.converted) == 5  # stem + 4 stride-1 3x3 convs; stride-2 and 1x1 skipped
+    x = test.tensors[0]
+    with torch.no_grad():
+        before, after = model(x), converted(x)
+    assert torch.equal(before.argmax(1), after.argmax(1))
+    assert evaluate(converted, test) == evaluate(model, test) > 0.85
+
+
+def test_converted_resnet_gradients_match(digits_resnet):
+    model, train, _ = digits_resnet
+    ref, win = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    convert(win, WinogradConfig(m=4))
+    x, y = train.tensors[0][:32], train.tensors[1][:32]
+    for net in (ref, win):
+        nn.functional.cross_entropy(net(x), y).backward()
+    for (name, p), (_, q) in zip(ref.named_parameters(), win.named_parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_cli_prints_table_and_unchanged_accuracy(tmp_path, capsys):
+    from penjing.cli import main
+    from penjing.models import get_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet.pt"
+    torch.save(get_model("resnet").state_dict(), weights)
+    assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--m", "4",
+                 "--batch", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "layers.1.conv1" in out and "Winograd needs stride 1, got stride=(2, 2)" in out
+    assert "5 conv(s) converted to Winograd, 4 skipped" in out
+    assert "identical predictions on 100.00% of 450 images" in out
+    assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--batch", "0"]) == 1
+    assert "penjing winograd: error: --batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_recipe_step(tmp_path):
+    from penjing.data import digits
+    from penjing.recipe.context import RecipeContext
+    from penjing.recipe.schema import Recipe, RecipeError
+    from penjing.recipe.steps import winograd as step
+
+    recipe = Recipe.from_dict({"steps": [{"winograd": {"tiles": [2, 4], "batch": 8}}]})
+    params = recipe.steps[0].params
+    train, test = digits()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 10))
+    ctx = RecipeContext(train=train, test=test, out_dir=tmp_path, progress=False, echo=False)
+    step.run(model, params, ctx)
+    assert isinstance(model[0], WinogradConv2d)
+    assert "## Winograd convolution" in ctx.artifacts["sections"][0]
+    with pytest.raises(RecipeError, match="field 'tiles': Value error, tiles must be a non-empty list"):
+        Recipe.from_dict({"steps": [{"winograd": {"tiles": []}}]})
+    with pytest.raises(RecipeError, match="field 'm': Value error, m must be >= 1, got 0"):
+        Recipe.from_dict({"steps": [{"winograd": {"m": 0}}]})
