@@ -138,3 +138,17 @@ def test_sharing_a_trained_lenet300_keeps_accuracy(lenet300_digits):
     dense = evaluate(model, test)
     share(model, ShareConfig(bits=5))
     assert evaluate(model, test) >= dense - 0.01
+
+
+def test_bits_by_type_name_on_an_already_parametrized_layer():
+    """A pruned layer's class is torch's ``ParametrizedLinear``: the type lookup still works."""
+    from torch.nn.utils import parametrize
+
+    class Keep(nn.Module):
+        def forward(self, w):
+            return w
+
+    layer = nn.Linear(4, 4)
+    parametrize.register_parametrization(layer, "weight", Keep())
+    assert ShareConfig(bits={"Linear": 3}).bits_for("fc", layer) == 3
+    assert ShareConfig(bits={"fc": 4}).bits_for("fc", layer) == 4

@@ -241,7 +241,10 @@ def _read(path: str | Path, max_elements: int) -> tuple[dict[str, torch.Tensor],
     total = 0
     for _ in range(count):
         start = h.pos
-        name = bytes(h.take(h.varint("name length"), "name")).decode("utf-8", errors="strict")
+        try:
+            name = bytes(h.take(h.varint("name length"), "name")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFileError(f"{path}: a tensor name is not valid UTF-8") from None
         dtype = dtype_of(h.u8("dtype"))
         ndim = h.u8("ndim")
         if ndim > MAX_NDIM:

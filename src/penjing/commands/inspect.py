@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("total", "", "", f"+{info.overhead} framing", f"{sum(t.nonzeros for t in info.tensors):,}",
                   *(f"{totals[k]:,}" for k in PARTS), f"{sum(t.header for t in info.tensors):,}",
                   f"{info.bytes:,}", f"{dense / info.bytes:.1f}x" if info.bytes else "-")
-    console = Console()
+    console = Console(width=max(Console().width, 170))  # the table is wide; never wrap it
     console.print(table)
     console.print("bytes per part; 'tables' = stream counts, widths, Huffman code-length tables and "
                   "block offsets; 'framing' = magic, version, lengths and checksums")

@@ -13,20 +13,20 @@ from penjing.share.shared import SharedWeight
 
 
 def share_layer(module: nn.Module, bits: int, *, init: str = "linear", max_iter: int = 100,
-                seed: int = 0) -> SharedWeight:
-    """Cluster ``module.weight``'s nonzero values into ``2^bits`` centroids and attach the
+                seed: int = 0, name: str = "weight") -> SharedWeight:
+    """Cluster ``module.<name>``'s nonzero values into ``2^bits`` centroids and attach the
     sharing parametrization on top of whatever is already there (e.g. a pruning mask)."""
-    if any(isinstance(p, SharedWeight) for p in parametrizations(module)):
-        raise ValueError(f"{type(module).__name__} weight is already shared; bake or remove it first")
+    if any(isinstance(p, SharedWeight) for p in parametrizations(module, name)):
+        raise ValueError(f"{type(module).__name__} {name} is already shared; bake or remove it first")
     with torch.no_grad():
-        w = module.weight.detach()
+        w = getattr(module, name).detach()
         # Zeros (pruned, or zero in the current value) are not clustered and stay zero.
         nonzero = w != 0
         centroids, labels = kmeans_1d(w[nonzero], 2 ** bits, init=init, max_iter=max_iter, seed=seed)
         index = torch.zeros(w.shape, dtype=torch.int64)
         index[nonzero] = labels + 1
     p = SharedWeight(centroids.to(w.dtype), index, bits)
-    attach(module, p)
+    attach(module, p, name=name)
     return p
 
 
@@ -47,6 +47,9 @@ def share(model: nn.Module, config: ShareConfig | None = None) -> nn.Module:
         if bits is None:
             continue
         share_layer(module, bits, init=config.init, max_iter=config.max_iter, seed=config.seed)
+        if config.bias_bits and isinstance(getattr(module, "bias", None), torch.Tensor):
+            share_layer(module, config.bias_bits, init=config.init, max_iter=config.max_iter,
+                        seed=config.seed, name="bias")
         done += 1
     if not done:
         raise ValueError(f"share: bits={config.bits} names none of the selected layers "

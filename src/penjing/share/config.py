@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from penjing.share.kmeans import INITS
 
@@ -21,6 +22,7 @@ class ShareConfig:
     names (``"Linear"``, ``"Conv2d"``), ``"conv"`` (any ConvNd) or ``"*"`` (anything else);
     looked up in that order. ``init``: ``linear`` (default, the paper's best), ``density`` or
     ``random``. ``layers``/``exclude``: a selector (see :func:`penjing.core.select.select`).
+    ``bias_bits``: share biases too (off by default, as in the paper).
     """
 
     bits: int | dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BITS))
@@ -29,11 +31,15 @@ class ShareConfig:
     exclude: Any = ()
     max_iter: int = 100
     seed: int = 0
+    #: also share each layer's bias at this many bits (``None``: biases stay float). Not in the
+    #: paper, where biases are a negligible part of the model; in small models they are not.
+    bias_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"ShareConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
-        widths = self.bits.values() if isinstance(self.bits, dict) else [self.bits]
+        widths = [*(self.bits.values() if isinstance(self.bits, dict) else [self.bits]),
+                  *([self.bias_bits] if self.bias_bits is not None else [])]
         for b in widths:
             if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
                 raise ValueError(f"ShareConfig.bits must be integers in [1, 16], got {b!r}")
@@ -44,8 +50,10 @@ class ShareConfig:
         """Bits for layer ``name``; ``None`` when the dict names nothing that matches."""
         if not isinstance(self.bits, dict):
             return self.bits
-        kind = type(module).__name__
-        for key in (name, kind, "conv" if kind.startswith("Conv") else "fc" if kind == "Linear" else None, "*"):
+        # a parametrized module's class is torch's "Parametrized<Type>" subclass: use the base
+        kind = next(c.__name__ for c in type(module).__mro__ if not c.__name__.startswith("Parametrized"))
+        family = "conv" if isinstance(module, _ConvNd) else "fc" if isinstance(module, nn.Linear) else None
+        for key in (name, kind, family, "*"):
             if key is not None and key in self.bits:
                 return self.bits[key]
         return None

@@ -19,6 +19,8 @@ class Params(StepParams):
     #: one width for every layer, or by layer name / type name / "conv" / "fc" / "*"
     bits: int | dict[str, int] = Field(default_factory=lambda: {"Linear": 5, "conv": 8})
     init: Literal["linear", "density", "random"] = "linear"
+    #: share biases too, at this many bits (not in the paper; they matter in small models)
+    bias_bits: int | None = Field(default=None, ge=1, le=16)
     layers: str | list[str] | None = None
     exclude: str | list[str] = Field(default_factory=list)
     finetune_epochs: int = Field(default=3, ge=0)
@@ -38,7 +40,7 @@ def run(model: nn.Module, params: Params, ctx) -> None:
     from penjing.share import ShareConfig, share
     from penjing.train import evaluate
 
-    share(model, ShareConfig(bits=params.bits, init=params.init, layers=params.layers,
+    share(model, ShareConfig(bits=params.bits, init=params.init, bias_bits=params.bias_bits, layers=params.layers,
                              exclude=params.exclude or (), seed=ctx.seed))
     # Accuracy straight after clustering, before the centroids are fine-tuned (the report's
     # stage table shows what fine-tuning recovers).
