@@ -40,6 +40,22 @@ def _huffman_overhead(alphabet: int, n: int, block: int, total_bits: int) -> int
             + (blocks - 1) * len(varint(block * huffman.MAX_LEN)) + len(varint(total_bits)))
 
 
+def estimate_nbytes(counts: np.ndarray, width: int, use_huffman: bool = True) -> int:
+    """Bytes a stream with these symbol ``counts`` will take (exact for packed, within a few
+    bytes for Huffman), without building the stream."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    packed = len(varint(n)) + (2 + packed_size(n, width) if n else 0)
+    if not n or not use_huffman or width > 12:
+        return packed
+    alphabet = int(np.flatnonzero(counts)[-1]) + 1
+    lengths = huffman.code_lengths(counts[:alphabet])
+    total_bits = int((counts[:alphabet] * lengths).sum())
+    size = (len(varint(n)) + 1 + _huffman_overhead(alphabet, n, huffman.block_size(n), total_bits)
+            + (total_bits + 7) // 8)
+    return min(packed, size)
+
+
 class StreamPlan:
     """A stream ready to write; ``nbytes`` is known before encoding (to pick between codecs)."""
 

@@ -36,7 +36,7 @@ import torch
 from penjing.codec.bits import Reader, unzigzag, varint, zigzag
 from penjing.codec.dtypes import dtype_code, dtype_of, from_bits, itemsize, to_bits
 from penjing.codec.errors import CorruptFileError
-from penjing.codec.streams import StreamParts, StreamPlan, read_stream
+from penjing.codec.streams import StreamParts, StreamPlan, estimate_nbytes, read_stream
 
 RAW, SPARSE_RAW, CODEBOOK, SPARSE_CODEBOOK, AFFINE = range(5)
 CODEC_NAMES = {RAW: "raw", SPARSE_RAW: "sparse-raw", CODEBOOK: "codebook",
@@ -231,11 +231,13 @@ def encode_tensor(tensor: torch.Tensor, *, hint: dict | None = None, huffman: bo
                 est = 1 + runs_plan.nbytes + len(varint(len(uniq))) + len(uniq) * size + plan.nbytes
                 candidates.append((est, lambda: _sparse_codebook(uniq, plan, runs_plan, width)))
             book = np.concatenate([np.zeros(1, uniq.dtype), uniq]) if nnz < numel else uniq
-            index = np.zeros(numel, dtype=np.int64)
-            index[nonzero] = inverse + (1 if nnz < numel else 0)
-            dense_plan = StreamPlan(index, _width(len(book)), huffman)
-            est = len(varint(len(book))) + len(book) * size + dense_plan.nbytes
-            candidates.append((est, lambda: _codebook(book, dense_plan)))
+            counts = np.bincount(inverse, minlength=len(uniq))
+            if nnz < numel:
+                counts = np.concatenate([[numel - nnz], counts])
+            # sized from the counts alone: the dense index is only built if this one wins
+            est = len(varint(len(book))) + len(book) * size + estimate_nbytes(counts, _width(len(book)), huffman)
+            candidates.append((est, lambda: _codebook(book, _dense_index(nonzero, inverse, nnz < numel),
+                                                      _width(len(book)), huffman)))
 
     _, make = min(candidates, key=lambda c: c[0])
     return make()
@@ -249,9 +251,15 @@ def _sparse_raw(values: np.ndarray, runs_plan: StreamPlan, width: int) -> Encode
     return Encoded(SPARSE_RAW, bytes([width]) + runs + data, parts)
 
 
-def _codebook(book: np.ndarray, plan: StreamPlan) -> Encoded:
+def _dense_index(nonzero: np.ndarray, inverse: np.ndarray, has_zero: bool) -> np.ndarray:
+    index = np.zeros(len(nonzero), dtype=np.int64)
+    index[nonzero] = inverse + (1 if has_zero else 0)
+    return index
+
+
+def _codebook(book: np.ndarray, index: np.ndarray, width: int, use_huffman: bool) -> Encoded:
     head = varint(len(book))
-    stream, sp = plan.encode()
+    stream, sp = StreamPlan(index, width, use_huffman).encode()
     parts = {"tables": len(head), "codebook": book.nbytes}
     _add(parts, sp, "indices")
     return Encoded(CODEBOOK, head + book.tobytes() + stream, parts)

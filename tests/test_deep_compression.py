@@ -1,0 +1,130 @@
+"""Deep Compression end to end: the share and encode recipe steps, the compressed file, the
+commands that read it, and (slow) the paper's ratios on the bundled digits."""
+
+import re
+
+import pytest
+import torch
+
+from penjing.cli import main
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """LeNet-300-100 trained briefly on digits, then magnitude-pruned to 10% by hand (no
+    dependency on the pruning package) and fine-tuned with the mask held by zeroed grads."""
+    from penjing.data import digits
+    from penjing.models import LeNet300
+    from penjing.train import fit
+
+    train, test = digits()
+    torch.manual_seed(0)
+    model = LeNet300()
+    fit(model, train, epochs=10, lr=2e-3, progress=False)
+    with torch.no_grad():
+        for layer in (model.fc1, model.fc2):
+            w = layer.weight
+            w[w.abs() < w.abs().flatten().kthvalue(int(0.9 * w.numel())).values] = 0
+    return model, train, test
+
+
+def _ctx(tmp_path, train, test):
+    from penjing.recipe import RecipeContext
+
+    return RecipeContext(train=train, test=test, out_dir=tmp_path, progress=False, echo=False)
+
+
+def test_share_then_encode_steps(trained, tmp_path):
+    import copy
+
+    from penjing.codec import inspect, load
+    from penjing.recipe import Recipe, run_recipe
+    from penjing.train import evaluate
+
+    model, train, test = trained
+    model = copy.deepcopy(model)
+    pruned_acc = evaluate(model, test)
+    zeros = {n: (m.weight == 0) for n, m in model.named_children() if hasattr(m, "weight")}
+    recipe = Recipe.from_dict({"steps": [{"share": {"bits": 5, "bias_bits": 6, "finetune_epochs": 2}},
+                                         {"encode": {"huffman": True}}]})
+    ctx = _ctx(tmp_path, train, test)
+    result = run_recipe(recipe, model, ctx)
+    path = tmp_path / "model.pjz"
+    assert ctx.file_bytes == path.stat().st_size
+    assert result.final.file_bytes == path.stat().st_size
+    for name, mask in zeros.items():  # pruned weights stayed exactly zero through fine-tuning
+        assert torch.all(getattr(model, name).weight[mask] == 0)
+    # the file loads into a plain LeNet300 with the model's accuracy
+    from penjing.models import LeNet300
+
+    plain = LeNet300()
+    plain.load_state_dict(load(path))
+    assert evaluate(plain, test) == evaluate(model, test)
+    assert evaluate(plain, test) >= pruned_acc - 0.02
+    info = inspect(path)
+    assert {t.name: t.codec for t in info.tensors}["fc2.weight"] == "sparse-codebook"
+    assert {t.name: t.codec for t in info.tensors}["fc1.bias"] in ("codebook", "sparse-codebook")
+    # 10% of the weights at ~10 bits each plus small biases: well over 20x smaller than fp32
+    assert 4 * sum(p.numel() for p in plain.parameters()) / info.bytes > 20
+    report = result.report_path.read_text()
+    assert "### Deep Compression" in report and "share (before fine-tune)" in report
+    assert "decoded from model.pjz" in report and "shared_histogram.png" in report
+    assert (tmp_path / "shared_histogram.png").stat().st_size > 1000
+
+
+def test_step_params_are_validated():
+    from penjing.recipe import Recipe, RecipeError
+
+    with pytest.raises(RecipeError, match="step 1 \\(share\\): field 'bits'.*bits must be in \\[1, 16\\]"):
+        Recipe.from_dict({"steps": [{"share": {"bits": 0}}]})
+    with pytest.raises(RecipeError, match="step 1 \\(share\\): field 'init'"):
+        Recipe.from_dict({"steps": [{"share": {"init": "kmeans++"}}]})
+    with pytest.raises(RecipeError, match="step 1 \\(encode\\): field 'index_bits'.*index_bits must be in \\[1, 16\\]"):
+        Recipe.from_dict({"steps": [{"encode": {"index_bits": 40}}]})
+    with pytest.raises(RecipeError, match="step 1 \\(encode\\): field 'huffmann'"):
+        Recipe.from_dict({"steps": [{"encode": {"huffmann": True}}]})
+
+
+def test_inspect_decompress_eval_commands(trained, tmp_path, capsys):
+    import copy
+
+    from penjing.codec import save
+    from penjing.share import ShareConfig, share
+    from penjing.train import evaluate
+
+    model, _, test = trained
+    model = copy.deepcopy(model)
+    share(model, ShareConfig(bits=5))
+    path = tmp_path / "m.pjz"
+    info = save(model, path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sparse-codebook" in out and f"{info.bytes:,}" in out and "fc2.weight" in out
+    assert main(["decompress", str(path), "-o", str(tmp_path / "s.pt")]) == 0
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert set(state) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
+    assert main(["eval", str(path), "--model", "lenet300"]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {100 * evaluate(model, test):.2f}%" in out
+    assert main(["eval", str(path), "--model", "lenet5"]) == 1
+    assert "does not fit --model lenet5" in capsys.readouterr().err
+    (tmp_path / "bad.pjz").write_bytes(path.read_bytes()[:50])
+    assert main(["inspect", str(tmp_path / "bad.pjz")]) == 1
+    assert "penjing inspect: error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,target", [("lenet300", 40.0), ("lenet5", 39.0)])
+def test_penjing_compress_reaches_the_papers_ratio(model, target, tmp_path, capsys):
+    """`penjing compress` (the shipped deep_compression recipe): >= 40x for LeNet-300-100 and
+    >= 39x for LeNet-5 on digits, within 0.5 points of the dense accuracy."""
+    assert main(["compress", "--model", model, "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"([\d.]+)x smaller than dense float32; accuracy ([\d.]+)% -> ([\d.]+)%", out)
+    ratio, dense, final = map(float, m.groups())
+    assert ratio >= target
+    assert final >= dense - 0.5
+    assert (tmp_path / "model.pjz").stat().st_size * ratio == pytest.approx(
+        4 * sum(p.numel() for p in __import__("penjing").models.get_model(model).parameters()), rel=0.01)
