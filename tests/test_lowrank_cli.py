@@ -92,6 +92,12 @@ def test_recipe_step_factorises_fine_tunes_and_reports(data, trained_lenet300, t
     assert result.final.accuracy > 0.9
 
 
+def test_recipe_step_takes_per_layer_tucker_ranks():
+    recipe = Recipe.from_dict({"steps": [{"lowrank": {"rank": {"layers.2.*": [8, 16]}, "method": "tucker"}}]})
+    config = recipe.steps[0].params.config()
+    assert config.rank_for("layers.2.conv1") == (8, 16) and config.rank_for("fc") is None
+
+
 def test_recipe_step_rejects_bad_fields_on_load():
     with pytest.raises(RecipeError, match=r"step 1 \(lowrank\): .*energy must be in \(0, 1\], got 1.5"):
         Recipe.from_dict({"steps": [{"lowrank": {"energy": 1.5}}]})

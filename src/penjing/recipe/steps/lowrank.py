@@ -5,6 +5,7 @@ steps:
   - lowrank: {params: 0.5, method: channel, finetune_epochs: 5}
   - lowrank: {energy: 0.9, layers: "fc*"}
   - lowrank: {rank: 16, method: spatial, exclude: [conv1]}
+  - lowrank: {rank: {"layers.*.conv*": [8, 16]}, method: tucker}
 ```
 """
 
@@ -16,7 +17,7 @@ from penjing.recipe.schema import StepParams
 
 
 class Params(StepParams):
-    rank: int | None = None
+    rank: int | list[int] | dict[str, int | list[int]] | None = None  # a list is tucker's (r_in, r_out)
     energy: float | None = None
     params: float | None = None
     flops: float | None = None
