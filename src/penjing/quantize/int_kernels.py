@@ -98,14 +98,18 @@ class _Int8Base(nn.Module):
         self.register_buffer("input_zero_point", zp.clone())
         self.backend = backend
         self._packed = None
+        self._static_qparams: tuple[float, int] | None = None
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed = None  # new weights: repack lazily
+        self._static_qparams = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _input_qparams(self, x: torch.Tensor) -> tuple[float, int]:
         if self.static:
-            return float(self.input_scale), int(self.input_zero_point)
+            if self._static_qparams is None:  # cached as Python numbers: no tensor sync per call
+                self._static_qparams = (float(self.input_scale), int(self.input_zero_point))
+            return self._static_qparams
         lo = min(float(x.min()), 0.0)
         hi = max(float(x.max()), 0.0)
         scale = max((hi - lo) / (self.in_qmax - self.in_qmin), 1e-12)
@@ -159,7 +163,9 @@ class Int8Linear(_Int8Base):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).float()
+        x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
         scale, zp = self._input_qparams(x2)
         if self.backend == "fbgemm":
             # the op quantizes on the full u8 grid: clamp to ours first (same integers)
@@ -176,7 +182,7 @@ class Int8Linear(_Int8Base):
             y = (acc * (scale * self.weight_scale.double())).float()
             if self.bias is not None:
                 y = y + self.bias
-        return y.reshape(*shape[:-1], y.shape[-1])
+        return y if x.dim() == 2 else y.reshape(*shape[:-1], y.shape[-1])
 
 
 class Int8Conv2d(_Int8Base):
