@@ -238,3 +238,25 @@ def test_sixteen_bit_layers_stay_fake_quantized():
     with pytest.warns(UserWarning, match="16-bit weights do not fit int8"):
         convert(model)
     assert isinstance(model[0], Int8Linear) and isinstance(model[1], nn.Linear)
+
+
+def test_asymmetric_weights_and_same_padding_run_on_the_reference_backend():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 3)).eval()
+    quantize(model, QuantConfig(bits=6, symmetric=False, progress=False), calibration=torch.rand(32, 2, 5, 5))
+    x = torch.rand(4, 2, 5, 5)
+    fake = model(x)
+    int8 = convert(copy.deepcopy(model))
+    assert int8[0].backend == "reference" and int8[3].backend == "reference"
+    assert torch.allclose(int8(x), fake, atol=1e-4)
+
+
+def test_weight_only_conv_quantizes_inputs_per_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2)).eval()
+    quantize(model, QuantConfig(bits=8, act_bits=None, progress=False))
+    x = torch.randn(2, 3, 9, 9)
+    fake = model(x)
+    int8 = convert(copy.deepcopy(model))
+    assert isinstance(int8[0], Int8Conv2d) and not int8[0].static
+    assert (int8(x) - fake).norm() / fake.norm() < 0.02
