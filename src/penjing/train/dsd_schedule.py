@@ -127,6 +127,15 @@ def weight_sparsity(model: nn.Module, config: DSDConfig) -> float:
     return zeros / max(total, 1)
 
 
+def phases_markdown(phases: list[dict]) -> str:
+    """The per-phase table of a DSD run (``history["phases"]``) as Markdown."""
+    lines = ["| phase | ends at step | test accuracy | weight sparsity |", "|---|---:|---:|---:|"]
+    for p in phases:
+        acc = "n/a" if p["test_acc"] is None else f"{100 * p['test_acc']:.2f}%"
+        lines.append(f"| {p['phase']} | {p['step']} | {acc} | {100 * p['sparsity']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 class DSDSchedule(Callback):
     """The loop's DSD callback: switches phases at step boundaries, records each phase's accuracy.
 

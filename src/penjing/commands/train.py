@@ -1,0 +1,103 @@
+"""``penjing train``: train a model with the one training loop (mixed precision, checkpoints)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from torch import nn
+
+from penjing.commands._common import add_model_args
+
+EXAMPLES = """\
+examples:
+  penjing train                                        # LeNet-300-100 on digits from scratch, fp32
+  penjing train --precision fp16-master                # FP16 forward/backward, FP32 master weights
+  penjing train --precision bf16 --scheduler cosine --eval-every 100
+  penjing train --epochs 60 --checkpoint out/train/run.ckpt --checkpoint-every 200
+  penjing train --epochs 60 --checkpoint out/train/run.ckpt --resume out/train/run.ckpt   # continue
+  penjing train --model my.py:MyNet --data mnist:~/data/mnist --out my.pt
+"""
+
+
+def add_training_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    """The options every training command shares."""
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default: {epochs})")
+    p.add_argument("--steps", type=int, help="train exactly this many optimizer steps instead of --epochs")
+    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr:g})")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32, fp16-master (FP16 copy + FP32 master weights + loss scaling), "
+                   "fp16 or bf16 (torch.autocast) (default: fp32)")
+    p.add_argument("--scheduler", default=None, help="LR schedule: cosine, linear or onecycle (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default: 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model is)")
+
+
+def training_kwargs(args: argparse.Namespace) -> dict:
+    return dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                precision=args.precision, scheduler=args.scheduler, seed=args.seed, device=args.device,
+                progress=not args.no_progress)
+
+
+def fresh_model(spec: str, weights: str | None, train, seed: int) -> nn.Module:
+    """A reference model (freshly initialised) or the user's ``FILE.py:Class``; ``weights`` loaded."""
+    import torch
+
+    from penjing.models import MODELS, get_model
+    from penjing.models.user import load_user_model
+
+    torch.manual_seed(seed)
+    base = get_model(spec, train.tensors[0][:1]) if spec in MODELS else None
+    return load_user_model(None if base is not None else spec, weights, base=base)
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """The trained state_dict, written atomically (loads with ``--weights``)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model: mixed precision, LR schedules, checkpoints and resume",
+        description="Train a model (reference models start from scratch; --weights continues from a "
+        "state_dict) with penjing's training loop, and write the trained state_dict.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    add_training_args(p, epochs=30, lr=1e-3)
+    p.add_argument("--eval-every", type=int, help="evaluate on the test split every N steps")
+    p.add_argument("--checkpoint", help="checkpoint file, written atomically at --checkpoint-every and at the end")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--resume", help="continue from this checkpoint (same seed/data: bit-identical result)")
+    p.add_argument("--out", default="out/train/model.pt", help="where to write the trained state_dict")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from penjing.data import get_data
+    from penjing.train import fit
+
+    train, test = get_data(args.data)
+    model = fresh_model(args.model, args.weights, train, args.seed)
+    history = fit(model, train, test=test, eval_every=args.eval_every, checkpoint=args.checkpoint,
+                  checkpoint_every=args.checkpoint_every, resume=args.resume, desc=f"train {args.model}",
+                  **training_kwargs(args))
+    for step, acc in history.get("eval", []):
+        print(f"step {step}: test accuracy {100 * acc:.2f}%")
+    scale = f", final loss scale {history['loss_scale']:g}" if history["loss_scale"] is not None else ""
+    print(f"{args.model} ({args.precision}): {history['steps']} steps, final train loss "
+          f"{history['loss'][-1]:.4f}, test accuracy {100 * history['test_acc']:.2f}%, "
+          f"{history['skipped_steps']} step(s) skipped on inf/NaN gradients{scale}")
+    print(f"weights: {save_weights(model, args.out)}")
+    if args.checkpoint:
+        print(f"checkpoint: {args.checkpoint}")
+    return 0
