@@ -260,3 +260,17 @@ def test_weight_only_conv_quantizes_inputs_per_batch():
     int8 = convert(copy.deepcopy(model))
     assert isinstance(int8[0], Int8Conv2d) and not int8[0].static
     assert (int8(x) - fake).norm() / fake.norm() < 0.02
+
+
+def test_converted_model_saves_compactly_with_the_codec(tmp_path):
+    codec = pytest.importorskip("penjing.codec")
+    torch.manual_seed(0)
+    model = convert(quantize(LeNet300().eval(), QuantConfig(progress=False), calibration=_calib((64,))))
+    info = codec.save(model, tmp_path / "int8.pjz")
+    state = codec.load(tmp_path / "int8.pjz")
+    assert state["fc1.weight"].dtype == torch.int8
+    assert info.bytes < state_bytes(LeNet300()) / 3.5
+    fresh = convert(quantize(LeNet300().eval(), QuantConfig(progress=False), calibration=_calib((64,), 8)))
+    fresh.load_state_dict(state)
+    x = torch.rand(3, 64)
+    assert torch.equal(fresh(x), model(x))
