@@ -19,6 +19,7 @@ ReLU inputs.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -156,14 +157,17 @@ def main() -> None:
     head = ["# Winograd convolution benchmark\n",
             f"- command: `python benchmarks/winograd.py{' --quick' if args.quick else ''}`",
             f"- date: {started}; machine: {cpu_name()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads available (other processes were running)\n",
+            f"{torch.get_num_threads()} threads available; other processes were running "
+            f"(load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n",
             "## Float32 error vs a float64 direct reference (Lavin & Gray Table 4's comparison)\n"]
     print("\n".join(head), flush=True)
     acc = accuracy_table()
+    print("\n".join(acc[:2]))
     mid = ["\n## Speed: ratio = time(F.conv2d) / time(F(m)), > 1 is faster (medians, interleaved)\n"]
     print("\n".join(mid), flush=True)
     spd = speed_table(args.quick)
-    tail = [f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s"]
+    tail = [f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s; load average at the end "
+            f"{os.getloadavg()[0]:.1f}"]
     print(tail[0])
     if args.out:
         with open(args.out, "w") as f:

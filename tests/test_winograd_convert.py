@@ -15,6 +15,7 @@ from penjing.winograd import (
     choose_tile_by_cost,
     conv_multiplications,
     convert,
+    layer_multiplications,
 )
 
 torch.set_num_threads(1)
@@ -118,6 +119,15 @@ def test_accounting_matches_the_per_tile_counts():
     assert f4.input_transform > 0 and 3.5 < f4.reduction < 4
     odd = conv_multiplications(8, 8, 7, 7, 3, m=4)  # 7x7 needs 2x2 tiles of 4x4: overhang counted
     assert odd.tiles == 4 and odd.elementwise == 4 * 8 * 8 * 36
+
+
+def test_layer_multiplications_for_the_cost_model():
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    assert layer_multiplications(conv, (1, 64, 56, 56), m=2).direct == 64 * 64 * 9 * 56 * 56
+    wconv = WinogradConv2d.from_conv(conv, 4)
+    assert layer_multiplications(wconv, (2, 64, 56, 56)) == conv_multiplications(64, 64, 56, 56, 3, 4, 2)
+    with pytest.raises(ValueError, match="defined for stride-1, dilation-1, groups=1 convs"):
+        layer_multiplications(nn.Conv2d(4, 4, 3, stride=2), (1, 4, 8, 8))
 
 
 @pytest.fixture(scope="module")

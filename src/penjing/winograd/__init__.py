@@ -18,6 +18,7 @@ from penjing.winograd.convert import (
 from penjing.winograd.cost import (
     ConvMultiplications,
     conv_multiplications,
+    layer_multiplications,
     transform_multiplications,
 )
 from penjing.winograd.functional import filter_transform, winograd_conv2d
@@ -26,6 +27,6 @@ from penjing.winograd.transforms import DEFAULT_POINTS, WinogradTransforms, wino
 __all__ = [
     "DEFAULT_POINTS", "ConvMultiplications", "LayerDecision", "WinogradConfig", "WinogradConv2d",
     "WinogradReport", "WinogradTransforms", "choose_tile_by_cost", "conv_multiplications",
-    "convert", "estimate_cost", "filter_transform", "measure_tiles", "transform_multiplications",
+    "convert", "estimate_cost", "filter_transform", "layer_multiplications", "measure_tiles", "transform_multiplications",
     "winograd", "winograd_conv2d", "winograd_transforms",
 ]

@@ -93,3 +93,27 @@ def conv_multiplications(in_channels: int, out_channels: int, out_h: int, out_w:
         output_transform=batch * tiles * out_channels * per["output"],
         filter_transform=out_channels * in_channels * per["filter"],
     )
+
+
+def layer_multiplications(conv, input_shape: tuple[int, ...], m: int | None = None,
+                          tiles: tuple[int, ...] = (2, 4)) -> ConvMultiplications:
+    """:func:`conv_multiplications` for a conv module (``nn.Conv2d`` or ``WinogradConv2d``)
+    given its input shape ``(N, C, H, W)``: the entry point for the hardware cost model.
+
+    ``m`` defaults to the module's own tile (a ``WinogradConv2d``) or else the cost model's
+    choice among ``tiles``; the result's ``direct`` field is the plain conv's count either way.
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
+    if tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1) or conv.groups != 1:
+        raise ValueError("Winograd multiplications are defined for stride-1, dilation-1, groups=1 convs")
+    n, _, h, w = input_shape
+    left, right, top, bottom = conv._reversed_padding_repeated_twice
+    r = conv.kernel_size[0]
+    ho, wo = h + top + bottom - r + 1, w + left + right - r + 1
+    m = m or getattr(conv, "m", None)
+    if m is None:
+        from penjing.winograd.autotune import choose_tile_by_cost
+
+        m = choose_tile_by_cost(conv.in_channels, conv.out_channels, ho, wo, r, n, tiles)
+    return conv_multiplications(conv.in_channels, conv.out_channels, ho, wo, r, m, n)

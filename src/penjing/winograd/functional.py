@@ -37,7 +37,9 @@ def filter_transform(weight: torch.Tensor, m: int) -> torch.Tensor:
     a = m + r - 1
     _, g, _ = transform_tensors(m, r, weight.dtype, weight.device)
     u = torch.matmul(torch.matmul(g, weight), g.T)  # (K, C, a, a)
-    return u.permute(2, 3, 1, 0).reshape(a * a, c, k)
+    # contiguous: the reshape alone would be a strided view that bmm cannot hand to BLAS
+    # (it then falls back to a loop ~10-100x slower).
+    return u.permute(2, 3, 1, 0).reshape(a * a, c, k).contiguous()
 
 
 def output_size(h: int, w: int, r: int, padding: Padding4) -> tuple[int, int]:
