@@ -246,3 +246,16 @@ def energy(model: nn.Module, example: torch.Tensor | tuple, *,
     batch = (example[0] if isinstance(example, tuple) else example).shape[0] if \
         (example[0] if isinstance(example, tuple) else example).dim() > 0 else 1
     return energy_of_layers(layers, load_table(table), batch=max(int(batch), 1), on_chip_kib=on_chip_kib)
+
+
+def energy_column(model: nn.Module, data, names: list[str], **kwargs) -> list[str] | None:
+    """Per-layer energy per inference, formatted, for the layers ``names`` of a report table
+    (``"-"`` for a layer the trace did not see). ``data``: an example batch, or a data set
+    whose first sample is used (batch 1). ``None`` when the model cannot be traced: a report
+    must never fail because of its energy column."""
+    try:
+        example = data if isinstance(data, torch.Tensor) else data[0:1][0]
+        per_layer = energy(model, example, **kwargs).by_layer()
+    except Exception:  # noqa: BLE001 -- any failure of the user's forward only drops the column
+        return None
+    return [format_pj(per_layer[n]) if n in per_layer else "-" for n in names]

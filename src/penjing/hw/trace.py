@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from penjing.core.params import parametrizations
@@ -145,6 +146,8 @@ class _Recorder(TorchFunctionMode):
         self.layers: list[Layer] = []
         self.seen_gemm: set[int] = set()  # ids of modules whose GEMM was seen as a call
         self._counter: dict[str, int] = {}
+        #: > 0 while a parametrization computes a weight: representation, not inference work
+        self.hidden = 0
 
     # naming --------------------------------------------------------------------------
     def _name(self, op: str) -> str:
@@ -164,8 +167,10 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
-        if name in _FREE or not isinstance(out, torch.Tensor):
+        if name in _FREE or not isinstance(out, torch.Tensor) or self.hidden:
             return out
+        if self.stack and id(self.stack[-1][1]) in self._int_modules:
+            return out  # internals of an integer kernel layer: costed from its weight shape
         lname = name.lower()
         if any(u in lname for u in _UNSUPPORTED):
             where = self.stack[-1][0] if self.stack else "the model"
@@ -191,9 +196,6 @@ class _Recorder(TorchFunctionMode):
             self._gemm_shapes("sdpa_av", q, q.shape[-2], k.shape[-2], v.shape[-1],
                               v.numel(), q.shape[:-2], out_elems=out.numel())
         else:
-            module = self.stack[-1][1] if self.stack else None
-            if module is not None and id(module) in self._int_modules:
-                return out  # internals of an integer kernel layer: costed as its GEMM
             reads = sum(t.numel() for t in inputs)
             window = 1
             if any(p in lname for p in _POOL):
@@ -296,12 +298,20 @@ def trace(model: nn.Module, example: torch.Tensor | tuple) -> list[Layer]:
     handles = []
 
     def pre(name):
+        hidden = isinstance(module_of[name], parametrize.ParametrizationList)
+
         def hook(module, args):
+            if hidden:
+                recorder.hidden += 1
             stack.append((name, module))
         return hook
 
     def post(name):
+        hidden = isinstance(module_of[name], parametrize.ParametrizationList)
+
         def hook(module, args, output):
+            if hidden:
+                recorder.hidden -= 1
             stack.pop()
             if id(module) in int_modules and id(module) not in recorder.seen_gemm:
                 xs = _tensors(args)
@@ -309,10 +319,11 @@ def trace(model: nn.Module, example: torch.Tensor | tuple) -> list[Layer]:
                     recorder.layers.append(_int_kernel_layer(name, module, xs[0], output))
         return hook
 
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_pre_hook(pre(name)))
-            handles.append(module.register_forward_hook(post(name)))
+    module_of = dict(model.named_modules())
+    module_of = {name or "(root)": m for name, m in module_of.items()}
+    for name, module in module_of.items():
+        handles.append(module.register_forward_pre_hook(pre(name)))
+        handles.append(module.register_forward_hook(post(name)))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:

@@ -37,6 +37,11 @@ class RecipeContext:
     def record(self, model: nn.Module, title: str) -> Summary:
         """Measure ``model`` after a step, keep the table and print it."""
         result = summary(model, self.test, title=title, file_bytes=self.file_bytes)
+        from penjing.hw.energy import energy_column  # energy per inference, 45 nm model
+
+        column = energy_column(model, self.test, [r.name for r in result.rows])
+        if column is not None:  # None: the model could not be traced; the table stays as it was
+            result.extra_columns["energy"] = column
         self.summaries.append(result)
         if self.echo:
             from rich.console import Console

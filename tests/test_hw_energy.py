@@ -1,0 +1,221 @@
+"""Layer tracing and the 45 nm energy model: sparsity, bits, the lecture's ratios, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from penjing.core.params import attach
+from penjing.hw import energy, load_table, trace
+from penjing.models import LeNet300
+
+
+class Mask(nn.Module):
+    """A pruning mask written here (hw must not depend on penjing.prune)."""
+
+    def __init__(self, keep: torch.Tensor):
+        super().__init__()
+        self.register_buffer("keep", keep.float())
+
+    def forward(self, w):
+        return w * self.keep
+
+
+class Codebook(nn.Module):
+    """Weight sharing: nonzeros snapped to 2**bits - 1 linear centroids, zero kept; .bits read
+    by the accounting."""
+
+    def __init__(self, w: torch.Tensor, bits: int):
+        super().__init__()
+        self.bits = bits
+        nz = w[w != 0]
+        self.register_buffer("centroids", torch.linspace(float(nz.min()), float(nz.max()), 2 ** bits - 1))
+
+    def forward(self, w):
+        idx = (w.unsqueeze(-1) - self.centroids).abs().argmin(-1)
+        return torch.where(w == 0, torch.zeros_like(w), self.centroids[idx])
+
+
+class AffineQuant(nn.Module):
+    """Fake quantization with a scale and zero-point (integer grid) at ``bits``."""
+
+    def __init__(self, w, bits=8):
+        super().__init__()
+        self.bits = bits
+        self.scale = w.abs().max() / (2 ** (bits - 1) - 1)
+        self.zero_point = torch.tensor(0)
+
+    def forward(self, w):
+        return torch.round(w / self.scale) * self.scale
+
+
+class InputQuant(nn.Module):
+    bits, enabled = 8, True
+
+    def forward(self, x):
+        return x
+
+
+def prune_(model: nn.Module, keep: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            k = max(1, int(keep * m.weight.numel()))
+            thresh = m.weight.detach().abs().flatten().kthvalue(m.weight.numel() - k + 1).values
+            attach(m, Mask(m.weight.detach().abs() >= thresh))
+
+
+def share_(model: nn.Module, bits: int) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            attach(m, Codebook(m.weight.detach(), bits))
+
+
+def test_dram_access_costs_6400_int_adds_and_128_sram_accesses():
+    t = load_table()
+    assert t.dram_32b / t.op("int_add", 32) == pytest.approx(6400)
+    assert t.dram_32b / t.sram_32b == pytest.approx(128)
+    assert (t.op("float_mult", 32), t.op("int_mult", 8), t.op("float_add", 16)) == (3.7, 0.2, 0.4)
+    # a 5-bit integer op costs the smallest tabulated width that holds it (8 bits)
+    assert t.op("int_mult", 5) == 0.2
+
+
+def test_dense_lenet300_energy_is_counted_by_hand():
+    model = LeNet300()
+    rep = energy(model, torch.rand(1, 1, 8, 8))
+    fc1 = rep.rows[0]
+    assert fc1.macs == 64 * 300
+    # 64*300 fp32 weights (76.8 kB) do not fit in 8 KiB: read from DRAM at 640 pJ / 32 bits
+    assert fc1.weight_level == "dram"
+    assert fc1.dram_pj == pytest.approx(64 * 300 * 640)
+    assert fc1.compute_pj == pytest.approx(64 * 300 * (3.7 + 0.9))
+    # inputs + outputs (364 floats) fit on chip: SRAM at 5 pJ per word
+    assert fc1.sram_pj == pytest.approx((64 + 300) * 5)
+    # memory is what costs: DRAM is > 99% of the total for a dense MLP at batch 1
+    assert rep.breakdown()["dram"] / rep.total_pj > 0.99
+
+
+def test_pruning_to_8_percent_and_sharing_to_5_bits_lowers_energy(capsys):
+    torch.manual_seed(0)
+    model = LeNet300()
+    x = torch.rand(1, 1, 8, 8)
+    dense = energy(model, x)
+    prune_(model, 0.08)
+    pruned = energy(model, x)
+    share_(model, 5)
+    shared = energy(model, x)
+    layers = [lay for lay in trace(model, x) if lay.kind == "gemm"]
+    assert all(lay.density == pytest.approx(0.08, abs=0.002) and lay.weight_bits == 5 for lay in layers)
+    assert not dense.weights_on_chip and shared.weights_on_chip
+    # pruning: 12.5x fewer MACs; 8% of the weights with a 5-bit index each: 8.5x fewer bytes
+    def mac_pj(rep):
+        return sum(r.compute_pj for r in rep.rows if r.macs)
+
+    assert mac_pj(pruned) == pytest.approx(mac_pj(dense) * 0.08, rel=0.01)
+    assert dense.total_pj / pruned.total_pj > 8
+    # sharing: 10 bits per kept weight (5 value + 5 index) = 5 kB, now resident in the SRAM
+    assert shared.total_pj < pruned.total_pj / 20
+    factor = dense.total_pj / shared.total_pj
+    print(f"LeNet-300-100 energy per inference: dense {dense.total_pj / 1e3:.1f} nJ, pruned to 8% "
+          f"{pruned.total_pj / 1e3:.1f} nJ ({dense.total_pj / pruned.total_pj:.1f}x), + 5-bit sharing "
+          f"{shared.total_pj / 1e3:.2f} nJ ({factor:.0f}x lower)")
+    assert factor > 200
+    assert "x lower" in capsys.readouterr().out
+
+
+def test_quantization_makes_ops_integer_and_cheaper():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32))
+    x = torch.rand(4, 32)
+    fp32 = energy(model, x, on_chip_kib=1024)
+    attach(model[0], AffineQuant(model[0].weight.detach(), 8))
+    weight_only = energy(model, x, on_chip_kib=1024)
+    model[0].input_quant = InputQuant()  # activations quantized too: integer arithmetic
+    layer = trace(model, x)[0]
+    assert layer.integer and layer.compute_bits == 8 and layer.act_bits == 8
+    int8 = energy(model, x, on_chip_kib=1024)
+    per_mac = [rep.rows[0].compute_pj / rep.rows[0].nonzero_macs for rep in (fp32, weight_only)]
+    assert per_mac[0] == pytest.approx(per_mac[1])  # float arithmetic still
+    assert weight_only.rows[0].weight_bytes == fp32.rows[0].weight_bytes / 4
+    assert int8.rows[0].compute_pj == pytest.approx(int8.rows[0].nonzero_macs * (0.2 + 0.1))
+    assert int8.total_pj < weight_only.total_pj < fp32.total_pj
+
+
+def test_int8_dtype_weights_are_8_bit():
+    class Int8Linear(nn.Module):  # an integer-kernel layer that the tracer cannot look inside
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("weight", torch.randint(-127, 127, (20, 10), dtype=torch.int8))
+
+        def forward(self, x):
+            return torch.ops.aten.mm(x, self.weight.float().t())
+
+    layer = next(lay for lay in trace(Int8Linear(), torch.rand(3, 10)) if lay.kind == "gemm")
+    assert (layer.M, layer.K, layer.N, layer.weight_bits, layer.integer) == (3, 10, 20, 8.0, True)
+
+
+def test_attention_matmuls_and_memory_only_ops_are_traced():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(16, 48)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            att = torch.softmax(q @ k.transpose(-2, -1) / 4, dim=-1)
+            return F.avg_pool1d(att @ v, 2) + torch.bmm(q, k.transpose(1, 2)).mean()
+
+    layers = trace(Attention(), torch.rand(2, 5, 16))
+    gemms = [(lay.op, lay.M, lay.K, lay.N, lay.count) for lay in layers if lay.kind == "gemm"]
+    assert gemms == [("linear", 10, 16, 48, 1), ("matmul", 5, 16, 5, 2), ("matmul", 5, 5, 16, 2),
+                     ("bmm", 5, 16, 5, 2)]
+    memory = {lay.op for lay in layers if lay.kind == "memory"}
+    assert {"softmax", "avg_pool1d", "mean"} <= memory
+    pool = next(lay for lay in layers if lay.op == "avg_pool1d")
+    assert pool.ops == 2 * pool.out_elems  # a window of 2 per output
+
+
+def test_tracing_leaves_the_model_untouched():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trace(model, torch.randn(8, 4))
+    assert model.training and model[1].training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_untraceable_models_give_clear_errors(tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("needs a mask argument")
+
+    with pytest.raises(ValueError, match=r"cannot trace Broken: its forward failed on the example input "
+                                         r"of shape \(1, 4\): RuntimeError: needs a mask argument"):
+        trace(Broken(), torch.randn(1, 4))
+    with pytest.raises(ValueError, match="cannot trace conv_transpose2d in 0: the hardware model does not "
+                                         "cost this operation yet"):
+        trace(nn.Sequential(nn.ConvTranspose2d(2, 2, 3)), torch.randn(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="no linear, convolution or matmul was executed"):
+        trace(nn.ReLU(), torch.randn(3))
+    with pytest.raises(ValueError, match="expected an nn.Module to trace, got function"):
+        trace(lambda x: x, torch.randn(3))
+    with pytest.raises(ValueError, match="cannot trace Linear: its forward failed"):
+        energy(nn.Linear(4, 4), torch.randn(1, 5))
+
+
+def test_user_energy_table(tmp_path):
+    path = tmp_path / "7nm.yaml"
+    path.write_text("name: mine\nint_add: {32: 0.03}\nint_mult: {32: 1.0}\nfloat_add: {32: 0.4}\n"
+                    "float_mult: {32: 1.3}\nsram_32b: 1.0\ndram_32b: 100\nreg_32b: 0.01\n")
+    model = nn.Linear(8, 8)
+    rep = energy(model, torch.rand(1, 8), table=str(path), on_chip_kib=0)
+    assert rep.table == "mine"
+    assert rep.rows[0].dram_pj == pytest.approx(64 * 100 + 16 * 100)
+    assert rep.rows[0].reg_pj == pytest.approx(3 * 64 * 0.01)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("int_add: {32: 0.1}\n")
+    with pytest.raises(ValueError, match="missing int_mult, float_add, float_mult, sram_32b, dram_32b"):
+        energy(model, torch.rand(1, 8), table=str(bad))
+    with pytest.raises(ValueError, match="no float_mult entry for 64-bit operands"):
+        energy(model.double(), torch.rand(1, 8, dtype=torch.float64))
