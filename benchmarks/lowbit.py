@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from torch.utils import benchmark as tbench
 
 import penjing as pj
-from penjing.lowbit import BinaryConfig, TernaryConfig, TernaryLinear, binarize, ternarize
+from penjing.lowbit import (
+    BinaryConfig,
+    TernaryConfig,
+    TernaryLinear,
+    binarize,
+    recalibrate_batchnorm,
+    ternarize,
+)
 from penjing.lowbit.report import storage
 
 METHODS = {
@@ -34,6 +41,16 @@ METHODS = {
     "BinaryConnect stochastic": (1, lambda m: binarize(m, BinaryConfig("binaryconnect", stochastic=True))),
     "XNOR (alpha per channel)": (1, lambda m: binarize(m, BinaryConfig("xnor"))),
 }
+
+
+LEGEND = """\
+Columns: *acc. converted* is right after conversion, before any training; *zeros %* is the
+fraction of zero ternary weights over the converted layers; *low-bit codes ratio* is float32
+bytes / code bytes of the converted layers (2 or 1 bit per weight); *incl. scales* adds the
+scales (Wp, Wn, or one alpha per output channel for XNOR) as float32; *whole model* is the
+whole state_dict in float32 against the packed model (codes + scales + the full-precision
+first/last layers, biases and BatchNorm as float32); *entropy-coded* is the converted layers
+with the ternary codes entropy-coded (`pack(model, entropy=True)`) instead of 2-bit packed."""
 
 
 def cpu_name() -> str:
@@ -62,6 +79,8 @@ def accuracy_table(models: list[str], epochs: int, lr: float, seed: int) -> list
             converted = pj.evaluate(model, test)
             t0 = time.perf_counter()
             pj.fit(model, train, epochs=epochs, lr=lr, seed=seed, progress=False)
+            if "stochastic" in method:  # BN statistics gathered under random signs: redo them
+                recalibrate_batchnorm(model, train)
             seconds = time.perf_counter() - t0
             acc = pj.evaluate(model, test)
             size = storage(model)
@@ -116,13 +135,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = ["# Binary and ternary networks on digits", "",
-           f"Command: `python benchmarks/lowbit.py {' '.join(sys.argv[1:])}`".replace(" `", " `"),
+           f"Command: `{' '.join(['python', 'benchmarks/lowbit.py', *sys.argv[1:]])}`",
            f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu_name()}, "
            f"torch {torch.__version__}, {args.threads} thread(s); other processes were running.", ""]
     if not args.skip_accuracy:
         out += [f"## Accuracy and storage ({args.epochs} epochs of fine-tuning, Adam lr {args.lr}; "
                 "first and last layers full precision)", "",
-                *accuracy_table(args.models, args.epochs, args.lr, args.seed), ""]
+                *accuracy_table(args.models, args.epochs, args.lr, args.seed), "", LEGEND, ""]
     out += ["## Multiplication-free ternary Linear vs dense matmul (median time per call)", "",
             *timing_table(args.seed), ""]
     print("\n".join(out))

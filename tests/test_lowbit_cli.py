@@ -61,10 +61,13 @@ def test_ternarize_command_writes_a_packed_file(tmp_path, lenet300_weights, caps
 
 
 def test_binarize_command_and_its_errors(tmp_path, lenet300_weights, capsys):
+    out = tmp_path / "b.pjz"
     rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
-               "--no-progress", "--activations", "fc2"])
+               "--no-progress", "--activations", "fc2", "--out", str(out)])
     assert rc == 0
-    assert "packed: low-bit weights" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "packed: low-bit weights" in text and f"wrote {out}" in text
+    assert pj.load(out)["fc2.weight"].unique().numel() == 2 * 100  # +-alpha per output channel
     rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
                "--no-progress", "--layers", "act"])
     assert rc == 1

@@ -42,7 +42,9 @@ def add_lowbit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default: 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the packed model (torch.save of tensors, no pickled code)")
+    p.add_argument("--out", help="write the model: FILE.pjz = penjing's compressed file (penjing.save; "
+                   "load with penjing.load / penjing eval), any other name = the low-bit pack "
+                   "(penjing.lowbit.pack: a torch.save of tensors, load with weights_only=True)")
 
 
 def finish(args: argparse.Namespace, model, train, test, before: float, entropy: bool) -> int:
@@ -50,7 +52,7 @@ def finish(args: argparse.Namespace, model, train, test, before: float, entropy:
     import torch
 
     import penjing as pj
-    from penjing.lowbit import pack, ternary_sparsity
+    from penjing.lowbit import pack, recalibrate_batchnorm, ternary_sparsity
     from penjing.lowbit.report import storage
 
     if args.epochs < 0:
@@ -58,6 +60,9 @@ def finish(args: argparse.Namespace, model, train, test, before: float, entropy:
     converted = pj.evaluate(model, test)
     pj.fit(model, train, epochs=args.epochs, lr=args.lr, seed=args.seed,
            progress=not args.no_progress, desc=args.command)
+    if getattr(args, "stochastic", False) and args.epochs > 0:
+        # BatchNorm statistics were gathered under random signs; evaluation uses the sign
+        recalibrate_batchnorm(model, train)
     result = pj.summary(model, test, title=f"{args.model} after {args.command}")
     zeros = ternary_sparsity(model)
     if zeros:
@@ -69,7 +74,10 @@ def finish(args: argparse.Namespace, model, train, test, before: float, entropy:
           f"{100 * result.accuracy:.2f}% after {args.epochs} epochs")
     print(f"packed: low-bit weights {size.lowbit_ratio:.1f}x smaller than float32; whole model "
           f"{size.fp32_bytes:,} B -> {size.packed_bytes:,} B ({size.ratio:.1f}x)")
-    if args.out:
+    if args.out and args.out.endswith(".pjz"):
+        info = pj.save(model, args.out)
+        print(f"wrote {args.out}: {info.bytes:,} B ({size.fp32_bytes / info.bytes:.1f}x smaller than float32)")
+    elif args.out:
         torch.save(pack(model, entropy=entropy), args.out)
         print(f"wrote {args.out}")
     return 0

@@ -14,6 +14,7 @@ unless ``keep_first_last=False``.
 
 from penjing.lowbit.api import binarize, latent, lowbit_layers, ternarize, ternary_sparsity
 from penjing.lowbit.binary import BinaryInput, BinaryWeight
+from penjing.lowbit.calibrate import recalibrate_batchnorm
 from penjing.lowbit.config import BinaryConfig, TernaryConfig
 from penjing.lowbit.mulfree import TernaryLinear, to_multiplication_free
 from penjing.lowbit.pack import (
@@ -46,6 +47,7 @@ __all__ = [
     "pack_bits",
     "pack_ternary",
     "packed_bytes",
+    "recalibrate_batchnorm",
     "ternarize",
     "ternary_sparsity",
     "to_multiplication_free",

@@ -23,10 +23,13 @@ class BinaryConfig:
     ``scaling`` overrides the method's default (``"none"``, ``"tensor"``, ``"channel"``).
     ``stochastic``: BinaryConnect's stochastic sign in training. ``clip``: latent weights
     kept in ``[-1, 1]``. ``normalize``: divide each layer's latent weights by their max
-    ``|V|`` when binarizing (default: on for ``scaling="none"``, the only case where it leaves
-    the forward unchanged, since ``sign(V / c) = sign(V)``); BinaryConnect's latent weights
-    live in ``[-1, 1]``, while a trained layer's are ~0.05, where ``hard_sigmoid`` is ~0.5
-    and the stochastic sign would be a coin flip. ``activations``: a selector of layers whose *inputs* are binarized
+    ``|V|`` when binarizing (allowed with ``scaling="none"`` only, where it leaves the forward
+    unchanged, since ``sign(V / c) = sign(V)``; on by default for the stochastic sign).
+    BinaryConnect's latent weights live in ``[-1, 1]``, while a trained layer's are ~0.05,
+    where ``hard_sigmoid`` is ~0.5 and the stochastic sign would be a coin flip. The
+    deterministic sign does not need it, and trains better without it at the same learning
+    rate (Adam's steps are then large relative to the weights: more sign flips).
+    ``activations``: a selector of layers whose *inputs* are binarized
     too (XNOR-Net); none by default. ``layers``/``exclude``: which layers (default: every
     Linear/Conv); ``keep_first_last``: the first and last weighted layers stay full precision.
     """
@@ -49,7 +52,7 @@ class BinaryConfig:
         if self.scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.normalize is None:
-            self.normalize = self.scaling == "none"
+            self.normalize = self.stochastic and self.scaling == "none"
         if self.normalize and self.scaling != "none":
             raise ValueError("normalize=True changes alpha = mean|V|; use it only with scaling='none'")
 

@@ -32,7 +32,7 @@ class Params(StepParams):
 
 
 def run(model: nn.Module, params: Params, ctx) -> None:
-    from penjing.lowbit import BinaryConfig, binarize
+    from penjing.lowbit import BinaryConfig, binarize, recalibrate_batchnorm
 
     binarize(model, BinaryConfig(method=params.method, scaling=params.scaling,
                                  stochastic=params.stochastic, clip=params.clip,
@@ -40,3 +40,6 @@ def run(model: nn.Module, params: Params, ctx) -> None:
                                  activations=params.activations or (), layers=params.layers,
                                  exclude=params.exclude or (), keep_first_last=params.keep_first_last))
     ctx.finetune(model, params.finetune_epochs, params.lr, desc=f"binarize ({params.method})")
+    if params.stochastic and params.finetune_epochs > 0:
+        # BatchNorm statistics were gathered under random signs; evaluation uses the sign
+        recalibrate_batchnorm(model, ctx.train)
