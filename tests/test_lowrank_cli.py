@@ -107,12 +107,19 @@ def test_recipe_step_rejects_bad_fields_on_load():
         Recipe.from_dict({"steps": [{"lowrank": {"ranks": 3}}]})
 
 
+@pytest.fixture(scope="module")
+def baseline_cache(tmp_path_factory):
+    """One cache for the module, so each reference model is trained once, not per test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PENJING_CACHE", str(tmp_path_factory.mktemp("penjing-cache")))
+        yield
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "method"), [("lenet300", "channel"), ("lenet5", "channel"),
                                               ("lenet5", "spatial"), ("resnet", "channel"),
                                               ("resnet", "tucker")])
-def test_reference_models_at_half_the_parameters_within_one_point(data, name, method, tmp_path, monkeypatch):
-    monkeypatch.setenv("PENJING_CACHE", str(tmp_path))
+def test_reference_models_at_half_the_parameters_within_one_point(data, name, method, baseline_cache):
     train, test = data
     model = pretrained(name, train, progress=False)
     dense = evaluate(model, test)
