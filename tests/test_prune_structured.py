@@ -1,0 +1,127 @@
+"""Structured (filter/channel) pruning: layers and their coupled neighbours physically shrink,
+the model still runs, and its state_dict loads into the smaller architecture."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from penjing.models import LeNet5, SmallResNet
+from penjing.prune import PruneConfig, prune, resize_like
+
+X = torch.rand(3, 1, 8, 8)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_loads(pruned: nn.Module, fresh: nn.Module) -> None:
+    """The pruned state_dict loads into a copy and into a freshly built, resized model, and
+    all three compute the same thing."""
+    pruned.eval()
+    state = pruned.state_dict()
+    clone = copy.deepcopy(pruned)
+    clone.load_state_dict(state)
+    resized = resize_like(fresh, state)
+    resized.load_state_dict(state)
+    resized.eval()
+    assert torch.allclose(resized(X), pruned(X), atol=1e-6)
+    assert n_params(resized) == n_params(pruned)
+
+
+def test_small_resnet_half_the_filters():
+    torch.manual_seed(0)
+    model = SmallResNet().eval()
+    dense = n_params(model)
+    prune(model, PruneConfig(sparsity=0.5, granularity="filter", layers="Conv2d"), example_inputs=X[:1])
+    # every conv kept half its filters; BatchNorms, the 1x1 shortcuts and the classifier's inputs
+    # shrank with them (residual adds tie both sides to the same channels)
+    assert model.stem[0].out_channels == 8 and model.stem[1].num_features == 8
+    block = model.layers[1]
+    assert block.conv2.out_channels == block.shortcut[0].out_channels == block.bn2.num_features == 16
+    assert model.fc.in_features == 32 and model.fc.out_features == 10
+    assert n_params(model) < 0.3 * dense
+    assert model(X).shape == (3, 10)
+    check_loads(model, SmallResNet())
+
+
+def test_lenet5_half_the_filters_keeps_the_classifier():
+    torch.manual_seed(0)
+    model = LeNet5().eval()
+    prune(model, PruneConfig(sparsity=0.5, granularity="channel", criterion="l2"), example_inputs=X[:1])
+    assert (model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features) == (10, 25, 250)
+    assert model.fc1.in_features == 25 * 2 * 2 and model.fc2.out_features == 10
+    check_loads(model, LeNet5())
+
+
+def test_removes_the_filters_with_the_smallest_l1_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    with torch.no_grad():
+        for i, scale in enumerate([1.0, 0.01, 2.0, 0.02]):
+            model[0].weight[i].fill_(scale)
+    kept = model[0].weight[[0, 2]].clone()
+    prune(model, PruneConfig(sparsity=0.5, granularity="filter"), example_inputs=X[:1])
+    assert torch.equal(model[0].weight, kept)
+
+
+def test_user_sequential_with_conv_batchnorm_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    fresh = copy.deepcopy(model)
+    prune(model, PruneConfig(sparsity=0.5, granularity="channel"), example_inputs=X[:1])
+    assert [model[i].weight.shape[0] for i in (0, 1, 3, 6, 8)] == [4, 4, 8, 16, 10]
+    assert model[6].in_features == 8 * 36
+    check_loads(model, fresh)
+
+
+class Residual(nn.Module):
+    """A user block with a branch: y = relu(bn(conv2(relu(conv1(x)))) + x), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Conv2d(1, 12, 3, padding=1)
+        self.conv1 = nn.Conv2d(12, 12, 3, padding=1)
+        self.conv2 = nn.Conv2d(12, 12, 3, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.inp(x))
+        y = self.bn(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(torch.relu(x + y).mean((2, 3)))
+
+
+def test_user_residual_block_prunes_both_sides_of_the_add():
+    torch.manual_seed(0)
+    model = Residual().eval()
+    fresh = copy.deepcopy(model)
+    prune(model, PruneConfig(sparsity=0.5, granularity="filter"), example_inputs=X[:1])
+    # conv2's filters and inp's filters meet at the add: they must shrink together
+    assert model.inp.out_channels == model.conv2.out_channels == model.bn.num_features == 6
+    assert model.conv1.out_channels == 6 and model.head.in_features == 6
+    check_loads(model, fresh)
+
+
+def test_iterative_structured_fine_tunes_between_rounds(digits_data):
+    train, test = digits_data
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+    sizes = []
+    prune(model, PruneConfig(sparsity=0.5, granularity="channel", schedule="iterative", rounds=2,
+                             finetune_epochs=1), torch.utils.data.Subset(train, range(256)),
+          test=test, progress=False, log=lambda r: sizes.append((r.params, r.accuracy)))
+    assert [p for p, _ in sizes] == [6 * 9, 4 * 9]  # 8 -> 6 -> 4 filters (tp's linear steps)
+    assert all(a is not None for _, a in sizes)
+
+
+def test_structured_pruning_refuses_a_masked_model():
+    model = LeNet5()
+    prune(model, PruneConfig(sparsity=0.5))
+    with pytest.raises(ValueError, match=r"^structured pruning rebuilds layers, but this model has "
+                       r"parametrizations \(masks, quantizers\.\.\.\) attached: bake them first"):
+        prune(model, PruneConfig(sparsity=0.5, granularity="channel"), example_inputs=X[:1])
