@@ -61,8 +61,17 @@ def digits28() -> tuple[TensorDataset, TensorDataset]:
 
 
 def penjing_int8(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+    """The default: 8-bit weights, 7-bit-range activations (AVX2-safe)."""
     m = copy.deepcopy(model)
     quantize(m, QuantConfig(bits=8, per_channel=True, progress=False), calibration=calib)
+    return convert(m)
+
+
+def penjing_int8_w7(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+    """The other AVX2-safe split: 7-bit-range weights, full 8-bit activations (no input clamp)."""
+    m = copy.deepcopy(model)
+    quantize(m, QuantConfig(bits=8, per_channel=True, act_reduce_range=False, weight_reduce_range=True,
+                            progress=False), calibration=calib)
     return convert(m)
 
 
@@ -103,6 +112,7 @@ def torchao_variant(config_name: str):
 VARIANTS = {
     "fp32": lambda m, c: m,
     "penjing int8 (W8A8 static)": penjing_int8,
+    "penjing int8 (W8A8, 7-bit-range weights)": penjing_int8_w7,
     "torch.ao dynamic int8": ao_dynamic,
     "torch.ao static int8": ao_static,
     "torchao int8 dyn-act+weight": torchao_variant("Int8DynamicActivationInt8WeightConfig"),

@@ -102,11 +102,12 @@ def _calib(shape, n=64):
 
 
 @pytest.mark.parametrize("backend", ["auto", "onednn", "reference"])
-@pytest.mark.parametrize("symmetric_acts", [False, True])
-def test_int8_execution_matches_fake_quant(backend, symmetric_acts):
+@pytest.mark.parametrize("grid", ["asym-acts", "sym-acts", "7-bit-weights"])
+def test_int8_execution_matches_fake_quant(backend, grid):
     torch.manual_seed(0)
     model = LeNet5().eval()
-    cfg = QuantConfig(bits=8, act_symmetric=symmetric_acts, progress=False)
+    cfg = QuantConfig(bits=8, act_symmetric=grid == "sym-acts", progress=False,
+                      act_reduce_range=grid != "7-bit-weights", weight_reduce_range=grid == "7-bit-weights")
     quantize(model, cfg, calibration=_calib((1, 8, 8)))
     x = torch.rand(16, 1, 8, 8) * 1.2 - 0.1  # partly out of the calibrated range: saturates
     fake = model(x)
@@ -230,6 +231,13 @@ def test_quantize_twice_is_refused():
     model = quantize(LeNet300(), QuantConfig(act_bits=None))
     with pytest.raises(ValueError, match="already quantized"):
         quantize(model, QuantConfig(act_bits=None))
+
+
+def test_full_range_weights_and_activations_warn_of_int16_saturation():
+    model = nn.Sequential(nn.Linear(8, 4))
+    quantize(model, QuantConfig(act_reduce_range=False, progress=False), calibration=torch.rand(16, 8))
+    with pytest.warns(UserWarning, match="can saturate int16 sums on CPUs without VNNI"):
+        convert(model)
 
 
 def test_sixteen_bit_layers_stay_fake_quantized():

@@ -22,6 +22,9 @@ class QuantConfig:
     unless ``act_symmetric``, range by ``act_observer`` over the calibration data.
     ``act_reduce_range`` keeps activations to 7 bits of range, which the x86 int8 kernels
     need on CPUs without VNNI to avoid int16 saturation (see :mod:`.int_kernels`).
+    ``weight_reduce_range=True, act_reduce_range=False`` is the other way to stay clear of
+    it: 7-bit-range weights (per channel) and full 8-bit activations, which also spares the
+    int8 Linear a clamp of its input (the kernel saturates on the full u8 grid itself).
 
     ``mode="qat"`` prepares for training: weight scales follow the weights (or are learned,
     ``lsq``), activation ranges track a moving average, until ``freeze_after`` steps.
@@ -38,6 +41,7 @@ class QuantConfig:
     act_symmetric: bool = False
     act_observer: str = "minmax"
     act_reduce_range: bool = True
+    weight_reduce_range: bool = False
     percentile: float = 99.99
     lsq: bool = False
     freeze_after: int | None = None
@@ -81,8 +85,9 @@ class QuantConfig:
         return bits
 
     def weight_spec(self, name: str, axis: int = 0) -> QuantSpec:
-        return QuantSpec(bits=self.bits_for(name), symmetric=self.symmetric, signed=True,
-                         axis=axis if self.per_channel else None)
+        bits = self.bits_for(name)
+        return QuantSpec(bits=bits, symmetric=self.symmetric, signed=True, axis=axis if self.per_channel else None,
+                         reduce_range=self.weight_reduce_range and bits == 8)
 
     def act_spec(self) -> QuantSpec:
         assert self.act_bits is not None

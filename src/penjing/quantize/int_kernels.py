@@ -97,6 +97,11 @@ class _Int8Base(nn.Module):
         self.register_buffer("input_scale", scale.clone())
         self.register_buffer("input_zero_point", zp.clone())
         self.backend = backend
+        # the x86 kernels add u8*s8 pairs in int16 (AVX2 vpmaddubsw): 2 * 255 * 127 overflows
+        if (self.in_qmax - self.in_qmin) > 127 and int(weight_q.abs().max()) > 63 and backend != "reference":
+            warnings.warn(f"{backend}: full 8-bit activations with 8-bit weights can saturate int16 sums on "
+                          "CPUs without VNNI; quantize with act_reduce_range=True or weight_reduce_range=True",
+                          stacklevel=3)
         self._packed = None
         self._static_qparams: tuple[float, int] | None = None
 
@@ -168,10 +173,12 @@ class Int8Linear(_Int8Base):
             x2 = x2.float()
         scale, zp = self._input_qparams(x2)
         if self.backend == "fbgemm":
-            # the op quantizes on the full u8 grid: clamp to ours first (same integers)
-            lo, hi = (self.in_qmin - zp) * scale, (self.in_qmax - zp) * scale
+            # the op quantizes on the full u8 grid: clamp to ours first (same integers);
+            # a full 8-bit grid needs no clamp, the op saturates at 0 and 255 itself
+            if self.in_qmax - self.in_qmin < 255:
+                x2 = x2.clamp((self.in_qmin - zp) * scale, (self.in_qmax - zp) * scale)
             y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                x2.clamp(lo, hi), scale, zp - self.in_qmin, self._pack())
+                x2, scale, zp - self.in_qmin, self._pack())
         elif self.backend == "onednn":
             q, zp_u8 = self._quantize_u8(x2, scale, zp)
             y = torch.ops.onednn.qlinear_pointwise(
