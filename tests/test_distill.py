@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from penjing.data import digits
 from penjing.models import get_model
-from penjing.train import Callback, DistillConfig, distill, distill_loss, evaluate, fit
+from penjing.train import Callback, DistillConfig, DSDConfig, distill, distill_loss, evaluate, fit
 
 torch.set_num_threads(1)
 
@@ -119,3 +119,16 @@ def test_kd_beats_labels_alone_averaged_over_three_seeds():
             progress=False)
         kd.append(evaluate(s, test))
     assert sum(kd) / 3 - sum(scratch) / 3 >= 0.002, (kd, scratch)
+
+
+def test_all_options_of_the_one_loop_together(teacher_and_data):
+    """The API's example: distillation + fp16 master weights + DSD in one fit call."""
+    teacher, train, test = teacher_and_data
+    student = student_mlp()
+    history = fit(student, train, epochs=3, lr=3e-3, teacher=teacher, test=test,
+                  distill=DistillConfig(T=4, alpha=0.9), precision="fp16-master",
+                  dsd=DSDConfig(sparsity=0.5), progress=False)
+    assert [p["phase"] for p in history["phases"]] == ["dense", "sparse", "re-dense"]
+    assert history["phases"][1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert history["test_acc"] > 0.4  # 66 steps, a third of them sparse; chance is 0.1
