@@ -24,14 +24,17 @@ class LayerReport:
     sqnr_db: float
     params: int
     bytes: float
+    act_grid: tuple[int, int] | None = None
 
     def row(self) -> list[str]:
         act = "-" if self.act_bits is None else str(self.act_bits)
+        if self.act_grid is not None:  # e.g. "8 [0,127]": 8-bit codes on a 7-bit range
+            act += f" [{self.act_grid[0]},{self.act_grid[1]}]"
         return [self.name, self.type, str(self.bits), act, f"{self.scale_min:.2e}..{self.scale_max:.2e}",
                 f"{self.sqnr_db:.1f}", f"{self.params:,}", f"{self.bytes:,.0f}"]
 
 
-HEADER = ["layer", "type", "w bits", "a bits", "scale range", "SQNR dB", "params", "bytes"]
+HEADER = ["layer", "type", "w bits", "a bits [grid]", "scale range", "SQNR dB", "params", "bytes"]
 
 
 def _pre_quant_weight(module: nn.Module) -> torch.Tensor:
@@ -60,13 +63,15 @@ def layer_report(model: nn.Module) -> list[LayerReport]:
             name=name, type=type(module).__name__.removeprefix("Parametrized"), bits=wq.spec.bits, act_bits=act.spec.bits if act else None,
             scale_min=float(wq.scale.min()), scale_max=float(wq.scale.max()),
             sqnr_db=sqnr_db(before, after), params=after.numel(),
-            bytes=after.numel() * wq.spec.bits / 8 + 4 * nscale + zp_bytes))
+            bytes=after.numel() * wq.spec.bits / 8 + 4 * nscale + zp_bytes,
+            act_grid=act.spec.qrange if act else None))
     for name, module in int8_layers(model):
         rows.append(LayerReport(
             name=name, type=type(module).__name__, bits=8, act_bits=8 if module.static else None,
             scale_min=float(module.weight_scale.min()), scale_max=float(module.weight_scale.max()),
             sqnr_db=float("nan"), params=module.weight.numel(),
-            bytes=module.weight.numel() + 4 * module.weight_scale.numel()))
+            bytes=module.weight.numel() + 4 * module.weight_scale.numel(),
+            act_grid=(module.in_qmin, module.in_qmax) if module.static else None))
     return rows
 
 
