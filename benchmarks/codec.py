@@ -56,8 +56,8 @@ def main() -> None:
     t_enc, z = best_of(lambda: zlib.compress(raw, 6), repeat=1)
     t_dec, _ = best_of(lambda: zlib.decompress(z), repeat=1)
     rows.append(("zlib level 6 of the fp32 bytes", len(z), t_enc, t_dec))
+    hint = p.codec_hint()
     for huffman in (False, True):
-        hint = p.codec_hint()
         t_enc, enc = best_of(lambda h=huffman: encode_tensor(weight, hint=hint, huffman=h))
         t_dec, (out, _) = best_of(lambda e=enc: decode_tensor(e.codec, e.payload, weight.dtype, tuple(weight.shape), "w"))
         assert np.array_equal(to_bits(out), to_bits(weight))

@@ -152,3 +152,13 @@ def test_bits_by_type_name_on_an_already_parametrized_layer():
     parametrize.register_parametrization(layer, "weight", Keep())
     assert ShareConfig(bits={"Linear": 3}).bits_for("fc", layer) == 3
     assert ShareConfig(bits={"fc": 4}).bits_for("fc", layer) == 4
+
+
+def test_kmeans_uses_every_centroid_across_the_pruning_gap():
+    """Linear init over a pruned layer puts centroids in the empty gap around zero; they are
+    relocated onto the data, so all 2^b codebook entries end up used."""
+    w = torch.randn(50_000, generator=torch.Generator().manual_seed(0)) * 0.05
+    w = w[w.abs() > 0.04]
+    c, labels = kmeans_1d(w, 32, init="linear")
+    assert labels.unique().numel() == 32
+    assert torch.all(c.abs() > 0.04)

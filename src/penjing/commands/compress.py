@@ -39,7 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from penjing.recipe.schema import builtin_recipe
 
     path = Path(args.recipe)
-    recipe = load_recipe(path if path.suffix in {".yaml", ".yml"} or path.exists() else builtin_recipe(args.recipe))
+    name = args.recipe
+    if name == DEFAULT_RECIPE and args.model:  # a model-specific variant, e.g. deep_compression_lenet5
+        try:
+            builtin_recipe(f"{name}_{args.model}")
+            name = f"{name}_{args.model}"
+        except FileNotFoundError:
+            pass
+    recipe = load_recipe(path if path.suffix in {".yaml", ".yml"} or path.exists() else builtin_recipe(name))
     args.model = args.model or recipe.model or "lenet300"
     if args.data == "digits" and recipe.data != "digits":
         args.data = recipe.data

@@ -13,7 +13,7 @@ from penjing.share.shared import SharedWeight
 
 
 def share_layer(module: nn.Module, bits: int, *, init: str = "linear", max_iter: int = 100,
-                seed: int = 0, name: str = "weight") -> SharedWeight:
+                seed: int = 0, name: str = "weight", relocate_empty: bool = False) -> SharedWeight:
     """Cluster ``module.<name>``'s nonzero values into ``2^bits`` centroids and attach the
     sharing parametrization on top of whatever is already there (e.g. a pruning mask)."""
     if any(isinstance(p, SharedWeight) for p in parametrizations(module, name)):
@@ -22,7 +22,8 @@ def share_layer(module: nn.Module, bits: int, *, init: str = "linear", max_iter:
         w = getattr(module, name).detach()
         # Zeros (pruned, or zero in the current value) are not clustered and stay zero.
         nonzero = w != 0
-        centroids, labels = kmeans_1d(w[nonzero], 2 ** bits, init=init, max_iter=max_iter, seed=seed)
+        centroids, labels = kmeans_1d(w[nonzero], 2 ** bits, init=init, max_iter=max_iter, seed=seed,
+                                      relocate_empty=relocate_empty)
         index = torch.zeros(w.shape, dtype=torch.int64)
         index[nonzero] = labels + 1
     p = SharedWeight(centroids.to(w.dtype), index, bits)
@@ -46,10 +47,11 @@ def share(model: nn.Module, config: ShareConfig | None = None) -> nn.Module:
         bits = config.bits_for(name, module)
         if bits is None:
             continue
-        share_layer(module, bits, init=config.init, max_iter=config.max_iter, seed=config.seed)
+        options = dict(init=config.init, max_iter=config.max_iter, seed=config.seed,
+                       relocate_empty=config.relocate_empty)
+        share_layer(module, bits, **options)
         if config.bias_bits and isinstance(getattr(module, "bias", None), torch.Tensor):
-            share_layer(module, config.bias_bits, init=config.init, max_iter=config.max_iter,
-                        seed=config.seed, name="bias")
+            share_layer(module, config.bias_bits, name="bias", **options)
         done += 1
     if not done:
         raise ValueError(f"share: bits={config.bits} names none of the selected layers "

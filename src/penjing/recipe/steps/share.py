@@ -21,6 +21,7 @@ class Params(StepParams):
     init: Literal["linear", "density", "random"] = "linear"
     #: share biases too, at this many bits (not in the paper; they matter in small models)
     bias_bits: int | None = Field(default=None, ge=1, le=16)
+    relocate_empty: bool = False
     layers: str | list[str] | None = None
     exclude: str | list[str] = Field(default_factory=list)
     finetune_epochs: int = Field(default=3, ge=0)
@@ -40,7 +41,8 @@ def run(model: nn.Module, params: Params, ctx) -> None:
     from penjing.share import ShareConfig, share
     from penjing.train import evaluate
 
-    share(model, ShareConfig(bits=params.bits, init=params.init, bias_bits=params.bias_bits, layers=params.layers,
+    share(model, ShareConfig(bits=params.bits, init=params.init, bias_bits=params.bias_bits,
+                             relocate_empty=params.relocate_empty, layers=params.layers,
                              exclude=params.exclude or (), seed=ctx.seed))
     # Accuracy straight after clustering, before the centroids are fine-tuned (the report's
     # stage table shows what fine-tuning recovers).
