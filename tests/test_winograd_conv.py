@@ -137,6 +137,7 @@ def test_trains_like_conv2d():
             win.train()
 
 
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 def test_drop_in_details():
     conv = nn.Conv2d(3, 4, 3, padding="same")
     wconv = WinogradConv2d.from_conv(conv)

@@ -131,8 +131,8 @@ class WinogradReport:
         direct, after = self.totals()
         line = f"{len(self.converted)} conv(s) converted to Winograd, {len(self.skipped)} skipped"
         if direct:
-            line += (f"; multiplications {direct:,} -> {after:,} ({direct / after:.2f}x fewer, "
-                     "input/output transforms included)")
+            line += (f"; multiplications of the convs seen by the example input {direct:,} -> "
+                     f"{after:,} ({direct / after:.2f}x fewer, input/output transforms included)")
         return line
 
     def rich_table(self):
