@@ -96,7 +96,7 @@ def test_dense_lenet300_energy_is_counted_by_hand():
     assert rep.breakdown()["dram"] / rep.total_pj > 0.99
 
 
-def test_pruning_to_8_percent_and_sharing_to_5_bits_lowers_energy(capsys):
+def test_pruning_to_8_percent_and_sharing_to_5_bits_lowers_energy():
     torch.manual_seed(0)
     model = LeNet300()
     x = torch.rand(1, 1, 8, 8)
@@ -121,7 +121,6 @@ def test_pruning_to_8_percent_and_sharing_to_5_bits_lowers_energy(capsys):
           f"{pruned.total_pj / 1e3:.1f} nJ ({dense.total_pj / pruned.total_pj:.1f}x), + 5-bit sharing "
           f"{shared.total_pj / 1e3:.2f} nJ ({factor:.0f}x lower)")
     assert factor > 200
-    assert "x lower" in capsys.readouterr().out
 
 
 def test_quantization_makes_ops_integer_and_cheaper():

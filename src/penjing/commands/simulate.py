@@ -91,16 +91,17 @@ def run(args) -> int:
     from penjing.hw.trace import trace
     from penjing.hw.training import training_step_layers
 
-    model, example = _model_and_example(args)
+    # check the cheap arguments before loading data and model
     hw = load_hw(args.hw)
     table = load_table(args.table)
+    if args.workers is not None and not args.train:
+        raise ValueError("--workers projects training: add --train")
+    model, example = _model_and_example(args)
     report = simulate(model, example, hw, dataflow=args.dataflow, table=table)
     print(report)
     out = Path(args.out)
     png = report.roofline(out / "roofline.png")
     print(f"roofline plot: {png}")
-    if args.workers is not None and not args.train:
-        raise ValueError("--workers projects training: add --train")
     if not args.train:
         return 0
     layers = trace(model, example)

@@ -33,6 +33,7 @@ A user table is a YAML file with the same keys as ``45nm.yaml`` next to this mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -101,6 +102,13 @@ def _check_table(data: dict, source: str) -> EnergyTable:
     return EnergyTable(**kwargs)
 
 
+@lru_cache(maxsize=1)
+def _default_table() -> EnergyTable:
+    # parsed once: simulating a small model should not be dominated by reading YAML
+    text = resources.files("penjing.hw").joinpath("45nm.yaml").read_text()
+    return _check_table(yaml.safe_load(text), "45nm")
+
+
 def load_table(table: str | Path | dict | EnergyTable | None = None) -> EnergyTable:
     """The default 45 nm table (``None`` or ``"45nm"``), a YAML file, or a dict."""
     if isinstance(table, EnergyTable):
@@ -108,8 +116,7 @@ def load_table(table: str | Path | dict | EnergyTable | None = None) -> EnergyTa
     if isinstance(table, dict):
         return _check_table(table, "dict")
     if table is None or str(table) == "45nm":
-        text = resources.files("penjing.hw").joinpath("45nm.yaml").read_text()
-        return _check_table(yaml.safe_load(text), "45nm")
+        return _default_table()
     path = Path(table)
     if not path.exists():
         raise FileNotFoundError(f"energy table {path} not found")
