@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         return _sensitivity(args)
     import torch
-    from rich.console import Console
 
     from penjing.core.params import bake
     from penjing.prune import PruneConfig, prune
@@ -118,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
         dense_rows = {r.name: r for r in summary(dense).rows}
         table.extra_columns["dense params"] = [
             f"{dense_rows[r.name].params:,}" if r.name in dense_rows else "" for r in table.rows]
-    console = Console()
-    console.print(table.rich_table())
-    console.print(table.totals())
+    print(table)  # rendered by rich, as plain text (pipes and captures keep it)
     dense_params = sum(p.numel() for p in dense.parameters())
     params = sum(p.numel() for p in model.parameters())
     print(f"accuracy {100 * before:.2f}% -> {100 * after:.2f}% ({100 * (after - before):+.2f} points); "
