@@ -52,7 +52,7 @@ class WinogradConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, m: int | None = 2):
+                 device=None, dtype=None, m: int | None = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device=device, dtype=dtype)
         _check_supported("WinogradConv2d", self.kernel_size, self.stride, self.dilation, self.groups,
@@ -119,6 +119,8 @@ class WinogradConv2d(nn.Conv2d):
         from penjing.winograd.autotune import choose_tile_by_cost
 
         ho, wo = output_size(x.shape[-2], x.shape[-1], self.kernel_size[0], self.padding4())
+        if ho < 1 or wo < 1:
+            return 2  # any tile: winograd_conv2d reports the too-small input
         return choose_tile_by_cost(self.in_channels, self.out_channels, ho, wo, self.kernel_size[0],
                                    batch=x.shape[0])
 

@@ -265,7 +265,7 @@ def winograd(model: nn.Module, config: WinogradConfig | None = None, *,
     if verbose:
         from rich.console import Console
 
-        console = Console()
+        console = Console(width=max(Console().width, 150))  # wide table: keep rows on one line
         console.print(report.rich_table())
         console.print(report.summary_line())
     return model
