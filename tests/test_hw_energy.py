@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -218,3 +220,27 @@ def test_user_energy_table(tmp_path):
         energy(model, torch.rand(1, 8), table=str(bad))
     with pytest.raises(ValueError, match="no float_mult entry for 64-bit operands"):
         energy(model.double(), torch.rand(1, 8, dtype=torch.float64))
+
+
+def test_models_from_penjing_methods_trace():
+    """Real pipelines: penjing.quantize's fake quant and int8 kernels, lowrank, Winograd."""
+    import penjing as pj
+    from penjing.data import digits
+
+    train, test = digits()
+    x = test.tensors[0][:4]
+    torch.manual_seed(0)
+    base = pj.models.LeNet5()
+    fake = pj.quantize(copy.deepcopy(base), pj.QuantConfig(bits=8), calibration=train)
+    layers = [lay for lay in trace(fake, x) if lay.kind == "gemm"]
+    assert [(lay.weight_bits, lay.act_bits, lay.integer) for lay in layers] == [(8.0, 8.0, True)] * 4
+    int8 = pj.convert(copy.deepcopy(fake))
+    real = trace(int8, x)
+    assert [lay.op for lay in real if lay.kind == "gemm"] == ["int_gemm"] * 4
+    assert not any(lay.op == "count_nonzero" for lay in real)  # the tracer's own work is not a layer
+    # same GEMMs, same stored bytes, integer ops: the same weight energy as the fake-quant model
+    fake_e, int8_e = energy(fake, x), energy(int8, x)
+    assert {r.name: r.dram_pj for r in int8_e.rows if r.macs} == {r.name: r.dram_pj for r in fake_e.rows if r.macs}
+    assert energy(base, x).total_pj > fake_e.total_pj
+    wino = pj.winograd(copy.deepcopy(base))
+    assert any(lay.kind == "gemm" for lay in trace(wino, x))

@@ -248,3 +248,21 @@ def test_bad_inputs_to_simulate(tmp_path):
         gemm_cost(0, 3, 3, 4, 4, "os")
     with pytest.raises(ValueError, match="the array needs at least 1x1 PEs, got 0x4"):
         gemm_cost(3, 3, 3, 0, 4, "os")
+
+
+def test_roofline_flags_memory_bound_layers_and_writes_png(tmp_path):
+    from penjing.hw.roofline import ridge, roofline_points
+
+    tpu = load_hw("tpu-v1")
+    assert ridge(tpu) == pytest.approx(91.75e12 / 34e9, rel=1e-3)  # ~2700 ops per DRAM byte
+    fc = simulate(nn.Linear(1024, 1024), torch.randn(1, 1024), tpu)
+    (point,) = roofline_points(fc)
+    # batch 1: every int8 weight is used once -> 2 ops per byte, far left of the ridge
+    assert point.intensity == pytest.approx(2 * 1024 * 1024 / (1024 * 1024 + 1024 + 1024), rel=1e-6)
+    # DRAM-limited in the simulation too: the layer sits exactly on the slanted roof
+    assert point.memory_bound and point.achieved == pytest.approx(point.attainable)
+    conv = simulate(nn.Conv2d(64, 64, 3, padding=1), torch.randn(64, 64, 28, 28), tpu)
+    (cpoint,) = roofline_points(conv)
+    assert not cpoint.memory_bound and cpoint.intensity > ridge(tpu)
+    png = fc.roofline(tmp_path / "r.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

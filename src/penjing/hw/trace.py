@@ -48,7 +48,7 @@ _FREE = {
 _POOL = ("pool",)
 #: Compute ops the model does not cost yet: refusing them beats silently under-counting.
 _UNSUPPORTED = ("conv_transpose", "einsum", "tensordot", "bilinear", "lstm", "gru", "rnn_",
-                "conv_tbc", "fold", "unfold", "baddbmm_", "fft")
+                "conv_tbc", "fft")
 _GEMM_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -316,7 +316,11 @@ def trace(model: nn.Module, example: torch.Tensor | tuple) -> list[Layer]:
             if id(module) in int_modules and id(module) not in recorder.seen_gemm:
                 xs = _tensors(args)
                 if xs and isinstance(output, torch.Tensor):
-                    recorder.layers.append(_int_kernel_layer(name, module, xs[0], output))
+                    recorder.hidden += 1  # our own zero count is not a layer of the model
+                    try:
+                        recorder.layers.append(_int_kernel_layer(name, module, xs[0], output))
+                    finally:
+                        recorder.hidden -= 1
         return hook
 
     module_of = dict(model.named_modules())
