@@ -149,6 +149,9 @@ def test_drop_in_details():
         torch.testing.assert_close(wconv(x), conv(x), rtol=1e-5, atol=1e-5)  # unbatched input
         xc = torch.randn(2, 3, 10, 7).to(memory_format=torch.channels_last)
         torch.testing.assert_close(wconv(xc), conv(xc), rtol=1e-5, atol=1e-5)
+        # the output keeps the input's memory format, like nn.Conv2d (so .view() works on NCHW)
+        assert wconv(xc).is_contiguous(memory_format=torch.channels_last)
+        assert wconv(xc.contiguous()).view(2, -1).shape == (2, 4 * 10 * 7)
     even = nn.Conv2d(2, 2, 4, padding="same")  # asymmetric 'same' padding
     with torch.no_grad():
         torch.testing.assert_close(WinogradConv2d.from_conv(even, 2)(x[:2]), even(x[:2]),

@@ -10,10 +10,10 @@ stage streams over contiguous channel vectors:
    ``V[xi*nu, P, C]`` with ``P = N * tiles``;
 3. the elementwise stage: ``alpha^2`` independent GEMMs ``M[k] = V[k] @ U[k]`` over channels
    (one ``bmm``), where the multiplications are saved and where the time goes;
-4. output transform ``Y = A^T M A`` as two more matrix products, then one permute into
-   ``N, H, W, K`` order, returned as an NCHW-shaped view in channels-last memory format
-   (no extra copy; every PyTorch op accepts it, and a following ``WinogradConv2d`` wants
-   exactly that layout).
+4. output transform ``Y = A^T M A`` as two more matrix products, then one permute into the
+   memory format of the input, as ``nn.Conv2d`` does: contiguous NCHW for NCHW input,
+   channels-last for channels-last input (which a following ``WinogradConv2d`` reads
+   without a transposing copy).
 
 Every step is a differentiable PyTorch op, so autograd gives the gradient of the input and
 of the weight (through the filter transform).
@@ -87,8 +87,14 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, r: int, m: int, padding: P
     # 4. Output transform: contract xi, then nu; then tiles back into the image.
     o1 = torch.mm(at, mt.view(a, -1)).view(m, a, -1)
     o2 = torch.matmul(at, o1)  # (i, j, P*K)
-    y = o2.view(m, m, n, th, tw, k).permute(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, k)
-    y = y[:, :ho, :wo].permute(0, 3, 1, 2)
+    y = o2.view(m, m, n, th, tw, k)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # channels-last in, channels-last out (as nn.Conv2d does): tiles -> (N, H, W, K).
+        y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, k)[:, :ho, :wo].permute(0, 3, 1, 2)
+        y = y.contiguous(memory_format=torch.channels_last)
+    else:
+        # NCHW in, contiguous NCHW out, so that user code calling .view() on it keeps working.
+        y = y.permute(2, 5, 3, 0, 4, 1).reshape(n, k, th * m, tw * m)[:, :, :ho, :wo].contiguous()
     if bias is not None:
         y = y + bias.view(1, k, 1, 1)
     return y
