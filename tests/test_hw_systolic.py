@@ -261,8 +261,30 @@ def test_roofline_flags_memory_bound_layers_and_writes_png(tmp_path):
     assert point.intensity == pytest.approx(2 * 1024 * 1024 / (1024 * 1024 + 1024 + 1024), rel=1e-6)
     # DRAM-limited in the simulation too: the layer sits exactly on the slanted roof
     assert point.memory_bound and point.achieved == pytest.approx(point.attainable)
-    conv = simulate(nn.Conv2d(64, 64, 3, padding=1), torch.randn(64, 64, 28, 28), tpu)
-    (cpoint,) = roofline_points(conv)
-    assert not cpoint.memory_bound and cpoint.intensity > ridge(tpu)
+    # a conv between two others: its activations stay in the 24 MiB unified buffer, only its
+    # 36 KiB of weights come from DRAM: 2*6272*576*64 ops / 36864 bytes = 12544 ops/byte
+    convs = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1),
+                          nn.Conv2d(64, 64, 3, padding=1))
+    rep = simulate(convs, torch.randn(8, 64, 28, 28), tpu)
+    first, middle, last = roofline_points(rep)
+    assert middle.intensity == pytest.approx(12544) and not middle.memory_bound
+    assert first.memory_bound and last.memory_bound  # network input from / output to DRAM
     png = fc.roofline(tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_partial_sums_that_do_not_fit_rechunk_or_spill_by_hand():
+    fc, x = nn.Linear(64, 8), torch.randn(1000, 64)
+    # ws on 16x16: F_R = 4 row folds; the 1000 x 8 partial sums (32 kB at 32 bits) exceed an
+    # 8 KiB output buffer: 4 chunks re-reading the 512 B of int8 weights 3 more times (1.5 kB)
+    # beats spilling 2 * 3 * 1000 * 8 * 4 = 192 kB of partial sums
+    small = hw(16, 16, ifmap_kib=1024, weight_kib=64, ofmap_kib=8)
+    row = simulate(fc, x, small, dataflow="ws").rows[0]
+    assert row.dram_read_bytes == 1000 * 64 + 512 + 3 * 512
+    assert row.dram_write_bytes == 1000 * 8
+    # with room for all partial sums the weights are read once
+    big = simulate(fc, x, small.with_(ofmap_kib=64), dataflow="ws").rows[0]
+    assert big.dram_read_bytes == 1000 * 64 + 512
+    # with no output buffer at all the partial sums spill
+    none = simulate(fc, x, small.with_(ofmap_kib=0), dataflow="ws").rows[0]
+    assert none.dram_read_bytes == 1000 * 64 + 512 + 3 * 1000 * 8 * 4

@@ -43,8 +43,11 @@ weights move at ``bits``, partial sums at ``acc_bits``.
 into "fits" tests on whole operands): the stationary operand of ws (``B``) and is (``A``) is
 read once; the streamed operand is read once if it fits in its buffer, else once per column
 fold; in os the ``K x C`` weight tile of a column fold is read once if it fits in the weight
-buffer, else once per row fold. Partial sums that do not fit in the output buffer spill to
-DRAM: ``2 (F_R - 1) M N acc_bits/8`` bytes. Activations stay in the input buffer between
+buffer, else once per row fold. Partial sums of a column fold that do not fit in the output
+buffer either spill to DRAM (``2 (F_R - 1) M N acc_bits/8`` bytes) or, when cheaper, the
+streamed dimension is cut into chunks whose partial sums fit and the stationary operand is
+re-read from DRAM once per extra chunk (how the TPU tiles a large batch through its 4 MiB
+of accumulators). Activations stay in the input buffer between
 layers (the TPU's unified buffer): a layer's input comes from DRAM only for the first layer
 or when it does not fit, and its output goes to DRAM only for the last layer or when it does
 not fit. Weights come from DRAM at their stored size (sparse values + indices, or 5-bit
@@ -331,16 +334,32 @@ def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | 
             spill = 0.0
         elif dataflow == "ws":
             a_passes, b_passes = (1 if a_g <= in_buf else Fc), 1
-            spill = 0.0 if M * min(N, hw.cols) * accbytes <= out_buf else 2 * (Fr - 1) * M * N * accbytes * g
         else:
             a_passes, b_passes = 1, (1 if b_g <= w_buf else Fc)
-            spill = 0.0 if min(M, hw.cols) * N * accbytes <= out_buf else 2 * (Fr - 1) * M * N * accbytes * g
         # an input that does not fit is re-streamed from DRAM once per pass
         a_dram = a_unique * (a_passes if a_unique else 0)
         if not layer.has_weight:  # activation x activation: B was produced on chip if it fits
-            b_dram = b_unique * b_passes if b_unique > in_buf else 0.0
-        else:
-            b_dram = b_unique * b_passes
+            b_unique = b_unique if b_unique > in_buf else 0.0
+        b_dram = b_unique * b_passes
+        spill = 0.0
+        if dataflow != "os":
+            # partial sums of a column fold (ws: M x C, is: C x N) accumulate over the F_R row
+            # folds; when they do not fit in the output buffer either they spill to DRAM, or
+            # the streamed dimension is cut into chunks that fit and the stationary operand is
+            # re-read once per extra chunk: the cheaper of the two
+            tile = (M * min(N, hw.cols) if dataflow == "ws" else min(M, hw.cols) * N) * accbytes
+            if Fr > 1 and tile > out_buf:
+                spill_bytes = 2 * (Fr - 1) * M * N * accbytes * g
+                stationary = b_unique if dataflow == "ws" else a_unique
+                chunks = math.ceil(tile / out_buf) if out_buf > 0 else math.inf
+                rechunk = stationary * (chunks - 1)
+                if rechunk < spill_bytes:
+                    if dataflow == "ws":
+                        b_dram += rechunk
+                    else:
+                        a_dram += rechunk
+                else:
+                    spill = spill_bytes
         dram_r = a_dram + b_dram + spill / 2
         dram_w = out_dram + spill / 2
         sram_r = (cost.a_reads + cost.b_reads) * abytes + cost.psum_reads * accbytes
