@@ -100,7 +100,7 @@ def main() -> None:
     train, test = pj.data.digits()
     x = train.tensors[0][: args.batch]
     print(f"batch {args.batch}, {args.threads} thread(s), median of {args.reps} interleaved runs\n")
-    head = "| model | variant | params | nonzero weights | MACs | latency (ms) | speedup vs dense |"
+    head = "| model | variant | params | nonzero weights | MACs / image | latency (ms) | speedup vs dense |"
     if args.accuracy:
         head += " accuracy % |"
     print(head)

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune", help="prune a model: unstructured, N:M or channel; one-shot, iterative or polynomial",
         description="Prune a model's weights (magnitude / L1 / L2), fine-tune with the training loop, "
-        "and print the per-layer table (params, nonzeros, kept %%, bytes) with the accuracy before "
+        "and print the per-layer table (params, nonzeros, kept %, bytes) with the accuracy before "
         "and after. --sensitivity instead prunes each layer alone at several sparsities and "
         "suggests per-layer values.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
