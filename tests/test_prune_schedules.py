@@ -132,3 +132,28 @@ def test_han_lenet300_keeps_8_percent_within_half_a_point(digits_data, tmp_path)
     dense, final = result.summaries[0], result.final
     assert final.nonzeros / final.params <= 0.08
     assert final.accuracy >= dense.accuracy - 0.005, (dense.accuracy, final.accuracy)
+
+
+def test_polynomial_schedule_through_prune(trained):
+    model, train, test = copy.deepcopy(trained[0]), trained[1], trained[2]
+    seen = []
+    prune(model, PruneConfig(sparsity=0.8, schedule="polynomial", finetune_epochs=2, frequency=5), train,
+          test=test, progress=False, log=seen.append)
+    assert len(seen) == 1 and seen[0].kept == pytest.approx(0.2, abs=1e-4)
+    assert seen[0].accuracy >= pj.evaluate(trained[0], test) - 0.03
+
+
+def test_recipe_step_sparsity_auto_uses_the_sensitivity_suggestions(trained, tmp_path):
+    from penjing.recipe import RecipeContext, run_recipe
+    from penjing.recipe.schema import Recipe
+
+    model, train, test = copy.deepcopy(trained[0]), trained[1], trained[2]
+    recipe = Recipe.from_dict({"steps": [{"prune": {"sparsity": "auto", "tolerance": 1.0}}]})
+    ctx = RecipeContext(train=train, test=test, out_dir=tmp_path, progress=False, echo=False)
+    result = run_recipe(recipe, model, ctx)
+    expected = sensitivity(trained[0], test).suggest(1.0)
+    kept = {r.name: r.kept for r in result.final.rows}
+    for layer, s in expected.items():
+        assert kept[layer] == pytest.approx(1 - s, abs=1e-3)
+    assert "Pruning sensitivity, one layer at a time" in [t for t, _ in ctx.artifacts["plots"]]
+    assert "## Pruning sensitivity" in result.report_path.read_text()

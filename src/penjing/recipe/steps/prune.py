@@ -5,17 +5,22 @@
 - prune: {sparsity: {fc1: 0.93, fc2: 0.92, fc3: 0.75}, schedule: iterative, rounds: 5, finetune_epochs: 8}
 - prune: {granularity: "2:4", finetune_epochs: 3}
 - prune: {sparsity: 0.5, granularity: channel, finetune_epochs: 5}
+- prune: {sparsity: auto, tolerance: 0.5, finetune_epochs: 5}   # per-layer, from sensitivity
 ```
+
+``sensitivity: true`` adds the per-layer sensitivity curves to the report; ``sparsity: auto``
+runs the analysis and prunes each layer at its suggested sparsity (the largest whose accuracy
+drop alone is within ``tolerance`` points).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 from torch import nn
 
-from penjing.prune import PruneConfig, prune
+from penjing.prune import PruneConfig, prune, sensitivity
 from penjing.prune.config import _check_sparsity
 from penjing.prune.report import rounds_markdown, rounds_plot
 from penjing.recipe.schema import StepParams
@@ -23,7 +28,7 @@ from penjing.train import evaluate
 
 
 class Params(StepParams):
-    sparsity: float | dict[str, float] | None = None
+    sparsity: float | dict[str, float] | Literal["auto"] | None = None
     quality: float | None = None
     criterion: str = "magnitude"
     scope: str = "per-layer"
@@ -39,10 +44,14 @@ class Params(StepParams):
     frequency: int = 10
     layers: str | list[str] | None = None
     exclude: str | list[str] | None = None
+    sensitivity: bool = False
+    tolerance: float = 1.0
 
     @field_validator("sparsity")
     @classmethod
     def _sparsity_range(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
         if isinstance(value, dict):
             for key, v in value.items():
                 _check_sparsity(v, f" for {key!r}")
@@ -50,14 +59,26 @@ class Params(StepParams):
             _check_sparsity(value, "")
         return value
 
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"tolerance (accuracy points) must be >= 0, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Params:
-        self.to_config()  # every other rule, with PruneConfig's own messages
+        if self.sparsity == "auto" and self.granularity != "unstructured":
+            raise ValueError("sparsity: auto picks per-layer sparsities for unstructured pruning")
+        # every other rule, with PruneConfig's own messages ('auto' stands in as a valid dict)
+        self.to_config({"*": 0.5} if self.sparsity == "auto" else None)
         return self
 
-    def to_config(self) -> PruneConfig:
-        fields = self.model_dump()
+    def to_config(self, sparsity: float | dict[str, float] | None = None) -> PruneConfig:
+        fields = self.model_dump(exclude={"sensitivity", "tolerance"})
         fields["exclude"] = fields["exclude"] or ()
+        if sparsity is not None:
+            fields["sparsity"] = sparsity
         return PruneConfig(**fields)
 
 
@@ -73,7 +94,10 @@ def run(model: nn.Module, params: Params, ctx) -> None:
                   f"{info.params:,} weights kept{acc}")
 
     before = evaluate(model, ctx.test)
-    prune(model, params.to_config(), ctx.train, test=ctx.test, seed=ctx.seed, progress=ctx.progress,
+    sparsity = None
+    if params.sensitivity or params.sparsity == "auto":
+        sparsity = _sensitivity(model, params, ctx)
+    prune(model, params.to_config(sparsity), ctx.train, test=ctx.test, seed=ctx.seed, progress=ctx.progress,
           log=log)
     index = len(ctx.summaries)  # several prune steps in one recipe each keep their own files
     plot = rounds_plot(rounds, ctx.out_dir / f"prune_rounds_{index}.png", before)
@@ -84,3 +108,21 @@ def run(model: nn.Module, params: Params, ctx) -> None:
     ctx.artifacts.setdefault("plots", []).append(("Weights kept per layer after pruning", layers))
     ctx.artifacts.setdefault("sections", []).append(
         f"## Pruning ({params.schedule}, {params.granularity})\n\n" + rounds_markdown(rounds, before))
+
+
+def _sensitivity(model: nn.Module, params: Params, ctx) -> dict[str, float] | None:
+    """Run the analysis, report it, and return the suggested sparsities for ``sparsity: auto``."""
+    result = sensitivity(model, ctx.test, layers=params.layers, exclude=params.exclude or (),
+                         criterion=params.criterion, tolerance=params.tolerance,
+                         plot=ctx.out_dir / f"prune_sensitivity_{len(ctx.summaries)}.png")
+    ctx.artifacts.setdefault("plots", []).append(
+        ("Pruning sensitivity, one layer at a time", ctx.out_dir / f"prune_sensitivity_{len(ctx.summaries)}.png"))
+    ctx.artifacts.setdefault("sections", []).append("## Pruning sensitivity\n\n" + result.to_markdown(params.tolerance))
+    if params.sparsity != "auto":
+        return None
+    suggested = {name: s for name, s in result.suggest(params.tolerance).items() if s > 0}
+    if not suggested:
+        raise ValueError(f"sparsity: auto: no layer can be pruned within {params.tolerance} accuracy points")
+    if ctx.echo:
+        print("sensitivity suggests: " + ", ".join(f"{k} {100 * v:g}%" for k, v in suggested.items()))
+    return suggested
