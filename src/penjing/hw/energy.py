@@ -250,9 +250,9 @@ def energy(model: nn.Module, example: torch.Tensor | tuple, *,
     a matching table when you raise it.
     """
     layers = trace(model, example)
-    batch = (example[0] if isinstance(example, tuple) else example).shape[0] if \
-        (example[0] if isinstance(example, tuple) else example).dim() > 0 else 1
-    return energy_of_layers(layers, load_table(table), batch=max(int(batch), 1), on_chip_kib=on_chip_kib)
+    first = example[0] if isinstance(example, tuple) else example
+    batch = int(first.shape[0]) if first.dim() > 0 else 1
+    return energy_of_layers(layers, load_table(table), batch=max(batch, 1), on_chip_kib=on_chip_kib)
 
 
 def energy_column(model: nn.Module, data, names: list[str], **kwargs) -> list[str] | None:

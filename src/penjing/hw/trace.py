@@ -148,6 +148,8 @@ class _Recorder(TorchFunctionMode):
         self._counter: dict[str, int] = {}
         #: > 0 while a parametrization computes a weight: representation, not inference work
         self.hidden = 0
+        #: ids of integer-kernel modules (int weight buffers), costed from their weight shape
+        self._int_modules: set[int] = set()
 
     # naming --------------------------------------------------------------------------
     def _name(self, op: str) -> str:
@@ -205,8 +207,6 @@ class _Recorder(TorchFunctionMode):
                 out_elems=out.numel(), ops=out.numel() * window, act_bits=_bits_of(inputs[0]),
                 integer=not inputs[0].is_floating_point()))
         return out
-
-    _int_modules: set[int] = set()
 
     def _module_weight_info(self, weight: torch.Tensor) -> tuple[float, bool, int, float | None]:
         """(stored bits, affine-quantized?, index bits, activation bits) of the running layer."""
