@@ -191,3 +191,28 @@ def test_bad_input_shape():
         wconv(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="input 2x2 \\(padded 2x2\\) is smaller than the 3x3 kernel"):
         wconv(torch.randn(1, 4, 2, 2))
+
+
+class _Mask(nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("mask", torch.ones(shape))
+
+    def forward(self, w):
+        return w * self.mask
+
+
+def test_parametrized_weight_is_never_served_stale():
+    """A pruning-style parametrization on a WinogradConv2d: the weight is recomputed on every
+    access (a fresh tensor that may reuse a freed address), so U must not be cached."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    wconv = WinogradConv2d(4, 4, 3, padding=1, m=2)
+    parametrize.register_parametrization(wconv, "weight", _Mask(wconv.weight.shape))
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        before = wconv(x)
+        wconv.parametrizations.weight[0].mask.zero_()
+        torch.testing.assert_close(wconv(x), wconv.bias.view(1, 4, 1, 1).expand_as(before))
+        assert not torch.allclose(before, wconv(x))
