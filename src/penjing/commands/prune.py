@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"accuracy {100 * before:.2f}% -> {100 * after:.2f}% ({100 * (after - before):+.2f} points); "
           f"nonzero weights {100 * table.nonzeros / summary(dense).params:.2f}% of dense; "
-          f"parameters {dense_params:,} -> {params:,}")
+          f"parameters {dense_params:,} -> {params:,} ({dense_params / params:.2f}x fewer)")
     out = out_dir(args.out)
     rounds_plot(rounds, out / "prune_rounds.png", before)
     sparsity_per_layer(model, out / "sparsity_per_layer.png")
