@@ -260,3 +260,39 @@ def test_save_refuses_what_it_cannot_store(tmp_path):
         save({"a": 3}, tmp_path / "x.pjz")
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.pjz")
+
+
+def test_hint_protocol_no_argument_hints_and_last_one_wins():
+    from torch.nn.utils import parametrize
+
+    from penjing.codec import collect_hints
+
+    class Sign(nn.Module):  # values in {-1, +1}: a 1-bit codebook, asked without the value
+        def forward(self, v):
+            return torch.where(v >= 0, 1.0, -1.0)
+
+        def codec_hint(self):
+            return {"codebook_bits": 1}
+
+    class Half(nn.Module):  # then halved: {-0.5, 0.5} = (q - 0.5) * 1.0 for q in {0, 1}
+        def forward(self, v):
+            return v * 0.5
+
+        def codec_hint(self, v):
+            return {"affine": {"bits": 1, "scale": torch.tensor(1.0), "zero_point": torch.tensor(0.5),
+                               "axis": None}}
+
+    layer = nn.Linear(6, 4)
+    parametrize.register_parametrization(layer, "weight", Sign())
+    assert collect_hints(layer) == {"weight": {"codebook_bits": 1}}
+    parametrize.register_parametrization(layer, "weight", Half())
+    hints = collect_hints(layer)
+    assert list(hints["weight"]) == ["affine"]  # the outer hint replaces the inner one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the affine hint is exact: no fallback warning
+        enc = encode_tensor(layer.weight.detach(), hint=hints["weight"], huffman=False)
+    # 1 bit per weight either way; the two-entry codebook is a few bytes smaller than the
+    # affine parameters here, and the smallest codec wins
+    assert enc.name in ("affine", "codebook") and len(enc.payload) < 20
+    out, _ = decode_tensor(enc.codec, enc.payload, torch.float32, (4, 6), "w")
+    assert torch.equal(out, layer.weight.detach())

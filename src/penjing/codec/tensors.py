@@ -139,8 +139,8 @@ def _affine(tensor: torch.Tensor, hint: dict, use_huffman: bool) -> Encoded | No
     """The affine payload, or ``None`` (with a warning) when the hint does not reproduce the
     tensor bit for bit."""
     bits = int(hint["bits"])
-    scale = torch.as_tensor(hint["scale"]).detach().reshape(-1)
-    zero_point = torch.as_tensor(hint["zero_point"]).detach().reshape(-1)
+    scale = torch.as_tensor(hint["scale"]).detach().cpu().reshape(-1)
+    zero_point = torch.as_tensor(hint["zero_point"]).detach().cpu().reshape(-1)
     axis = hint.get("axis")
     shape = tuple(tensor.shape)
     problem = None
