@@ -24,7 +24,7 @@ def share_layer(module: nn.Module, bits: int, *, init: str = "linear", max_iter:
         nonzero = w != 0
         centroids, labels = kmeans_1d(w[nonzero], 2 ** bits, init=init, max_iter=max_iter, seed=seed,
                                       relocate_empty=relocate_empty)
-        index = torch.zeros(w.shape, dtype=torch.int64)
+        index = torch.zeros(w.shape, dtype=torch.int64, device=w.device)
         index[nonzero] = labels + 1
     p = SharedWeight(centroids.to(w.dtype), index, bits)
     attach(module, p, name=name)

@@ -59,11 +59,12 @@ def kmeans_1d(values: Tensor, k: int, *, init: Init = "linear", max_iter: int = 
     """
     if k < 1:
         raise ValueError(f"k-means needs k >= 1 clusters, got {k}")
-    flat = values.detach().reshape(-1)
+    device = values.device
+    flat = values.detach().reshape(-1).cpu()  # 1-D k-means is sort-bound: CPU (and numpy) is fine
     xs = flat.to(torch.float64).sort().values
     centroids = init_centroids(xs, k, init, seed)
     if flat.numel() == 0:
-        return centroids.to(values.dtype), torch.zeros(0, dtype=torch.int64)
+        return centroids.to(device, values.dtype), torch.zeros(values.shape, dtype=torch.int64, device=device)
     # prefix[i] = sum (and sum of squares) of the i smallest values: cluster sums and squared
     # errors are differences of two entries.
     xs_np = xs.numpy()
@@ -89,7 +90,7 @@ def kmeans_1d(values: Tensor, k: int, *, init: Init = "linear", max_iter: int = 
             centroids = _relocate(centroids, empty, xs, lo, hi, counts, sums, prefix_sq)
     mids = (centroids[1:] + centroids[:-1]) / 2
     labels = torch.bucketize(flat.to(torch.float64), mids, right=False)
-    return centroids.to(values.dtype), labels.reshape(values.shape)
+    return centroids.to(device, values.dtype), labels.reshape(values.shape).to(device)
 
 
 
