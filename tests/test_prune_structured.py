@@ -125,3 +125,12 @@ def test_structured_pruning_refuses_a_masked_model():
     with pytest.raises(ValueError, match=r"^structured pruning rebuilds layers, but this model has "
                        r"parametrizations \(masks, quantizers\.\.\.\) attached: bake them first"):
         prune(model, PruneConfig(sparsity=0.5, granularity="channel"), example_inputs=X[:1])
+
+
+def test_tracing_leaves_batchnorm_statistics_and_mode_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    model.train()
+    prune(model, PruneConfig(sparsity=0.5, granularity="channel"), example_inputs=X[:1])  # a batch of one
+    assert model.training and model[2].num_features == 8
+    assert torch.all(model[2].running_mean == 0) and int(model[2].num_batches_tracked) == 0

@@ -121,22 +121,29 @@ def _prune_structured(model: nn.Module, config: PruneConfig, targets: list[Targe
         raise ValueError("structured pruning rebuilds layers, but this model has parametrizations "
                          "(masks, quantizers...) attached: bake them first with penjing.bake(model), "
                          "or prune structurally before the other methods")
-    outputs = output_layers(model, example)
-    chosen: dict[nn.Module, float] = {}
-    for t in targets:
-        if t.module in outputs:
-            if config.layers is not None:
-                _warn(f"skipping {t.label}: its outputs are the model's outputs, so its filters "
-                      "cannot be removed")
-            continue
-        if t.sparsity:
-            chosen[t.module] = t.sparsity
-    if not chosen:
-        raise ValueError("no layer left to prune structurally: every selected layer feeds the "
-                         "model's output or has sparsity 0")
-    # DepGraph shrinks the coupled layers in place; the Target entries keep pointing at the
-    # same (now smaller) module objects, so the round log counts the new sizes.
-    targets[:] = [t for t in targets if t.module in chosen]
-    prune_structured(model, example, targets=chosen, criterion=config.criterion,
-                     global_scope=config.scope == "global", rounds=rounds,
-                     after_round=lambda i: finish_round(i, rounds))
+    # Tracing runs a forward pass: in eval mode, so BatchNorm statistics are not updated by
+    # the example (and a batch of one is fine for BatchNorm1d).
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = output_layers(model, example)
+        chosen: dict[nn.Module, float] = {}
+        for t in targets:
+            if t.module in outputs:
+                if config.layers is not None:
+                    _warn(f"skipping {t.label}: its outputs are the model's outputs, so its filters "
+                          "cannot be removed")
+                continue
+            if t.sparsity:
+                chosen[t.module] = t.sparsity
+        if not chosen:
+            raise ValueError("no layer left to prune structurally: every selected layer feeds the "
+                             "model's output or has sparsity 0")
+        # DepGraph shrinks the coupled layers in place; the Target entries keep pointing at the
+        # same (now smaller) module objects, so the round log counts the new sizes.
+        targets[:] = [t for t in targets if t.module in chosen]
+        prune_structured(model, example, targets=chosen, criterion=config.criterion,
+                         global_scope=config.scope == "global", rounds=rounds,
+                         after_round=lambda i: finish_round(i, rounds))
+    finally:
+        model.train(was_training)
