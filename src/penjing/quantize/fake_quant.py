@@ -78,10 +78,13 @@ class WeightFakeQuant(nn.Module):
         """How the codec stores this weight: ``w == (q - zero_point) * scale`` exactly for
         integers ``q`` in ``bits`` (``axis`` is the channel axis of ``scale``, or None)."""
         per_channel = self.spec.axis is not None and self.scale.dim() > 0
+        zero_point = self.zero_point.detach().clone()
+        if bool((zero_point == 0).all()):
+            zero_point = zero_point.reshape(-1)[:1]  # symmetric: one zero-point, not one per channel
         return {"affine": {
             "bits": self.spec.bits,
             "scale": self.scale.detach().clone(),
-            "zero_point": self.zero_point.detach().clone(),
+            "zero_point": zero_point,
             "axis": self.spec.axis if per_channel else None,
         }}
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from penjing.quantize.core import sqnr_db
+from penjing.core.stats import estimate_bytes
+from penjing.quantize.core import MIN_SCALE, sqnr_db
 from penjing.quantize.fake_quant import WeightFakeQuant
 from penjing.quantize.int_kernels import int8_layers
 from penjing.quantize.ptq import quantized_layers
@@ -52,18 +53,24 @@ def _pre_quant_weight(module: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def layer_report(model: nn.Module) -> list[LayerReport]:
     """One row per quantized (fake-quant) layer. Size counts the weight codes at ``bits``
-    plus one float32 scale (and an int32 zero-point if asymmetric) per channel."""
+    (sparse layers as nonzeros + relative indices, :func:`penjing.core.stats.estimate_bytes`)
+    plus one float32 scale (and an int32 zero-point if asymmetric) per channel. The scale
+    range leaves out all-zero (pruned) channels."""
     rows = []
     for name, module, wq, act in quantized_layers(model):
         before = _pre_quant_weight(module)
         after = module.weight.detach()
         nscale = wq.scale.numel()
         zp_bytes = 0 if wq.spec.symmetric else 4 * nscale
+        used = wq.scale.detach().reshape(-1)
+        used = used[used > MIN_SCALE] if bool((used > MIN_SCALE).any()) else used  # skip all-zero channels
+        nonzeros = int(torch.count_nonzero(after))
+        layer_type = type(module).__name__.removeprefix("Parametrized")
         rows.append(LayerReport(
-            name=name, type=type(module).__name__.removeprefix("Parametrized"), bits=wq.spec.bits, act_bits=act.spec.bits if act else None,
-            scale_min=float(wq.scale.min()), scale_max=float(wq.scale.max()),
+            name=name, type=layer_type, bits=wq.spec.bits, act_bits=act.spec.bits if act else None,
+            scale_min=float(used.min()), scale_max=float(used.max()),
             sqnr_db=sqnr_db(before, after), params=after.numel(),
-            bytes=after.numel() * wq.spec.bits / 8 + 4 * nscale + zp_bytes,
+            bytes=estimate_bytes(after.numel(), nonzeros, wq.spec.bits, layer_type) + 4 * nscale + zp_bytes,
             act_grid=act.spec.qrange if act else None))
     for name, module in int8_layers(model):
         rows.append(LayerReport(

@@ -71,7 +71,7 @@ def run(model, params: Params, ctx) -> None:
         quantize(model, config, calibration=ctx.train)
     after = evaluate(model, ctx.test)
     rows = layer_report(model)
-    accuracy = {"float": before, f"{params.mode} fake-quant": after}
+    accuracy = {"before": before, f"{params.mode} fake-quant": after}
     if params.convert:
         convert(model)
         accuracy["int8 kernels"] = evaluate(model, ctx.test)
