@@ -280,3 +280,16 @@ def test_batchnorm_recalibration_uses_the_deterministic_sign():
     assert torch.equal(model[0].weight, torch.where(original(model[0]) >= 0, 1.0, -1.0))
     assert torch.allclose(model[1].running_mean, h.mean(0), atol=1e-6)
     assert torch.allclose(model[1].running_var, h.var(0), atol=1e-5)
+
+
+def test_hardware_cost_model_sees_ternary_sparsity_and_two_bits():
+    from penjing.hw import trace
+
+    model = pj.models.LeNet5()
+    ternarize(model, TernaryConfig("twn"))
+    zeros = ternary_sparsity(model)
+    layers = {layer.name: layer for layer in trace(model, torch.rand(1, 1, 8, 8))}
+    for name in ("conv2", "fc1"):
+        assert layers[name].weight_bits == 2
+        assert layers[name].w_nonzeros == round((1 - zeros[name]) * layers[name].w_elems)
+    assert layers["fc2"].weight_bits == 32
