@@ -23,9 +23,10 @@ def test_cli_ptq_lenet300(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(models, "pretrained", quick)
     out = tmp_path / "int8.pt"
     assert main(["quantize", "--model", "lenet300", "--bits", "8", "--mode", "ptq", "--per-channel",
-                 "--calib", "200", "--no-progress", "--save", str(out)]) == 0
+                 "--calib", "200", "--reduce-range", "weights", "--no-progress", "--save", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fc1" in text and "SQNR" in text and "int8 kernels" in text
+    assert "8 [0,255]" in text  # full 8-bit activations when the weights take the 7-bit range
     state = torch.load(out, weights_only=True)
     assert state["fc2.weight"].dtype == torch.int8
 
@@ -48,6 +49,8 @@ def test_recipe_step_validates(tmp_path):
         _recipe(tmp_path, "{bits: 0}")
     with pytest.raises(RecipeError, match="calib_samples must be >= 1"):
         _recipe(tmp_path, "{calib: 0}")
+    with pytest.raises(RecipeError, match="reduce_range must be 'activations' or 'weights'"):
+        _recipe(tmp_path, "{reduce_range: both}")
     with pytest.raises(RecipeError, match="Extra inputs are not permitted"):
         _recipe(tmp_path, "{bitz: 8}")
 
