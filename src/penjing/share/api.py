@@ -13,7 +13,7 @@ from penjing.share.shared import SharedWeight
 
 
 def share_layer(module: nn.Module, bits: int, *, init: str = "linear", max_iter: int = 100,
-                seed: int = 0, name: str = "weight", relocate_empty: bool = False) -> SharedWeight:
+                seed: int = 0, name: str = "weight", relocate_empty: bool = True) -> SharedWeight:
     """Cluster ``module.<name>``'s nonzero values into ``2^bits`` centroids and attach the
     sharing parametrization on top of whatever is already there (e.g. a pruning mask)."""
     if any(isinstance(p, SharedWeight) for p in parametrizations(module, name)):

@@ -21,7 +21,7 @@ class Params(StepParams):
     init: Literal["linear", "density", "random"] = "linear"
     #: share biases too, at this many bits (not in the paper; they matter in small models)
     bias_bits: int | None = Field(default=None, ge=1, le=16)
-    relocate_empty: bool = False
+    relocate_empty: bool = True
     layers: str | list[str] | None = None
     exclude: str | list[str] = Field(default_factory=list)
     finetune_epochs: int = Field(default=3, ge=0)
