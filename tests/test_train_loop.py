@@ -121,7 +121,7 @@ class Kill(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16-master"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16-master", "fp16"])
 def test_resume_gives_bit_identical_weights(small, tmp_path, precision):
     kwargs = dict(epochs=3, batch_size=32, seed=3, scheduler="cosine", precision=precision, progress=False)
     reference = mlp(seed=1)
