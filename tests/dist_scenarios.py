@@ -1,0 +1,73 @@
+"""Functions run inside spawned processes by tests/test_distributed.py (module-level so that
+the 'spawn' start method can import them)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from penjing.data import digits
+from penjing.models import LeNet300
+
+SAMPLES = 1280  # divides by every batch and world size used here: no ragged last batch
+
+
+def subset() -> TensorDataset:
+    train, _ = digits()
+    return TensorDataset(*(t[:SAMPLES] for t in train.tensors))
+
+
+def fresh_model() -> LeNet300:
+    torch.manual_seed(0)
+    return LeNet300()
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def single_process(epochs: int, batch_size: int, lr: float) -> dict[str, torch.Tensor]:
+    from penjing.train import fit
+
+    model = fresh_model()
+    fit(model, subset(), epochs=epochs, batch_size=batch_size, seed=0, progress=False,
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr))
+    return weights(model)
+
+
+def ddp(epochs: int, batch_size: int, lr: float, hook: str | None = None) -> dict:
+    from penjing.distributed import fit_ddp
+    from penjing.distributed.dgc import DGCConfig, DGCState, dgc_hook
+
+    model = fresh_model()
+    kwargs = {}
+    if hook == "dgc-dense":  # sparsity 0, no momentum: must equal plain DDP exactly
+        kwargs = {"comm_hook": dgc_hook, "hook_state": DGCState(DGCConfig(sparsity=0.0, momentum=0.0))}
+    fit_ddp(model, subset(), epochs=epochs, batch_size=batch_size, seed=0, progress=False,
+            optimizer=torch.optim.SGD(model.parameters(), lr=lr), **kwargs)
+    return weights(model)
+
+
+def parameter_server(epochs: int, batch_size: int, lr: float, mode: str = "sync") -> dict:
+    from penjing.distributed import train_parameter_server
+
+    model = fresh_model()
+    result = train_parameter_server(model, subset(), epochs=epochs, batch_size=batch_size, lr=lr,
+                                    mode=mode, seed=0)
+    return {"weights": weights(model), "role": result.role, "updates": result.updates,
+            "dropped": result.dropped, "staleness": result.max_staleness_seen}
+
+
+def pipeline_grads(schedule: str) -> dict:
+    import torch.distributed as dist
+
+    from penjing.distributed import PipelineRunner
+
+    model = fresh_model()
+    x, y = subset().tensors
+    x, y = x[:32], y[:32]
+    runner = PipelineRunner(model, ["fc2"], x[:8], microbatches=4, schedule=schedule)
+    losses = runner.step(x, y)
+    grads = {n: p.grad.clone() for n, p in runner.module.named_parameters()}
+    return {"rank": dist.get_rank(), "grads": grads,
+            "loss": float(torch.stack(losses).mean()) if losses else None}
