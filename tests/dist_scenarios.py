@@ -48,12 +48,13 @@ def ddp(epochs: int, batch_size: int, lr: float, hook: str | None = None) -> dic
     return weights(model)
 
 
-def parameter_server(epochs: int, batch_size: int, lr: float, mode: str = "sync") -> dict:
+def parameter_server(epochs: int, batch_size: int, lr: float, mode: str = "sync",
+                     max_staleness: int | None = None) -> dict:
     from penjing.distributed import train_parameter_server
 
     model = fresh_model()
     result = train_parameter_server(model, subset(), epochs=epochs, batch_size=batch_size, lr=lr,
-                                    mode=mode, seed=0)
+                                    mode=mode, seed=0, max_staleness=max_staleness)
     return {"weights": weights(model), "role": result.role, "updates": result.updates,
             "dropped": result.dropped, "staleness": result.max_staleness_seen}
 

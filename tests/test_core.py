@@ -94,3 +94,16 @@ def test_layer_stats_counts_zeros_bits_and_sparse_bytes():
     assert (row.params, row.nonzeros, row.bits) == (100, 20, 5.0)
     assert row.bytes == 20 * (5 + 5) / 8  # value bits + 5-bit relative index for fc
     assert row.dense_bytes == 4 * 110
+
+
+def test_baking_a_deepcopy_leaves_the_original_working():
+    import copy
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    attach(model[0], Scale(2.0))
+    expected = model[0].weight.detach().clone()
+    baked = bake(copy.deepcopy(model))
+    assert parametrizations(baked[0]) == [] and torch.equal(baked[0].weight, expected)
+    assert torch.equal(model[0].weight, expected)     # the original still parametrized
+    remove(copy.deepcopy(model)[0], Scale)
+    assert torch.equal(model[0].weight, expected)

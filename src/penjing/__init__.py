@@ -35,19 +35,13 @@ _METHODS = {
     "penjing.lowbit": ["binarize", "BinaryConfig", "ternarize", "TernaryConfig"],
     "penjing.winograd": ["winograd", "WinogradConfig"],
     "penjing.hw": ["simulate", "energy"],
-    "penjing.train": ["DistillConfig", "DSDConfig"],
+    "penjing.train": ["DistillConfig", "DSDConfig", "MixedPrecision", "distill", "dsd"],
 }
 
 for _module_name, _names in _METHODS.items():
-    try:
-        _module = importlib.import_module(_module_name)
-    except ModuleNotFoundError as _exc:  # TODO(integration): drop once every method has landed
-        if _exc.name != _module_name:
-            raise
-        continue
+    _module = importlib.import_module(_module_name)
     for _name in _names:
-        if hasattr(_module, _name):
-            globals()[_name] = getattr(_module, _name)
+        globals()[_name] = getattr(_module, _name)
 
 __all__ = ["bake", "data", "evaluate", "fit", "load_recipe", "models", "run_recipe", "select",
            "summary", "swap", *(n for names in _METHODS.values() for n in names)]

@@ -79,13 +79,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--resume", help="continue from this checkpoint (same seed/data: bit-identical result)")
     p.add_argument("--out", default="out/train/model.pt", help="where to write the trained state_dict")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine: starts the same job under torchrun "
+                        "(DDP, gloo on CPU / NCCL on GPU); for many machines run torchrun yourself "
+                        "with -m penjing.distributed.worker (see README)")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="with --nproc: restarts after a failed worker, resuming from --checkpoint")
     p.set_defaults(func=run)
+
+
+def run_distributed(args: argparse.Namespace) -> int:
+    """Start ``penjing.distributed.worker`` under torchrun with the same options."""
+    import subprocess
+    import sys
+
+    from penjing.distributed.env import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
+           "--max-restarts", str(args.max_restarts), "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "penjing.distributed.worker",
+           "--model", args.model, "--data", args.data, "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
+           "--precision", args.precision, "--save", args.out]
+    if args.checkpoint:
+        cmd += ["--checkpoint", args.checkpoint, "--checkpoint-every", str(args.checkpoint_every or 50)]
+    return subprocess.call(cmd)
 
 
 def run(args: argparse.Namespace) -> int:
     from penjing.data import get_data
     from penjing.train import fit
 
+    if args.nproc > 1:
+        return run_distributed(args)
     train, test = get_data(args.data)
     model = fresh_model(args.model, args.weights, train, args.seed)
     history = fit(model, train, test=test, eval_every=args.eval_every, checkpoint=args.checkpoint,

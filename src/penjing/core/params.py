@@ -53,15 +53,28 @@ def remove(module: nn.Module, kind: type, name: str = "weight") -> None:
     kept = [p for p in parametrizations(module, name) if not isinstance(p, kind)]
     if not parametrize.is_parametrized(module, name):
         return
+    _own_class(module)
     parametrize.remove_parametrizations(module, name, leave_parametrized=False)
     for p in kept:
         parametrize.register_parametrization(module, name, p)
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give ``module`` a private copy of its generated ``Parametrized*`` class.
+
+    torch's parametrize generates one class per parametrized module, but ``copy.deepcopy``
+    shares it between the copies; removing a parametrization deletes a property from that
+    class, which would break every other copy. A private clone keeps the removal local.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def bake(model: nn.Module) -> nn.Module:
     """Replace every parametrized tensor in ``model`` by its current value (in place)."""
     for module in model.modules():
         if parametrize.is_parametrized(module):
+            _own_class(module)
             for name in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model

@@ -10,8 +10,9 @@ are sharded across them (parameter ``i`` lives on server ``i % servers``).
   arithmetic as DDP with the same global batch, so it gives the same weights.
 * ``mode="async"``: each worker pushes its gradient (tagged with the weight version it was
   computed on) with ``send`` and waits for fresh weights; a server applies gradients in the
-  order they arrive. A worker always waits for its reply, so a gradient is at most
-  ``workers - 1`` versions stale; ``max_staleness`` drops (and counts) older ones.
+  order they arrive. A fast worker can push several times while a slow one computes, so
+  staleness is not bounded by itself; ``max_staleness`` bounds it by dropping (and counting)
+  gradients computed on weights more than that many versions old.
 
 The worker side is :func:`penjing.train.fit` with :class:`PushPull` as its optimizer: the
 one training loop, whose ``optimizer.step()`` talks to the servers.

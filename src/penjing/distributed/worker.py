@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--checkpoint", help="checkpoint file; resumed from when it exists")
     p.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
+    p.add_argument("--save", help="rank 0 writes the trained state_dict here")
     p.add_argument("--result", help="rank 0 writes final accuracy/steps here (JSON)")
     p.add_argument("--fail-at-step", type=int, help="drill: rank --fail-rank exits at this step, first attempt only")
     p.add_argument("--fail-rank", type=int, default=1)
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"accuracy": accuracy, "steps": history.get("steps"), "restarts": restart,
                    "loss": history.get("loss", [])[-1:]}
         print(f"[rank 0] done: accuracy {100 * accuracy:.2f}%, steps {summary['steps']}", flush=True)
+        if args.save:
+            Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), args.save)
+            print(f"[rank 0] weights: {args.save}", flush=True)
         if args.result:
             Path(args.result).write_text(json.dumps(summary))
     return 0
