@@ -6,7 +6,7 @@
    projection (penjing.hw.comm) fed with the measured compute time and the measured
    loopback all-reduce bandwidth: the model checked against a measurement.
 
-    python benchmarks/distributed.py [--epochs 30]
+    python benchmarks/distributed.py [--epochs 40]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
     from penjing.hw.comm import project_step
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch", type=int, default=256, help="per-worker batch of the throughput test")
     args = parser.parse_args()
     print(f"# distributed benchmarks\n\nmachine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
