@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import time
 
 import torch
 import torch.distributed as dist
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from penjing.distributed import spawn
@@ -98,13 +97,6 @@ def link_model() -> dict:
     bandwidth = (large - small) / max(t_large - t_small, 1e-9)
     return {"alpha": max((t_small - small / bandwidth) / 2, 0.0), "bandwidth": bandwidth}
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 def main() -> None:

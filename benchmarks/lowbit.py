@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch.utils import benchmark as tbench
 
 import penjing as pj
@@ -52,16 +51,6 @@ whole state_dict in float32 against the packed model (codes + scales + the full-
 first/last layers, biases and BatchNorm as float32); *entropy-coded* is the converted layers
 with the ternary codes entropy-coded (`pack(model, entropy=True)`) instead of 2-bit packed."""
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def accuracy_table(models: list[str], epochs: int, lr: float, seed: int) -> list[str]:

@@ -13,12 +13,11 @@ Run: ``python benchmarks/simulate.py`` (writes nothing; the committed output is
 
 from __future__ import annotations
 
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 import penjing as pj
@@ -64,13 +63,6 @@ def median_time(fn, repeats=5):
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def speed() -> None:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
 from penjing.winograd import WinogradConv2d, choose_tile_by_cost
@@ -34,16 +33,6 @@ from penjing.winograd import WinogradConv2d, choose_tile_by_cost
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 TILES = (2, 4, 6)
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 @torch.no_grad()
