@@ -49,7 +49,7 @@ def test_recipe_step_validates(tmp_path):
         _recipe(tmp_path, "{bits: 0}")
     with pytest.raises(RecipeError, match="calib_samples must be >= 1"):
         _recipe(tmp_path, "{calib: 0}")
-    with pytest.raises(RecipeError, match="reduce_range must be 'activations' or 'weights'"):
+    with pytest.raises(RecipeError, match=r"reduce_range must be one of \['weights', 'activations', 'none'\], got 'both'"):
         _recipe(tmp_path, "{reduce_range: both}")
     with pytest.raises(RecipeError, match="Extra inputs are not permitted"):
         _recipe(tmp_path, "{bitz: 8}")

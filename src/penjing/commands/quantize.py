@@ -46,9 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--observer", default="minmax", help="weight observer: minmax, percentile, mse")
     p.add_argument("--act-observer", default="minmax",
                    help="activation observer: minmax, moving_average, percentile, mse")
-    p.add_argument("--reduce-range", choices=["activations", "weights"], default="activations",
-                   help="which side gets a 7-bit range so AVX2 int8 kernels cannot saturate: "
-                   "activations (default, as torch.ao x86) or weights (faster int8 Linear, no input clamp)")
+    p.add_argument("--reduce-range", choices=["weights", "activations", "none"], default="weights",
+                   help="which side of the int8 product gets a 7-bit range so AVX2 kernels cannot saturate: "
+                   "weights (default: per-channel weights lose least, the int8 Linear needs no input clamp), "
+                   "activations (torch.ao's x86 choice) or none (CPUs with VNNI)")
     p.add_argument("--calib", type=int, default=512, help="calibration samples (default: 512)")
     p.add_argument("--lsq", action="store_true", help="QAT: learn the step sizes (LSQ)")
     p.add_argument("--epochs", type=int, default=5, help="QAT epochs (default: 5)")
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from penjing.quantize import QuantConfig, convert, qat_fit, quantize, sensitivity
+    from penjing.quantize.config import reduce_range_flags
     from penjing.quantize.report import layer_report, rich_table, state_bytes
     from penjing.train import evaluate
 
@@ -73,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config = QuantConfig(bits=args.bits, act_bits=args.act_bits, mode=args.mode, per_channel=args.per_channel,
                          symmetric=not args.asymmetric, observer=args.observer, act_observer=args.act_observer,
                          lsq=args.lsq, calib_samples=args.calib, progress=not args.no_progress,
-                         act_reduce_range=args.reduce_range == "activations",
-                         weight_reduce_range=args.reduce_range == "weights")
+                         **reduce_range_flags(args.reduce_range))
     model, train, test = load_model_and_data(args)
     console = Console()
     float_model = copy.deepcopy(model)

@@ -10,6 +10,16 @@ from penjing.quantize.core import QuantSpec, check_bits
 from penjing.quantize.observers import check_observer
 
 MODES = ("ptq", "qat")
+#: which side of the int8 product gets a 7-bit range -> (act_reduce_range, weight_reduce_range)
+REDUCE_RANGE = {"weights": (False, True), "activations": (True, False), "none": (False, False)}
+
+
+def reduce_range_flags(side: str) -> dict[str, bool]:
+    """``QuantConfig`` keyword arguments for ``reduce_range`` = weights / activations / none."""
+    if side not in REDUCE_RANGE:
+        raise ValueError(f"reduce_range must be one of {list(REDUCE_RANGE)}, got {side!r}")
+    act, weight = REDUCE_RANGE[side]
+    return {"act_reduce_range": act, "weight_reduce_range": weight}
 
 
 @dataclass
@@ -20,11 +30,15 @@ class QuantConfig:
     ``symmetric`` (zero-point 0) or asymmetric, range by ``observer``. Activations: the input
     of every quantized layer at ``act_bits`` (``None`` = weight-only), asymmetric unsigned
     unless ``act_symmetric``, range by ``act_observer`` over the calibration data.
-    ``act_reduce_range`` keeps activations to 7 bits of range, which the x86 int8 kernels
-    need on CPUs without VNNI to avoid int16 saturation (see :mod:`.int_kernels`).
-    ``weight_reduce_range=True, act_reduce_range=False`` is the other way to stay clear of
-    it: 7-bit-range weights (per channel) and full 8-bit activations, which also spares the
-    int8 Linear a clamp of its input (the kernel saturates on the full u8 grid itself).
+    On x86 CPUs without VNNI (AVX2) the int8 kernels add ``u8 x s8`` products in pairs in
+    int16, which saturates when both sides use their full 8 bits, so one side gives up a bit
+    (see :mod:`.int_kernels`). By default that is the weights (``weight_reduce_range``: codes
+    in [-64, 63], still stored as int8, one scale per channel so the loss is small) and the
+    activations keep all 8 bits: the int8 Linear then needs no clamp of its input, and the
+    logits are closer to float than with torch.ao's choice, ``act_reduce_range=True`` (7-bit
+    activations). On a CPU with VNNI both can be False (full 8 bits on both sides).
+    :func:`reduce_range_flags` maps the CLI / recipe names ``weights``, ``activations`` and
+    ``none`` to these two flags.
 
     ``mode="qat"`` prepares for training: weight scales follow the weights (or are learned,
     ``lsq``), activation ranges track a moving average, until ``freeze_after`` steps.
@@ -40,8 +54,8 @@ class QuantConfig:
     observer: str = "minmax"
     act_symmetric: bool = False
     act_observer: str = "minmax"
-    act_reduce_range: bool = True
-    weight_reduce_range: bool = False
+    act_reduce_range: bool = False
+    weight_reduce_range: bool = True
     percentile: float = 99.99
     lsq: bool = False
     freeze_after: int | None = None
@@ -87,7 +101,7 @@ class QuantConfig:
     def weight_spec(self, name: str, axis: int = 0) -> QuantSpec:
         bits = self.bits_for(name)
         return QuantSpec(bits=bits, symmetric=self.symmetric, signed=True, axis=axis if self.per_channel else None,
-                         reduce_range=self.weight_reduce_range and bits == 8)
+                         reduce_range=self.weight_reduce_range and bits == 8 and not self.weight_only)
 
     def act_spec(self) -> QuantSpec:
         assert self.act_bits is not None

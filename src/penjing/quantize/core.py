@@ -39,8 +39,8 @@ class QuantSpec:
 
     ``axis`` is the channel axis for per-channel quantization (``None``: per-tensor).
     ``reduce_range`` drops one bit of the grid: x86 int8 GEMMs without VNNI (AVX2) add pairs
-    of ``u8 * s8`` products in int16 and saturate on the full 8-bit range, so activations fed
-    to those kernels use 7 bits (the same choice ``torch.ao``'s x86 backend makes).
+    of ``u8 * s8`` products in int16 and saturate on the full 8-bit range, so one operand fed
+    to those kernels uses 7 bits (see :class:`~penjing.quantize.QuantConfig`).
     """
 
     bits: int = 8

@@ -51,12 +51,14 @@ from torch import nn
 
 from penjing.core.select import swap
 from penjing.quantize.fake_quant import ActFakeQuant, WeightFakeQuant
+from penjing.quantize.fuse_relu import fuse_relu as fold_relu
 
 BACKENDS = ("auto", "fbgemm", "onednn", "reference")
 
 
 def _has_fbgemm_linear() -> bool:
     return (hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
+            and hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_relu_output_fp32")
             and any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm")))
 
 
@@ -100,10 +102,12 @@ class _Int8Base(nn.Module):
         # the x86 kernels add u8*s8 pairs in int16 (AVX2 vpmaddubsw): 2 * 255 * 127 overflows
         if (self.in_qmax - self.in_qmin) > 127 and int(weight_q.abs().max()) > 63 and backend != "reference":
             warnings.warn(f"{backend}: full 8-bit activations with 8-bit weights can saturate int16 sums on "
-                          "CPUs without VNNI; quantize with act_reduce_range=True or weight_reduce_range=True",
+                          "CPUs without VNNI; quantize with weight_reduce_range=True (the default) or act_reduce_range=True",
                           stacklevel=3)
         self._packed = None
         self._static_qparams: tuple[float, int] | None = None
+        #: set by :func:`convert` when the ReLU after this layer was folded into the kernel
+        self.fused_relu = False
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed = None  # new weights: repack lazily
@@ -136,7 +140,12 @@ class _Int8Base(nn.Module):
 
     def extra_repr(self) -> str:
         mode = "static" if self.static else "dynamic"
-        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={mode} [{self.in_qmin}, {self.in_qmax}]"
+        relu = ", relu" if self.fused_relu else ""
+        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={mode} [{self.in_qmin}, {self.in_qmax}]{relu}"
+
+    @property
+    def _post_op(self) -> str:
+        return "relu" if self.fused_relu else "none"
 
 
 class Int8Linear(_Int8Base):
@@ -177,18 +186,21 @@ class Int8Linear(_Int8Base):
             # a full 8-bit grid needs no clamp, the op saturates at 0 and 255 itself
             if self.in_qmax - self.in_qmin < 255:
                 x2 = x2.clamp((self.in_qmin - zp) * scale, (self.in_qmax - zp) * scale)
-            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                x2, scale, zp - self.in_qmin, self._pack())
+            op = (torch.ops.quantized.linear_with_input_q_dq_qweight_dq_relu_output_fp32 if self.fused_relu
+                  else torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32)
+            y = op(x2, scale, zp - self.in_qmin, self._pack())
         elif self.backend == "onednn":
             q, zp_u8 = self._quantize_u8(x2, scale, zp)
             y = torch.ops.onednn.qlinear_pointwise(
                 q, scale, zp_u8, self._pack(), self.weight_scale, torch.zeros_like(self.weight_zero_point),
-                self.bias, 1.0, 0, torch.float32, "none", [], "")
+                self.bias, 1.0, 0, torch.float32, self._post_op, [None], "")
         else:
             acc = self._reference_input(x2, scale, zp) @ self._weight_ints().t()
             y = (acc * (scale * self.weight_scale.double())).float()
             if self.bias is not None:
                 y = y + self.bias
+            if self.fused_relu:
+                y = torch.relu(y)
         return y if x.dim() == 2 else y.reshape(*shape[:-1], y.shape[-1])
 
 
@@ -231,7 +243,7 @@ class Int8Conv2d(_Int8Base):
             return torch.ops.onednn.qconv_pointwise(
                 q, scale, zp_u8, self._pack(scale, zp_u8), self.weight_scale, torch.zeros_like(self.weight_zero_point),
                 self.bias, self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32,
-                "none", [], "")
+                self._post_op, [None], "")
         xi = self._reference_input(x, scale, zp)
         padding = getattr(self, "padding_arg", self.padding)
         mode = getattr(self, "padding_mode", "zeros")
@@ -243,7 +255,7 @@ class Int8Conv2d(_Int8Base):
         y = (acc * (scale * self.weight_scale.double()).reshape(1, -1, 1, 1)).float()
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
-        return y
+        return torch.relu(y) if self.fused_relu else y
 
 
 class _quantized_engine:
@@ -291,11 +303,13 @@ def _executable(layer: nn.Module) -> str | None:
     return None
 
 
-def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True) -> nn.Module:
     """Swap every fake-quantized Linear / Conv2d of ``model`` for an int8 module (in place).
 
     Layers that cannot run in int8 (16-bit weights or activations, other layer types) stay
-    fake-quantized, with a warning naming them. Returns ``model``.
+    fake-quantized, with a warning naming them. With ``fuse_relu`` an ``nn.ReLU`` that only
+    follows an int8 layer runs inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU
+    module becomes ``nn.Identity``). Returns ``model``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -328,6 +342,8 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
                          "run penjing.quantize(model, config, calibration) first")
     if skipped:
         warnings.warn("left fake-quantized (no int8 execution): " + ", ".join(skipped), stacklevel=2)
+    if fuse_relu:
+        fold_relu(model, (_Int8Base,))
     return model.eval()
 
 

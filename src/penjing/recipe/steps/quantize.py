@@ -37,12 +37,10 @@ class Params(StepParams):
     lr: float = 1e-4
     freeze_after: int | None = None
     convert: bool = False
-    reduce_range: str = "activations"
+    reduce_range: str = "weights"
 
     @model_validator(mode="after")
     def _check(self) -> Params:
-        if self.reduce_range not in ("activations", "weights"):
-            raise ValueError(f"reduce_range must be 'activations' or 'weights', got {self.reduce_range!r}")
         self.config()  # QuantConfig holds the rules; a bad recipe fails on load with its message
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
@@ -51,14 +49,13 @@ class Params(StepParams):
         return self
 
     def config(self, progress: bool = True):
-        from penjing.quantize import QuantConfig
+        from penjing.quantize.config import QuantConfig, reduce_range_flags
 
         return QuantConfig(bits=self.bits, act_bits=self.act_bits, mode=self.mode, per_channel=self.per_channel,
                            symmetric=self.symmetric, observer=self.observer, act_observer=self.act_observer,
                            lsq=self.lsq, calib_samples=self.calib, layer_bits=dict(self.layer_bits),
                            layers=self.layers, exclude=self.exclude or (), freeze_after=self.freeze_after,
-                           act_reduce_range=self.reduce_range == "activations",
-                           weight_reduce_range=self.reduce_range == "weights", progress=progress)
+                           **reduce_range_flags(self.reduce_range), progress=progress)
 
 
 def run(model, params: Params, ctx) -> None:
