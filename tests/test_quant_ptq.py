@@ -283,3 +283,15 @@ def test_converted_model_saves_compactly_with_the_codec(tmp_path):
     fresh.load_state_dict(state)
     x = torch.rand(3, 64)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_converted_int8_layers_are_rows_of_the_summary():
+    from penjing.core.stats import layer_stats
+
+    torch.manual_seed(0)
+    model = LeNet5().eval()
+    quantize(model, QuantConfig(progress=False), calibration=_calib((1, 8, 8)))
+    rows = {r.name: r for r in layer_stats(convert(model))}
+    assert list(rows) == ["conv1", "conv2", "fc1", "fc2"]
+    assert rows["fc1"].type == "Int8Linear" and rows["conv1"].type == "Int8Conv2d"
+    assert all(r.bits == 8 and r.bytes == r.params for r in rows.values())

@@ -55,20 +55,22 @@ def estimate_bytes(params: int, nonzeros: int, bits: float, layer_type: str) -> 
     dense = params * bits / 8
     if nonzeros == params:
         return dense
-    index_bits = INDEX_BITS["Linear"] if layer_type == "Linear" else INDEX_BITS["conv"]
+    index_bits = INDEX_BITS["Linear"] if layer_type.endswith("Linear") else INDEX_BITS["conv"]
     sparse = nonzeros * (bits + index_bits) / 8
     return min(dense, sparse)
 
 
 def layer_stats(model: nn.Module, types: tuple[type, ...] = WEIGHTED_TYPES) -> list[LayerStats]:
     """One :class:`LayerStats` per weighted layer of ``model`` (any module with a ``weight``
-    tensor of a supported type, or any module whose weight carries a parametrization)."""
+    tensor of a supported type, any module whose weight carries a parametrization, and any
+    module that stores an integer ``weight``, such as a converted int8 layer)."""
     rows = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
             continue
-        if not isinstance(module, types) and not parametrizations(module):
+        # integer weights: a layer converted for integer execution (e.g. Int8Linear) counts too
+        if not isinstance(module, types) and not parametrizations(module) and weight.is_floating_point():
             continue
         with torch.no_grad():
             w = weight.detach()
