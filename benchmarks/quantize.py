@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.accuracy:
         print("\n".join(accuracy_table()))
         return 0
-    rounds, budget = (3, 0.1) if args.quick else (7, 0.25)
+    rounds, budget = (3, 0.1) if args.quick else (15, 0.25)
     from datetime import datetime, timezone
     from importlib.metadata import PackageNotFoundError, version
 
