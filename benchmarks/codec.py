@@ -20,7 +20,7 @@ from torch import nn
 
 from penjing.codec import decode_tensor, encode_tensor
 from penjing.codec.dtypes import to_bits
-from penjing.share import share_layer
+from penjing.sharing import share_layer
 
 
 def best_of(fn, repeat: int = 3):

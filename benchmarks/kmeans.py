@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from penjing.share import init_centroids, kmeans_1d
+from penjing.sharing import init_centroids, kmeans_1d
 
 
 def inertia(x: np.ndarray, centroids: np.ndarray) -> float:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark as tbench
 
-from penjing.lowrank import (
+from penjing.low_rank import (
     ChannelSplitConv2d,
     CPConv2d,
     LowRankConfig,
@@ -35,8 +35,8 @@ from penjing.lowrank import (
     accuracy_curve,
     decompose_model,
 )
-from penjing.lowrank.curve import curve_markdown, plot_curve
-from penjing.lowrank.plan import weighted_macs
+from penjing.low_rank.curve import curve_markdown, plot_curve
+from penjing.low_rank.plan import weighted_macs
 
 
 def median_seconds(fn, x: torch.Tensor, min_time: float) -> float:

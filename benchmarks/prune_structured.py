@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import penjing as pj
-from penjing.prune import PruneConfig, prune
+from penjing.pruning import PruneConfig, prune
 
 VARIANTS = {
     "dense": None,

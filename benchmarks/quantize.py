@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import penjing as pj
-from penjing.quantize import QuantConfig, convert, quantize
+from penjing.quantization import QuantConfig, convert, quantize
 
 warnings.filterwarnings("ignore")  # torch.ao's deprecation notices, once per call site
 
@@ -154,7 +154,7 @@ def latency(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, budget: 
 def agreement(model: nn.Module, ref: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     y, r = model(x).float(), ref(x).float()
     top1 = float((y.argmax(1) == r.argmax(1)).float().mean())
-    from penjing.quantize import sqnr_db
+    from penjing.quantization import sqnr_db
 
     return top1, sqnr_db(r, y)
 
@@ -197,7 +197,7 @@ def run_model(title: str, model: nn.Module, calib: torch.Tensor, eval_fn, in_fea
 def accuracy_table() -> list[str]:
     """The issue's accuracy targets on digits: PTQ W8A8, QAT W4A8 and W2A8, per model."""
     from penjing.models import pretrained
-    from penjing.quantize import qat_fit
+    from penjing.quantization import qat_fit
 
     train, test = pj.data.digits()
     rows = ["### Accuracy on digits (test split, %)", "",

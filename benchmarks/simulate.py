@@ -7,7 +7,7 @@ Run: ``python benchmarks/simulate.py`` (writes nothing; the committed output is
    simulator's cost is one traced forward pass plus the closed-form per-layer model.
 2. ResNet-50 (built from plain modules, 224x224) on the TPU v1 and edge presets, each dataflow.
 3. LeNet-300-100 energy per inference, dense -> pruned to 8% -> 5-bit shared, using the real
-   penjing.prune / penjing.share (the hw package itself never imports them).
+   penjing.pruning / penjing.sharing (the hw package itself never imports them).
 4. One training step, fp32 vs mixed fp16/fp32; data-parallel projections.
 """
 
@@ -111,9 +111,9 @@ def lenet_energy() -> None:
     x = torch.rand(1, 1, 8, 8)
     steps = [("dense fp32", energy(model, x))]
     pj.prune(model, pj.PruneConfig(sparsity=0.92), progress=False)
-    steps.append(("pruned to 8% (penjing.prune)", energy(model, x)))
+    steps.append(("pruned to 8% (penjing.pruning)", energy(model, x)))
     pj.share(model, pj.ShareConfig(bits=5))
-    steps.append(("+ 5-bit sharing (penjing.share)", energy(model, x)))
+    steps.append(("+ 5-bit sharing (penjing.sharing)", energy(model, x)))
     base = steps[0][1].total_pj
     print("| model | weights from | compute nJ | SRAM nJ | DRAM nJ | total nJ | lower by |")
     print("|---|---|---:|---:|---:|---:|---:|")

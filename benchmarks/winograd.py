@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import nn
 
-from penjing.winograd import WinogradConv2d, choose_tile_by_cost
+from penjing.winograd_conv import WinogradConv2d, choose_tile_by_cost
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 TILES = (2, 4, 6)

@@ -225,7 +225,7 @@ class _Affine(nn.Module):
 def test_model_round_trip_with_hints(tmp_path):
     from penjing.core.params import attach
     from penjing.models import LeNet5
-    from penjing.share import ShareConfig, share
+    from penjing.sharing import ShareConfig, share
 
     torch.manual_seed(0)
     model = LeNet5()

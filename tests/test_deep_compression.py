@@ -91,7 +91,7 @@ def test_inspect_decompress_eval_commands(trained, tmp_path, capsys):
     import copy
 
     from penjing.codec import save
-    from penjing.share import ShareConfig, share
+    from penjing.sharing import ShareConfig, share
     from penjing.train import evaluate
 
     model, _, test = trained

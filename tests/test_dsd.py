@@ -121,7 +121,7 @@ def test_bad_dsd_configs_are_refused(data):
 def test_train_package_does_not_import_the_prune_method():
     for path in Path(penjing.train.__file__).parent.glob("*.py"):
         text = path.read_text()
-        assert "from penjing.prune" not in text and "import penjing.prune" not in text, path
+        assert "from penjing.pruning" not in text and "import penjing.pruning" not in text, path
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from penjing.models import LeNet300
 
 
 class Mask(nn.Module):
-    """A pruning mask written here (hw must not depend on penjing.prune)."""
+    """A pruning mask written here (hw must not depend on penjing.pruning)."""
 
     def __init__(self, keep: torch.Tensor):
         super().__init__()
@@ -223,7 +223,7 @@ def test_user_energy_table(tmp_path):
 
 
 def test_models_from_penjing_methods_trace():
-    """Real pipelines: penjing.quantize's fake quant and int8 kernels, lowrank, Winograd."""
+    """Real pipelines: penjing.quantization's fake quant and int8 kernels, lowrank, Winograd."""
     import penjing as pj
     from penjing.data import digits
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from penjing.lowrank import (
+from penjing.low_rank import (
     ChannelSplitConv2d,
     CPConv2d,
     LowRankConfig,
@@ -16,7 +16,7 @@ from penjing.lowrank import (
     Tucker2Conv2d,
     decompose_model,
 )
-from penjing.lowrank.plan import weighted_macs
+from penjing.low_rank.plan import weighted_macs
 
 torch.set_num_threads(1)
 

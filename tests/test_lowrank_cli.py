@@ -9,7 +9,7 @@ import torch
 
 from penjing.cli import main
 from penjing.data import digits
-from penjing.lowrank import LowRankConfig, decompose_model
+from penjing.low_rank import LowRankConfig, decompose_model
 from penjing.models import LeNet300, pretrained
 from penjing.recipe import RecipeContext, run_recipe
 from penjing.recipe.schema import Recipe, RecipeError

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from penjing.lowrank import (
+from penjing.low_rank import (
     LowRankConfig,
     budget_states,
     build_candidate,
@@ -18,7 +18,7 @@ from penjing.lowrank import (
     factorise,
     lowrank,
 )
-from penjing.lowrank.sensitivity import measure
+from penjing.low_rank.sensitivity import measure
 
 torch.set_num_threads(1)
 

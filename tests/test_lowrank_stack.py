@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from penjing.data import digits
-from penjing.lowrank import LowRankConfig, LowRankLinear, decompose_model
+from penjing.low_rank import LowRankConfig, LowRankLinear, decompose_model
 from penjing.models import LeNet300
 from penjing.train import evaluate, fit
 
-quantize_pkg = pytest.importorskip("penjing.quantize")
+quantize_pkg = pytest.importorskip("penjing.quantization")
 codec = pytest.importorskip("penjing.codec")
 
 torch.set_num_threads(1)

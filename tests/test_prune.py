@@ -11,7 +11,7 @@ from torch import nn
 import penjing as pj
 from penjing.core.params import bake, original, parametrizations
 from penjing.core.stats import layer_stats
-from penjing.prune import Mask, PruneConfig, get_mask, prune
+from penjing.pruning import Mask, PruneConfig, get_mask, prune
 
 
 def mlp() -> nn.Module:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from penjing.cli import main
-from penjing.prune import PruneConfig, get_mask, prune
+from penjing.pruning import PruneConfig, get_mask, prune
 from penjing.recipe import RecipeContext, RecipeError, run_recipe
 from penjing.recipe.schema import Recipe
 

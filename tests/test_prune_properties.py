@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from penjing.prune import PruneConfig, prune
+from penjing.pruning import PruneConfig, prune
 
 
 @settings(max_examples=25, deadline=None)

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 import penjing as pj
 from penjing.models import LeNet300
-from penjing.prune import (
+from penjing.pruning import (
     PolynomialPruning,
     PruneConfig,
     polynomial_sparsity,

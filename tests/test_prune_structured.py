@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from penjing.models import LeNet5, SmallResNet
-from penjing.prune import PruneConfig, prune, resize_like
+from penjing.pruning import PruneConfig, prune, resize_like
 
 X = torch.rand(3, 1, 8, 8)
 

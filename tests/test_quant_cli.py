@@ -57,7 +57,7 @@ def test_recipe_step_validates(tmp_path):
 
 def test_recipe_step_runs(tmp_path, digits_data):
     from penjing.models import LeNet300
-    from penjing.quantize import Int8Linear
+    from penjing.quantization import Int8Linear
     from penjing.recipe import RecipeContext, run_recipe
 
     train, test = digits_data

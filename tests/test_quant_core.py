@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from penjing.quantize import QuantConfig, QuantSpec, fake_quantize, qparams
-from penjing.quantize.core import dequantize, lsq_fake_quantize, quantize, sqnr_db
-from penjing.quantize.observers import ActivationObserver, tensor_range
+from penjing.quantization import QuantConfig, QuantSpec, fake_quantize, qparams
+from penjing.quantization.core import dequantize, lsq_fake_quantize, quantize, sqnr_db
+from penjing.quantization.observers import ActivationObserver, tensor_range
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from penjing.models import LeNet5, LeNet300, SmallResNet
-from penjing.quantize import Int8Linear, QuantConfig, convert, quantize
+from penjing.quantization import Int8Linear, QuantConfig, convert, quantize
 
 
 def _quantized(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:

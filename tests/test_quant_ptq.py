@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 import penjing as pj
 from penjing.core.params import attach
 from penjing.models import LeNet5, LeNet300, SmallResNet
-from penjing.quantize import (
+from penjing.quantization import (
     Int8Conv2d,
     Int8Linear,
     QuantConfig,
@@ -21,12 +21,12 @@ from penjing.quantize import (
     quantize,
     sensitivity,
 )
-from penjing.quantize.fake_quant import WeightFakeQuant
-from penjing.quantize.report import layer_report, state_bytes
+from penjing.quantization.fake_quant import WeightFakeQuant
+from penjing.quantization.report import layer_report, state_bytes
 
 
 class Mask(nn.Module):
-    """A minimal pruning parametrization (W = M * V), standing in for penjing.prune."""
+    """A minimal pruning parametrization (W = M * V), standing in for penjing.pruning."""
 
     def __init__(self, weight: torch.Tensor, sparsity: float):
         super().__init__()

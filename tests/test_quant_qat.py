@@ -10,8 +10,8 @@ from torch import nn
 
 import penjing as pj
 from penjing.models import LeNet300, pretrained
-from penjing.quantize import FreezeQuantization, QuantConfig, convert, qat_fit, quantize
-from penjing.quantize.fake_quant import ActFakeQuant, WeightFakeQuant
+from penjing.quantization import FreezeQuantization, QuantConfig, convert, qat_fit, quantize
+from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
 
 
 @pytest.fixture(scope="module")

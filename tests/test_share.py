@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from penjing.core.params import parametrizations
-from penjing.share import ShareConfig, SharedWeight, init_centroids, kmeans_1d, share, share_layer
+from penjing.sharing import ShareConfig, SharedWeight, init_centroids, kmeans_1d, share, share_layer
 
 torch.set_num_threads(1)
 

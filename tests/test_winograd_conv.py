@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from penjing.winograd import WinogradConv2d, filter_transform, winograd_conv2d
+from penjing.winograd_conv import WinogradConv2d, filter_transform, winograd_conv2d
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""penjing.winograd on whole models: what is swapped, what is skipped and why, same predictions."""
+"""penjing.winograd_conv on whole models: what is swapped, what is skipped and why, same predictions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import penjing
-from penjing.winograd import (
+from penjing.winograd_conv import (
     WinogradConfig,
     WinogradConv2d,
     choose_tile_by_cost,

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from penjing.winograd import transform_multiplications, winograd_transforms
+from penjing.winograd_conv import transform_multiplications, winograd_transforms
 
 
 def _apply(mat, vec):

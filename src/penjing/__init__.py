@@ -7,9 +7,10 @@ One verb and one config per method, model in, model out (changed in place)::
     pj.fit(model, train, epochs=3)
     print(pj.summary(model, test))
 
-The verbs are bound here eagerly, after their packages are imported: a method folder and its
-verb share a name (``penjing.prune`` the package, ``pj.prune`` the function), and binding the
-function last is what makes ``pj.prune(...)`` the verb.
+Method packages are nouns (``penjing.pruning``, ``penjing.sharing``, ``penjing.quantization``,
+``penjing.low_rank``, ``penjing.lowbit``, ``penjing.winograd_conv``) and the verbs bound here
+are functions (``pj.prune``, ``pj.share``...), so no verb shadows an importable package:
+``import penjing.sharing.kmeans`` works next to ``pj.share(...)``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from penjing.train import evaluate, fit  # noqa: E402
 
 # method package -> the public names it provides
 _METHODS = {
-    "penjing.prune": ["prune", "PruneConfig", "sensitivity"],
-    "penjing.share": ["share", "ShareConfig"],
+    "penjing.pruning": ["prune", "PruneConfig", "sensitivity"],
+    "penjing.sharing": ["share", "ShareConfig"],
     "penjing.codec": ["save", "load"],
-    "penjing.quantize": ["quantize", "QuantConfig", "convert"],
-    "penjing.lowrank": ["lowrank", "LowRankConfig"],
+    "penjing.quantization": ["quantize", "QuantConfig", "convert"],
+    "penjing.low_rank": ["lowrank", "LowRankConfig"],
     "penjing.lowbit": ["binarize", "BinaryConfig", "ternarize", "TernaryConfig"],
-    "penjing.winograd": ["winograd", "WinogradConfig"],
+    "penjing.winograd_conv": ["winograd", "WinogradConfig"],
     "penjing.hw": ["simulate", "energy"],
     "penjing.train": ["DistillConfig", "DSDConfig", "MixedPrecision", "distill", "dsd"],
 }

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args):
-    from penjing.lowrank import LowRankConfig
+    from penjing.low_rank import LowRankConfig
 
     return LowRankConfig(rank=args.rank, energy=args.energy, params=args.params, flops=args.flops,
                          method=args.method, layers=args.layers, exclude=tuple(args.exclude),
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from penjing.lowrank import decompose_model
+    from penjing.low_rank import decompose_model
     from penjing.train import evaluate, fit
 
     dense = evaluate(model, test)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     decomposed = evaluate(model, test)
     console = Console(width=max(Console().width, 150))
     console.print(result.table())
-    from penjing.lowrank.report import totals
+    from penjing.low_rank.report import totals
 
     print(totals(result))
     fit(model, train, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.no_progress,
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _curve(args, config, model, train, test, folder) -> int:
-    from penjing.lowrank import accuracy_curve
-    from penjing.lowrank.curve import curve_markdown, plot_curve
+    from penjing.low_rank import accuracy_curve
+    from penjing.low_rank.curve import curve_markdown, plot_curve
 
     try:
         budgets = [float(b) for b in args.curve.split(",") if b.strip()]

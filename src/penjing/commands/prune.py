@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from penjing.core.params import bake
-    from penjing.prune import PruneConfig, prune
-    from penjing.prune.report import rounds_plot
+    from penjing.pruning import PruneConfig, prune
+    from penjing.pruning.report import rounds_plot
     from penjing.report.plots import sparsity_per_layer
     from penjing.report.summary import summary
     from penjing.train import evaluate
@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
-    from penjing.prune import sensitivity
-    from penjing.prune.sensitivity import DEFAULT_SPARSITIES
+    from penjing.pruning import sensitivity
+    from penjing.pruning.sensitivity import DEFAULT_SPARSITIES
 
     model, _train, test = load_model_and_data(args)
     out = out_dir(args.out)

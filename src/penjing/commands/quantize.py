@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from penjing.quantize import QuantConfig, convert, qat_fit, quantize, sensitivity
-    from penjing.quantize.config import reduce_range_flags
-    from penjing.quantize.report import layer_report, rich_table, state_bytes
+    from penjing.quantization import QuantConfig, convert, qat_fit, quantize, sensitivity
+    from penjing.quantization.config import reduce_range_flags
+    from penjing.quantization.report import layer_report, rich_table, state_bytes
     from penjing.train import evaluate
 
     if args.calib < 1:

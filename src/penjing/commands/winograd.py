@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from penjing.train import evaluate
-    from penjing.winograd import WinogradConfig, convert
+    from penjing.winograd_conv import WinogradConfig, convert
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")

@@ -6,7 +6,7 @@
 3. *Re-dense*: drop the mask (:func:`penjing.core.params.remove`), restore the pruned
    connections *at zero*, and retrain everything at ``lr * redense_lr_scale`` (the paper: 1/10).
 
-The magnitude mask lives here rather than in ``penjing.prune``: method packages do not import
+The magnitude mask lives here rather than in ``penjing.pruning``: method packages do not import
 each other, and DSD only needs the simplest criterion (per-layer magnitude).
 """
 

@@ -41,7 +41,7 @@ class Params(StepParams):
         return self
 
     def config(self):
-        from penjing.lowrank import LowRankConfig
+        from penjing.low_rank import LowRankConfig
 
         return LowRankConfig(rank=self.rank, energy=self.energy, params=self.params, flops=self.flops,
                              method=self.method, layers=self.layers, exclude=self.exclude or (),
@@ -49,7 +49,7 @@ class Params(StepParams):
 
 
 def run(model, params: Params, ctx) -> None:
-    from penjing.lowrank import decompose_model
+    from penjing.low_rank import decompose_model
 
     result = decompose_model(model, params.config(), data=ctx.train)
     steps = ctx.artifacts.setdefault("lowrank_steps", 0) + 1

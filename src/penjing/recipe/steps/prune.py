@@ -1,4 +1,4 @@
-"""Recipe step ``prune``: the fields of :class:`penjing.prune.PruneConfig`, as data.
+"""Recipe step ``prune``: the fields of :class:`penjing.pruning.PruneConfig`, as data.
 
 ```yaml
 - prune: {sparsity: 0.92, scope: global, schedule: iterative, rounds: 6, finetune_epochs: 10}
@@ -20,9 +20,9 @@ from typing import Any, Literal
 from pydantic import field_validator, model_validator
 from torch import nn
 
-from penjing.prune import PruneConfig, prune, sensitivity
-from penjing.prune.config import _check_sparsity
-from penjing.prune.report import rounds_markdown, rounds_plot
+from penjing.pruning import PruneConfig, prune, sensitivity
+from penjing.pruning.config import _check_sparsity
+from penjing.pruning.report import rounds_markdown, rounds_plot
 from penjing.recipe.schema import StepParams
 from penjing.train import evaluate
 
@@ -83,7 +83,7 @@ class Params(StepParams):
 
 
 def run(model: nn.Module, params: Params, ctx) -> None:
-    """Prune ``model`` via :func:`penjing.prune.prune`, logging every round's accuracy."""
+    """Prune ``model`` via :func:`penjing.pruning.prune`, logging every round's accuracy."""
     rounds = []
 
     def log(info) -> None:

@@ -49,7 +49,7 @@ class Params(StepParams):
         return self
 
     def config(self, progress: bool = True):
-        from penjing.quantize.config import QuantConfig, reduce_range_flags
+        from penjing.quantization.config import QuantConfig, reduce_range_flags
 
         return QuantConfig(bits=self.bits, act_bits=self.act_bits, mode=self.mode, per_channel=self.per_channel,
                            symmetric=self.symmetric, observer=self.observer, act_observer=self.act_observer,
@@ -59,8 +59,8 @@ class Params(StepParams):
 
 
 def run(model, params: Params, ctx) -> None:
-    from penjing.quantize import convert, qat_fit, quantize
-    from penjing.quantize.report import layer_report, to_markdown
+    from penjing.quantization import convert, qat_fit, quantize
+    from penjing.quantization.report import layer_report, to_markdown
     from penjing.train import evaluate
 
     before = evaluate(model, ctx.test)

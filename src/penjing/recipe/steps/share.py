@@ -38,7 +38,7 @@ class Params(StepParams):
 
 def run(model: nn.Module, params: Params, ctx) -> None:
     from penjing.report.plots import weight_histogram
-    from penjing.share import ShareConfig, share
+    from penjing.sharing import ShareConfig, share
     from penjing.train import evaluate
 
     share(model, ShareConfig(bits=params.bits, init=params.init, bias_bits=params.bias_bits,

@@ -55,7 +55,7 @@ class Params(StepParams):
 
 
 def run(model: nn.Module, params: Params, ctx: RecipeContext) -> None:
-    from penjing.winograd import WinogradConfig, convert
+    from penjing.winograd_conv import WinogradConfig, convert
 
     config = WinogradConfig(
         layers=params.layers, exclude=params.exclude if params.exclude is not None else (),

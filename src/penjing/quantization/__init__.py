@@ -1,0 +1,50 @@
+"""Quantization: PTQ and QAT with fake quantization, and real int8 execution.
+
+```python
+import penjing as pj
+pj.quantize(model, pj.QuantConfig(bits=8, per_channel=True), calibration=train)   # PTQ, W8A8
+int8_model = pj.convert(model)                      # int8 x int8 -> int32 kernels on CPU
+
+from penjing.quantization import qat_fit
+qat_fit(model, pj.QuantConfig(bits=4, act_bits=8, mode="qat", lsq=True), train, epochs=5)
+```
+
+Modules: :mod:`.core` (the affine grid), :mod:`.observers`, :mod:`.fake_quant` (weight
+parametrization, activation quantizer), :mod:`.fold_bn`, :mod:`.ptq`, :mod:`.qat`,
+:mod:`.int_kernels` (``convert``, and why its kernels were chosen), :mod:`.sensitivity`,
+:mod:`.report`.
+"""
+
+from penjing.quantization.config import QuantConfig
+from penjing.quantization.core import QuantSpec, dequantize, fake_quantize, qparams, sqnr_db
+from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
+from penjing.quantization.fold_bn import fold_batchnorm
+from penjing.quantization.int_kernels import Int8Conv2d, Int8Linear, convert
+from penjing.quantization.ptq import calibrate, quantize, quantized_layers
+from penjing.quantization.qat import FreezeQuantization, freeze, qat_fit
+from penjing.quantization.report import layer_report
+from penjing.quantization.sensitivity import Sensitivity, sensitivity
+
+__all__ = [
+    "ActFakeQuant",
+    "FreezeQuantization",
+    "Int8Conv2d",
+    "Int8Linear",
+    "QuantConfig",
+    "QuantSpec",
+    "Sensitivity",
+    "WeightFakeQuant",
+    "calibrate",
+    "convert",
+    "dequantize",
+    "fake_quantize",
+    "fold_batchnorm",
+    "freeze",
+    "layer_report",
+    "qat_fit",
+    "qparams",
+    "quantize",
+    "quantized_layers",
+    "sensitivity",
+    "sqnr_db",
+]

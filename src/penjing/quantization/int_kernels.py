@@ -1,0 +1,356 @@
+"""Real integer execution: ``convert(model)`` swaps fake-quantized layers for int8 modules.
+
+Each :class:`Int8Linear` / :class:`Int8Conv2d` keeps its weight as an **int8 tensor** (plus
+per-channel float scales) in its ``state_dict``, quantizes its float input with the scale and
+zero-point calibrated by PTQ/QAT, multiplies ``u8 x s8`` with **int32 accumulation** in a
+vendor kernel, and requantizes the int32 sums to float32 with ``s_x * s_w`` plus the bias (the
+next layer quantizes that output again, so a ReLU / pooling / residual in between runs in
+float and needs no integer variant).
+
+Which kernel, by measurement (torch 2.13 CPU, AMD EPYC AVX2, 1 thread; /tmp numbers are in
+``benchmarks/results/quantize.md``)::
+
+    1024 -> 4096 Linear, batch 1 / 32 / 256, ms          fp32   (measured side by side)
+    torch._int_mm (int8 x int8 -> int32)           4.2 / 128 / 1297   vs 1.5 / 12.7 / 61
+    torch._weight_int8pack_mm (weight-only)        5.2 / 169 / 1336
+    onednn::qlinear_pointwise (u8 x s8, fp32 out)  2.9 / 9.8 / 60
+    quantized::linear_with_input_q_dq_qweight_dq_output_fp32 (fbgemm)
+                                                   0.48 / 7.9 / 59
+    Conv2d 20->50 3x3 on 4x4, batch 256: fp32 3.4, onednn::qconv_pointwise 2.1,
+    quantized::conv2d (fbgemm, quantized in/out) 3.4 ms
+
+* ``torch._int_mm`` on CPU is a reference loop (10-20x slower than fp32): not usable.
+* Linear -> fbgemm's ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``: float in,
+  static activation qparams, int8 GEMM, float out with bias, the fastest measured. It is an
+  ATen op of the x86/fbgemm engine (not the deprecated ``torch.ao.quantization`` Python
+  workflow, which only *calls* such ops).
+* Conv2d -> oneDNN's ``onednn::qconv_pointwise`` with a float32 output: the kernel that
+  PyTorch 2's x86 inductor quantization lowers to, so it is the maintained one; faster than
+  fbgemm's conv here and exact (no output requantization step needed).
+* Both x86 kernels multiply ``u8 x s8`` pairs with ``vpmaddubsw`` on AVX2, which saturates in
+  int16 when both operands use their full 8-bit range (measured: errors of several units).
+  One operand therefore gets a 7-bit range: by default the per-channel weights
+  (``QuantConfig.weight_reduce_range``), which keeps full 8-bit activations, spares the int8
+  Linear a clamp of its input (the kernel's own u8 saturation *is* the grid) and, measured on
+  the 1024-4096-4096-1000 MLP, gives logits closer to float (34.5 vs 31.6 dB SQNR) than
+  torch.ao's x86 choice of 7-bit activations (``act_reduce_range=True``, still available).
+  With either, the kernels match exact integer arithmetic to float rounding.
+* A ReLU that only follows an int8 layer runs inside the kernel (fbgemm's ``..._relu_output_fp32``
+  op, oneDNN's ``relu`` post-op), see :mod:`.fuse_relu`: one call instead of two.
+* Plan for removal: PyTorch 2.13 warns that quantized *tensors* (qint8, which fbgemm's
+  prepack takes) will be removed. The oneDNN ops take plain int8/uint8 tensors, so Linear
+  falls back to ``onednn::qlinear_pointwise`` (measured above: slower at batch 1 and 32, equal
+  at 256) when the fbgemm op is gone, and every layer falls back to the ``"reference"``
+  backend, exact integer arithmetic done in float64 (correct, slower), when both are gone.
+  Every backend is looked up at run time. ``convert(model, backend="reference")``
+  forces it. Asymmetric weights (nonzero weight zero-points) also use it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from penjing.core.select import swap
+from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
+from penjing.quantization.fuse_relu import fuse_relu as fold_relu
+
+BACKENDS = ("auto", "fbgemm", "onednn", "reference")
+
+
+def _has_fbgemm_linear() -> bool:
+    return (hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32")
+            and hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_relu_output_fp32")
+            and any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm")))
+
+
+def _has_onednn_linear() -> bool:
+    return hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack") \
+        and torch.backends.mkldnn.is_available()
+
+
+def _has_onednn_conv() -> bool:
+    return hasattr(torch.ops.onednn, "qconv_pointwise") and hasattr(torch.ops.onednn, "qconv_prepack") \
+        and torch.backends.mkldnn.is_available()
+
+
+def _engine() -> str:
+    engines = torch.backends.quantized.supported_engines
+    return "x86" if "x86" in engines else "fbgemm"
+
+
+class _Int8Base(nn.Module):
+    """State shared by the int8 layers: int8 weight, scales, input qparams, a packed cache."""
+
+    def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, weight_zero_point: torch.Tensor,
+                 bias: torch.Tensor | None, act: ActFakeQuant | None, backend: str):
+        super().__init__()
+        if weight_q.dtype != torch.int8:
+            raise ValueError(f"int8 layers take an int8 weight, got {weight_q.dtype}")
+        out = weight_q.shape[0]
+        self.register_buffer("weight", weight_q.contiguous())
+        self.register_buffer("weight_scale", weight_scale.detach().float().expand(out).contiguous())
+        self.register_buffer("weight_zero_point", weight_zero_point.detach().to(torch.int32).expand(out).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        # input quantization: static (calibrated) or dynamic (weight-only models: per batch)
+        self.static = act is not None
+        qmin, qmax = act.spec.qrange if act is not None else (0, 127)
+        self.in_qmin, self.in_qmax = int(qmin), int(qmax)
+        scale = act.scale.detach().float().reshape(()) if act is not None else torch.tensor(1.0)
+        zp = act.zero_point.detach().to(torch.int32).reshape(()) if act is not None else torch.tensor(0, dtype=torch.int32)
+        self.register_buffer("input_scale", scale.clone())
+        self.register_buffer("input_zero_point", zp.clone())
+        self.backend = backend
+        # the x86 kernels add u8*s8 pairs in int16 (AVX2 vpmaddubsw): 2 * 255 * 127 overflows
+        if (self.in_qmax - self.in_qmin) > 127 and int(weight_q.abs().max()) > 63 and backend != "reference":
+            warnings.warn(f"{backend}: full 8-bit activations with 8-bit weights can saturate int16 sums on "
+                          "CPUs without VNNI; quantize with weight_reduce_range=True (the default) or act_reduce_range=True",
+                          stacklevel=3)
+        self._packed = None
+        self._static_qparams: tuple[float, int] | None = None
+        #: set by :func:`convert` when the ReLU after this layer was folded into the kernel
+        self.fused_relu = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None  # new weights: repack lazily
+        self._static_qparams = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _input_qparams(self, x: torch.Tensor) -> tuple[float, int]:
+        if self.static:
+            if self._static_qparams is None:  # cached as Python numbers: no tensor sync per call
+                self._static_qparams = (float(self.input_scale), int(self.input_zero_point))
+            return self._static_qparams
+        lo = min(float(x.min()), 0.0)
+        hi = max(float(x.max()), 0.0)
+        scale = max((hi - lo) / (self.in_qmax - self.in_qmin), 1e-12)
+        zp = int(min(max(round(self.in_qmin - lo / scale), self.in_qmin), self.in_qmax))
+        return scale, zp
+
+    def _quantize_u8(self, x: torch.Tensor, scale: float, zp: int) -> tuple[torch.Tensor, int]:
+        """Integer input on an unsigned grid starting at 0 (what the x86 kernels take)."""
+        q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, self.in_qmin, self.in_qmax)
+        return (q - self.in_qmin).to(torch.uint8), zp - self.in_qmin
+
+    def _reference_input(self, x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+        q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, self.in_qmin, self.in_qmax)
+        return (q - zp).double()
+
+    def _weight_ints(self) -> torch.Tensor:
+        view = [-1] + [1] * (self.weight.dim() - 1)
+        return self.weight.double() - self.weight_zero_point.double().reshape(view)
+
+    def extra_repr(self) -> str:
+        mode = "static" if self.static else "dynamic"
+        relu = ", relu" if self.fused_relu else ""
+        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={mode} [{self.in_qmin}, {self.in_qmax}]{relu}"
+
+    @property
+    def _post_op(self) -> str:
+        return "relu" if self.fused_relu else "none"
+
+
+class Int8Linear(_Int8Base):
+    """``y = requant(int32(q_x @ q_w^T)) + b`` with an int8 weight."""
+
+    @classmethod
+    def from_float(cls, layer: nn.Linear, backend: str = "auto") -> Int8Linear:
+        weight_q, scale, zp, act = _integer_weight(layer)
+        if backend == "auto":
+            backend = "fbgemm" if _has_fbgemm_linear() else "onednn" if _has_onednn_linear() else "reference"
+        if backend in ("fbgemm", "onednn") and not bool((zp == 0).all()):
+            backend = "reference"  # the packed kernels take symmetric weights only
+        if backend not in ("fbgemm", "onednn", "reference"):
+            raise ValueError(f"Int8Linear backends are fbgemm, onednn and reference, got {backend!r}")
+        return cls(weight_q, scale, zp, layer.bias, act, backend)
+
+    def _pack(self):
+        if self._packed is None and self.backend == "onednn":
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+        if self._packed is None:
+            # fbgemm packs from a qint8 tensor; creating one warns of the deprecation of
+            # quantized tensors (the onednn backend is the planned replacement, see above)
+            with _quantized_engine(_engine()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                qw = torch._make_per_channel_quantized_tensor(
+                    self.weight, self.weight_scale.double(), self.weight_zero_point.long(), 0)
+                self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        scale, zp = self._input_qparams(x2)
+        if self.backend == "fbgemm":
+            # the op quantizes on the full u8 grid: clamp to ours first (same integers);
+            # a full 8-bit grid needs no clamp, the op saturates at 0 and 255 itself
+            if self.in_qmax - self.in_qmin < 255:
+                x2 = x2.clamp((self.in_qmin - zp) * scale, (self.in_qmax - zp) * scale)
+            op = (torch.ops.quantized.linear_with_input_q_dq_qweight_dq_relu_output_fp32 if self.fused_relu
+                  else torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32)
+            y = op(x2, scale, zp - self.in_qmin, self._pack())
+        elif self.backend == "onednn":
+            q, zp_u8 = self._quantize_u8(x2, scale, zp)
+            y = torch.ops.onednn.qlinear_pointwise(
+                q, scale, zp_u8, self._pack(), self.weight_scale, torch.zeros_like(self.weight_zero_point),
+                self.bias, 1.0, 0, torch.float32, self._post_op, [None], "")
+        else:
+            acc = self._reference_input(x2, scale, zp) @ self._weight_ints().t()
+            y = (acc * (scale * self.weight_scale.double())).float()
+            if self.bias is not None:
+                y = y + self.bias
+            if self.fused_relu:
+                y = torch.relu(y)
+        return y if x.dim() == 2 else y.reshape(*shape[:-1], y.shape[-1])
+
+
+class Int8Conv2d(_Int8Base):
+    """2-D convolution on an int8 weight, u8 input, int32 accumulation, float32 output."""
+
+    def __init__(self, weight_q, weight_scale, weight_zero_point, bias, act, backend, *, stride, padding,
+                 dilation, groups):
+        super().__init__(weight_q, weight_scale, weight_zero_point, bias, act, backend)
+        self.stride, self.padding, self.dilation, self.groups = list(stride), list(padding), list(dilation), groups
+
+    @classmethod
+    def from_float(cls, layer: nn.Conv2d, backend: str = "auto") -> Int8Conv2d:
+        weight_q, scale, zp, act = _integer_weight(layer)
+        if backend == "auto":
+            backend = "onednn" if _has_onednn_conv() else "reference"
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros" or not bool((zp == 0).all()):
+            backend = "reference"  # the kernel takes explicit zero padding, symmetric weights
+        if backend not in ("onednn", "reference"):
+            raise ValueError(f"Int8Conv2d backends are onednn and reference, got {backend!r}")
+        padding = layer.padding if not isinstance(layer.padding, str) else (0, 0)
+        module = cls(weight_q, scale, zp, layer.bias, act, backend, stride=layer.stride, padding=padding,
+                     dilation=layer.dilation, groups=layer.groups)
+        module.padding_arg = layer.padding  # 'same' / 'valid' for the reference path
+        module.padding_mode = layer.padding_mode
+        return module
+
+    def _pack(self, scale: float, zp: int):
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qconv_prepack(
+                self.weight, self.weight_scale, scale, zp, self.stride, self.padding, self.dilation,
+                self.groups, None)
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        scale, zp = self._input_qparams(x)
+        if self.backend == "onednn":
+            q, zp_u8 = self._quantize_u8(x, scale, zp)
+            return torch.ops.onednn.qconv_pointwise(
+                q, scale, zp_u8, self._pack(scale, zp_u8), self.weight_scale, torch.zeros_like(self.weight_zero_point),
+                self.bias, self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32,
+                self._post_op, [None], "")
+        xi = self._reference_input(x, scale, zp)
+        padding = getattr(self, "padding_arg", self.padding)
+        mode = getattr(self, "padding_mode", "zeros")
+        if mode != "zeros":
+            pad = [p for p in reversed(self.padding) for _ in range(2)]
+            xi = F.pad(xi, pad, mode=mode)
+            padding = 0
+        acc = F.conv2d(xi, self._weight_ints(), None, self.stride, padding, self.dilation, self.groups)
+        y = (acc * (scale * self.weight_scale.double()).reshape(1, -1, 1, 1)).float()
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return torch.relu(y) if self.fused_relu else y
+
+
+class _quantized_engine:
+    def __init__(self, engine: str):
+        self.engine = engine
+
+    def __enter__(self):
+        self.old = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+
+    def __exit__(self, *exc):
+        torch.backends.quantized.engine = self.old
+
+
+def _integer_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ActFakeQuant | None]:
+    """int8 codes, scale, zero-point of a fake-quantized layer, and its input quantizer."""
+    from penjing.core.params import parametrizations
+
+    wq = next((p for p in parametrizations(layer) if isinstance(p, WeightFakeQuant)), None)
+    if wq is None:
+        raise ValueError(f"{type(layer).__name__} is not quantized; run penjing.quantization first")
+    if wq.spec.axis not in (None, 0):
+        raise ValueError("int8 layers take per-output-channel (axis 0) or per-tensor weight scales")
+    with torch.no_grad():
+        w = layer.weight.detach()
+        q = wq.integers(w)
+    act = getattr(layer, "input_quant", None)
+    if isinstance(act, ActFakeQuant) and not act.enabled:
+        raise ValueError("the input quantizer was never calibrated; run calibration first")
+    return q.to(torch.int8), wq.scale.detach().reshape(-1), wq.zero_point.detach().reshape(-1), \
+        act if isinstance(act, ActFakeQuant) else None
+
+
+def _executable(layer: nn.Module) -> str | None:
+    """Why ``layer`` cannot run as int8 (None when it can)."""
+    wq = next((p for p in getattr(getattr(layer, "parametrizations", None), "weight", [])
+               if isinstance(p, WeightFakeQuant)), None) if hasattr(layer, "parametrizations") else None
+    if wq is None:
+        return "not quantized"
+    if wq.spec.bits > 8:
+        return f"{wq.spec.bits}-bit weights do not fit int8"
+    act = getattr(layer, "input_quant", None)
+    if isinstance(act, ActFakeQuant) and (act.spec.qrange[1] - act.spec.qrange[0]) > 255:
+        return f"{act.spec.bits}-bit activations do not fit u8"
+    return None
+
+
+def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True) -> nn.Module:
+    """Swap every fake-quantized Linear / Conv2d of ``model`` for an int8 module (in place).
+
+    Layers that cannot run in int8 (16-bit weights or activations, other layer types) stay
+    fake-quantized, with a warning naming them. With ``fuse_relu`` an ``nn.ReLU`` that only
+    follows an int8 layer runs inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU
+    module becomes ``nn.Identity``). Returns ``model``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    converted, skipped = 0, []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            if hasattr(module, "parametrizations") and any(
+                    isinstance(p, WeightFakeQuant) for p in getattr(module.parametrizations, "weight", [])):
+                skipped.append(f"{name} ({type(module).__name__} has no int8 kernel)")
+            continue
+        why = _executable(module)
+        if why == "not quantized":
+            continue
+        if why is not None:
+            skipped.append(f"{name} ({why})")
+            continue
+        was_training = module.training
+        if isinstance(module, nn.Linear):
+            new = Int8Linear.from_float(module, backend)
+        else:
+            new = Int8Conv2d.from_float(module, "auto" if backend == "fbgemm" else backend)
+        new.train(was_training)
+        if name:
+            swap(model, name, new)
+        else:
+            raise ValueError("cannot convert a bare layer in place; wrap it in a model (nn.Sequential)")
+        converted += 1
+    if converted == 0:
+        raise ValueError(f"{type(model).__name__} has no quantized Linear/Conv2d layers to convert; "
+                         "run penjing.quantize(model, config, calibration) first")
+    if skipped:
+        warnings.warn("left fake-quantized (no int8 execution): " + ", ".join(skipped), stacklevel=2)
+    if fuse_relu:
+        fold_relu(model, (_Int8Base,))
+    return model.eval()
+
+
+def int8_layers(model: nn.Module) -> list[tuple[str, _Int8Base]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Int8Base)]
