@@ -1,0 +1,125 @@
+"""The one report every verb records: the layers it touched (before -> after) and the layers it
+skipped (with the reason).
+
+A verb never sets attributes on the user's model: its report is kept in a weak map from the
+model to its last report, read with :func:`last_report`::
+
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    print(pj.last_report(model))        # per-layer table, fits 80 columns
+"""
+
+from __future__ import annotations
+
+import textwrap
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """One layer a verb changed: what it was and what it became."""
+
+    name: str
+    kind: str  # the layer's type name (``Linear``)
+    before: str
+    after: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LayerSkip:
+    """One layer a verb left alone, and why."""
+
+    name: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class Report:
+    """What one verb call did, layer by layer.
+
+    ``extra`` holds the method's own result object where it has one (the low-rank plan, the
+    Winograd multiplication counts...), so nothing a verb measured is lost.
+    """
+
+    verb: str
+    touched: list[LayerChange] = field(default_factory=list)
+    skipped: list[LayerSkip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def touch(self, name: str, module: nn.Module | str, before: str, after: str, detail: str = "") -> None:
+        self.touched.append(LayerChange(name, _kind(module), before, after, detail))
+
+    def skip(self, name: str, module: nn.Module | str, reason: str) -> None:
+        self.skipped.append(LayerSkip(name, _kind(module), reason))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.touched)
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.verb}: {len(self.touched)} layer(s) changed, {len(self.skipped)} skipped", ""]
+        if self.touched:
+            lines += ["| layer | type | before | after | detail |", "|---|---|---|---|---|"]
+            lines += [f"| {c.name} | {c.kind} | {c.before} | {c.after} | {c.detail} |" for c in self.touched]
+            lines.append("")
+        if self.skipped:
+            lines += ["| skipped layer | type | reason |", "|---|---|---|"]
+            lines += [f"| {s.name} | {s.kind} | {s.reason} |" for s in self.skipped]
+            lines.append("")
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def __str__(self) -> str:
+        return self.render(width=80)
+
+    def render(self, width: int = 80) -> str:
+        """Plain-text table no wider than ``width``: a layer's name on its own line when long."""
+        out = [f"{self.verb}: {len(self.touched)} layer(s) changed, {len(self.skipped)} skipped"]
+        for c in self.touched:
+            out += _entry(f"{c.name} ({c.kind})", f"{c.before} -> {c.after}"
+                          + (f"  [{c.detail}]" if c.detail else ""), width)
+        for s in self.skipped:
+            out += _entry(f"{s.name} ({s.kind})", f"skipped: {s.reason}", width)
+        out += textwrap.wrap("; ".join(self.notes), width) if self.notes else []
+        return "\n".join(out)
+
+
+def _kind(module: nn.Module | str) -> str:
+    if isinstance(module, str):
+        return module
+    from penjing.core.select import type_name
+
+    return type_name(module)
+
+
+def _entry(head: str, body: str, width: int) -> list[str]:
+    line = f"  {head}: {body}"
+    if len(line) <= width:
+        return [line]
+    return [f"  {head}"] + textwrap.wrap(body, width, initial_indent="      ", subsequent_indent="      ")
+
+
+_LAST: weakref.WeakKeyDictionary[nn.Module, Report] = weakref.WeakKeyDictionary()
+
+
+def record(model: nn.Module, report: Report) -> None:
+    """Keep ``report`` as ``model``'s last report (weakly: it does not keep the model alive)."""
+    _LAST[model] = report
+
+
+def last_report(model: nn.Module) -> Report:
+    """The :class:`Report` of the last verb run on ``model``."""
+    try:
+        return _LAST[model]
+    except KeyError:
+        raise LookupError("no penjing verb has run on this model yet (or it ran on a copy): "
+                          "call a verb such as pj.prune(model, config) first") from None
