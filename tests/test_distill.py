@@ -76,7 +76,9 @@ def test_the_teacher_alone_can_teach_with_labels_scrambled(teacher_and_data):
     modes = []
     hook = teacher.register_forward_hook(lambda m, a, out: modes.append(m.training))
     student = student_mlp()
-    distill(student, teacher, noise, DistillConfig(T=4, alpha=1.0), epochs=6, lr=3e-3, progress=False)
+    out = distill(student, DistillConfig(T=4, alpha=1.0), teacher=teacher, data=noise, epochs=6,
+                  lr=3e-3, progress=False)
+    assert out is student
     hook.remove()
     assert evaluate(teacher, test) > 0.9
     assert evaluate(student, test) > 0.85

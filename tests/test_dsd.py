@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 
 import penjing.train
 from penjing.core.params import parametrizations
+from penjing.core.report import last_report
 from penjing.data import digits
 from penjing.models import get_model
 from penjing.train import Callback, DSDConfig, dsd, evaluate, fit, load_checkpoint
@@ -78,8 +79,10 @@ def test_dsd_prunes_retrains_sparse_then_restores_at_zero_with_lower_lr(data):
 def test_dsd_with_fp16_master_weights_and_the_front_door(data):
     train, test = data
     model = lenet()
-    history = dsd(model, train, DSDConfig(sparsity=0.7, phases=(1, 2, 1)), steps=24, batch_size=32,
-                  lr=3e-3, test=test, precision="fp16-master", progress=False)
+    out = dsd(model, DSDConfig(sparsity=0.7, phases=(1, 2, 1)), data=train, steps=24, batch_size=32,
+              lr=3e-3, test=test, precision="fp16-master", progress=False)
+    assert out is model  # the verbs' shape: the model comes back
+    history = last_report(model).extra["history"]
     assert [p["step"] for p in history["phases"]] == [6, 18, 24]
     assert history["phases"][1]["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert history["phases"][2]["test_acc"] > 0.3  # 24 short steps; chance is 0.1

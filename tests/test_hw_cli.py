@@ -33,13 +33,13 @@ def test_simulate_train_projects_workers(tmp_path, capsys):
 
 
 def test_simulate_bad_input_is_one_line(tmp_path, capsys):
-    assert main(["simulate", "--hw", "tpu-v9", "--out", str(tmp_path)]) == 1
+    assert main(["simulate", "--hw", "tpu-v9", "--out", str(tmp_path)]) == 2
     assert "penjing simulate: error: unknown hardware 'tpu-v9'" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("rows: 0\ncols: 4\nclock_mhz: 1\ndram_gbps: 1\nifmap_kib: 1\nweight_kib: 1\nofmap_kib: 1\n")
-    assert main(["simulate", "--hw", str(bad), "--out", str(tmp_path)]) == 1
+    assert main(["simulate", "--hw", str(bad), "--out", str(tmp_path)]) == 2
     assert "rows must be a positive integer" in capsys.readouterr().err
-    assert main(["simulate", "--workers", "4", "--out", str(tmp_path)]) == 1
+    assert main(["simulate", "--workers", "4", "--out", str(tmp_path)]) == 2
     assert "--workers projects training: add --train" in capsys.readouterr().err
 
 

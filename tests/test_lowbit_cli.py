@@ -70,8 +70,8 @@ def test_binarize_command_and_its_errors(tmp_path, lenet300_weights, capsys):
     assert pj.load(out)["fc2.weight"].unique().numel() == 2 * 100  # +-alpha per output channel
     rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
                "--no-progress", "--layers", "act"])
-    assert rc == 1
+    assert rc == 2
     assert "cannot binarize layer 'act' (ReLU): it has no weight" in capsys.readouterr().err
     rc = main(["ternarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--threshold", "2"])
-    assert rc == 1
+    assert rc == 2
     assert "TTQ threshold t must be in (0, 1), got 2.0" in capsys.readouterr().err

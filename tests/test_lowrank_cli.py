@@ -75,7 +75,7 @@ def test_cli_bad_input_is_a_one_line_error(trained_lenet300, tmp_path, capsys, a
     rc = main(["lowrank", "--weights", str(weights), "--epochs", "0", "--no-progress", "--out",
                str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2
     assert err.startswith("penjing lowrank: error: ") and message in err
 
 

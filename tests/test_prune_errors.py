@@ -133,14 +133,14 @@ def test_cli_prunes_a_user_model_and_prints_the_table(tmp_path, capsys):
     state = torch.load(tmp_path / "out" / "pruned.pt", weights_only=True)
     assert tuple(state["0.weight"].shape) == (4, 1, 3, 3)
     assert main(["prune", "--model", f"{path}:Net", "--sparsity", "fc1=0.5", "--no-progress",
-                 "--out", str(tmp_path / "o2")]) == 1
+                 "--out", str(tmp_path / "o2")]) == 2
     assert "no key of the per-layer sparsity dict ['fc1'] matches a selected layer (0, 4, 6)" in \
         capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(capsys):
-    assert main(["prune", "--sparsity", "1.0"]) == 1
+    assert main(["prune", "--sparsity", "1.0"]) == 2
     assert capsys.readouterr().err.strip() == ("penjing prune: error: sparsity is 1.0: that would remove every "
                                                "weight of a layer and cut the network; use a value in [0, 1)")
-    assert main(["prune", "--model", "missing.py:Net", "--sparsity", "0.5"]) == 1
+    assert main(["prune", "--model", "missing.py:Net", "--sparsity", "0.5"]) == 2
     assert capsys.readouterr().err.strip() == "penjing prune: error: model file missing.py not found"

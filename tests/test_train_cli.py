@@ -26,7 +26,7 @@ def test_train_writes_weights_and_a_checkpoint_then_resumes(tmp_path, capsys):
     assert main([*args[:2], "9", *args[3:], "--resume", str(ckpt)]) == 0
     assert "9 steps" in capsys.readouterr().out
     assert main(["train", "--model", "lenet5", "--steps", "2", "--resume", str(ckpt), "--no-progress",
-                 "--out", str(out)]) == 1
+                 "--out", str(out)]) == 2
     assert "was written for a different model" in capsys.readouterr().err
 
 
@@ -40,7 +40,7 @@ def test_dsd_and_distill_commands(tmp_path, capsys):
                  "--no-progress", "--out", str(tmp_path / "s.pt")]) == 0
     text = capsys.readouterr().out
     assert "student mlp:64: 4,810 params (10.5x fewer)" in text and "student on labels alone" in text
-    assert main(["distill", "--T", "0", "--no-progress"]) == 1
+    assert main(["distill", "--T", "0", "--no-progress"]) == 2
     assert "distillation temperature T must be > 0, got 0.0" in capsys.readouterr().err
 
 

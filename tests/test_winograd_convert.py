@@ -181,7 +181,7 @@ def test_cli_prints_table_and_unchanged_accuracy(tmp_path, capsys):
     assert "layers.1.conv1" in out and "Winograd needs stride 1, got stride=(2, 2)" in out
     assert "5 conv(s) converted to Winograd, 4 skipped" in out
     assert "identical predictions on 100.00% of 450 images" in out
-    assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--batch", "0"]) == 1
+    assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--batch", "0"]) == 2
     assert "penjing winograd: error: --batch must be >= 1, got 0" in capsys.readouterr().err
 
 

@@ -24,6 +24,12 @@ Every sub-command has its own --help with examples.
 """
 
 
+#: what a user's input can cause (bad flag values, missing or corrupt files, a model that does
+#: not fit its weights, a lookup that finds nothing); anything else is a bug and keeps its traceback
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, TypeError,
+               NotImplementedError, LookupError, FloatingPointError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="penjing", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as exc:
-        # Errors a user can act on: print the message, not a traceback.
-        print(f"penjing {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as exc:
+        # Errors a user can act on: one line with the message, no traceback, exit code 2
+        # (argparse's code for a usage error).
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"penjing {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

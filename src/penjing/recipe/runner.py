@@ -36,7 +36,10 @@ def run_recipe(recipe: Recipe, model: nn.Module, ctx: RecipeContext) -> RecipeRe
     ctx.record(model, "dense")
     for i, step in enumerate(recipe.steps, 1):
         module = step_module(step.method)
-        module.run(model, step.params, ctx)
+        if step.options is not None:  # a CONFIG step: the method's config + fine-tune options
+            module.run(model, step.params, step.options, ctx)
+        else:
+            module.run(model, step.params, ctx)
         ctx.record(model, f"after step {i}: {step.method}")
     report = write_report(ctx, dense, model)
     return RecipeResult(model=model, dense=dense, summaries=ctx.summaries, report_path=report, context=ctx)

@@ -9,14 +9,21 @@ steps:
   - encode: {huffman: true}
 ```
 
-Each step method ``X`` is the module ``penjing.recipe.steps.X``, which defines ``Params`` (a
-pydantic model: the step's fields, unknown ones refused) and ``run(model, params, ctx)``.
+Each step method ``X`` is the module ``penjing.recipe.steps.X``. A method step defines
+``CONFIG`` (the method's config class, e.g. ``ShareConfig``) and ``run(model, config, step,
+ctx)``: the step's fields are ``CONFIG``'s recipe fields plus the common fine-tune options of
+:class:`StepOptions` (``finetune_epochs``, ``lr``) unless ``CONFIG`` declares them itself, so
+a recipe step, the Python config and the CLI flags cannot drift. A step with no config class
+of its own defines ``Params`` (a pydantic model, unknown fields refused) and ``run(model,
+params, ctx)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,39 @@ class Step(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     method: str
     params: Any
+    #: the common options (fine-tuning) of a CONFIG step; None for Params steps
+    options: Any = None
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What every method step may add to its config's fields: fine-tuning after the method."""
+
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not self.lr > 0:
+            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+
+
+def step_fields(module) -> list[str]:
+    """Every field a recipe step of ``module`` accepts."""
+    if hasattr(module, "CONFIG"):
+        own = [f.name for f in module.CONFIG.options() if f.metadata.get("recipe", True)]
+        return own + [f.name for f in dataclasses.fields(StepOptions) if f.name not in own]
+    return list(module.Params.model_fields)
+
+
+def _parse_config_step(module, fields: dict) -> tuple[Any, StepOptions]:
+    own = {f.name for f in module.CONFIG.options()}
+    common = {f.name for f in dataclasses.fields(StepOptions)} - own
+    options = StepOptions(**{k: fields[k] for k in common if k in fields})
+    config = module.CONFIG.from_dict({k: v for k, v in fields.items() if k not in common})
+    return config, options
 
 
 class Recipe(BaseModel):
@@ -73,6 +113,15 @@ class Recipe(BaseModel):
                 raise RecipeError(
                     f"{source}: step {i}: unknown method {method!r}; available: {', '.join(step_names())}"
                 )
+            if not isinstance(fields or {}, dict):
+                raise RecipeError(f"{source}: step {i} ({method}): fields must be a mapping, got {fields!r}")
+            if hasattr(module, "CONFIG"):
+                try:
+                    config, options = _parse_config_step(module, dict(fields or {}))
+                except (ValueError, TypeError) as exc:
+                    raise RecipeError(f"{source}: step {i} ({method}): {exc}") from None
+                steps.append(Step(method=method, params=config, options=options))
+                continue
             try:
                 params = module.Params.model_validate(fields or {})
             except ValidationError as exc:

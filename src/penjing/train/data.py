@@ -48,8 +48,8 @@ def train_loader(data: Dataset | DataLoader, batch_size: int, seed: int,
     ``sampler`` replaces the shuffle (e.g. a ``DistributedSampler``); its ``set_epoch`` is
     called every epoch when it has one.
     """
-    if isinstance(data, DataLoader):
-        return data
+    if isinstance(data, DataLoader) or not isinstance(data, Dataset):
+        return data  # a DataLoader or an iterable of ready batches (list of dicts...): as given
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sampler = sampler if sampler is not None else EpochSampler(len(data), seed)
@@ -65,7 +65,7 @@ def start_epoch(loader: DataLoader, epoch: int, skip_batches: int) -> int:
     Our own sampler skips by index (no data is loaded for the consumed batches); any other
     sampler gets ``set_epoch`` and the caller discards the returned number of batches.
     """
-    sampler = loader.sampler
+    sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1))
         return 0

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from penjing.core.batch import default_forward, logits_of, to_device
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -60,14 +62,21 @@ def check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
         )
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                 T: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
-    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, target)``."""
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 target: torch.Tensor | None, T: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, target)``.
+
+    Without a target (unlabelled data) only the soft term remains: ``alpha`` must then be 1."""
     DistillConfig(T=T, alpha=alpha)  # the same validation as the config
     check_logits(student_logits, teacher_logits)
     s, t = student_logits.float(), teacher_logits.float()
     soft = F.kl_div(F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1),
                     reduction="batchmean", log_target=True)
+    if target is None:
+        if alpha != 1.0:
+            raise ValueError(f"the batch has no labels, so distillation can only use the teacher's "
+                             f"soft targets: set DistillConfig(alpha=1.0) (got alpha={alpha})")
+        return T * T * soft
     hard = F.cross_entropy(s, target)
     return alpha * T * T * soft + (1.0 - alpha) * hard
 
@@ -93,10 +102,11 @@ class Distiller:
     """The teacher side of :func:`~penjing.train.fit`: frozen teacher, hint hooks, the loss."""
 
     def __init__(self, teacher: nn.Module, config: DistillConfig, student: nn.Module,
-                 example: torch.Tensor, device: torch.device):
+                 example, device: torch.device, forward_fn=None):
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
         self.teacher = teacher.to(device)
+        self.forward_fn = forward_fn or default_forward
         self.config = config
         self._teacher_mode = teacher.training
         self.teacher.eval()
@@ -109,7 +119,7 @@ class Distiller:
             _layer(teacher, t, "teacher").register_forward_hook(self._keep(self._teacher_feats, t))
             for _, t in self.pairs
         ]
-        self.projections = nn.ModuleList(self._probe(student, example.to(device))).to(device)
+        self.projections = nn.ModuleList(self._probe(student, to_device(example, device))).to(device)
 
     @staticmethod
     def _keep(store: dict, name: str):
@@ -126,7 +136,8 @@ class Distiller:
         hooks = [_layer(student, s, "student").register_forward_hook(self._keep(feats, s))
                  for s, _ in self.pairs]
         try:
-            check_logits(student(example), self.teacher(example))
+            check_logits(logits_of(self.forward_fn(student, example)),
+                         logits_of(self.forward_fn(self.teacher, example)))
         finally:
             for h in hooks:
                 h.remove()
@@ -149,11 +160,11 @@ class Distiller:
         ]
         self._hooked = id(module)
 
-    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+    def loss(self, logits: torch.Tensor, batch, y: torch.Tensor | None,
              autocast: contextlib.AbstractContextManager) -> torch.Tensor:
-        """The distillation loss of one batch, given the student's ``logits`` on ``x``."""
+        """The distillation loss of one batch, given the student's ``logits`` on ``batch``."""
         with torch.no_grad(), autocast:
-            teacher_logits = self.teacher(x)
+            teacher_logits = logits_of(self.forward_fn(self.teacher, batch))
         loss = distill_loss(logits, teacher_logits, y, self.config.T, self.config.alpha)
         for (s, t), proj in zip(self.pairs, self.projections, strict=True):
             student_feat = self._student_feats.pop(s).float()

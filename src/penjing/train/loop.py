@@ -15,7 +15,7 @@ device is explicit (``device=``), the module that runs forward can be wrapped (`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from penjing.core.batch import (
+    ForwardFn,
+    LossFn,
+    Metric,
+    batch_size_of,
+    batches,
+    correct_count,
+    default_forward,
+    default_loss,
+    first_batch,
+    logits_of,
+    run_forward,
+    target_of,
+    to_device,
+)
 from penjing.train.callbacks import Callback
 from penjing.train.checkpoint import (
     check_model,
@@ -41,29 +56,66 @@ SchedulerSpec = (str | torch.optim.lr_scheduler.LRScheduler
                  | Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler] | None)
 
 
+def _half_inputs(batch: Any) -> Any:
+    """fp16-master runs the model in half precision: floating inputs are cast to match."""
+    if isinstance(batch, torch.Tensor):
+        return batch.half() if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: _half_inputs(v) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(_half_inputs(v) if i == 0 else v for i, v in enumerate(batch))
+    return batch
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (a fraction in [0, 1])."""
+def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size: int = 512, *,
+             metric: Metric | None = None, forward_fn: ForwardFn | None = None) -> float:
+    """``metric`` of ``model`` on ``data`` (default: top-1 accuracy, a fraction in [0, 1]).
+
+    ``data`` is any batches (see :mod:`penjing.core.batch`); ``metric(outputs, batches)`` gets
+    every output and batch (on the CPU) when given. The model's train/eval mode is restored.
+    """
     was_training = model.training
     model.eval()
     device = _model_device(model)
-    # A private generator: iterating a DataLoader draws a seed from it, and drawing from the
-    # global one would change the training run's random stream whenever it evaluates.
-    loader = data if isinstance(data, DataLoader) else DataLoader(
-        data, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    # A private generator (inside batches()): iterating a DataLoader draws a seed from it, and
+    # drawing from the global one would change the training run's random stream.
     correct = total = 0
-    for x, y in loader:
-        logits = model(x.to(device))
-        correct += int((logits.argmax(1) == y.to(device)).sum())
-        total += len(y)
-    model.train(was_training)
+    outputs: list = []
+    seen: list = []
+    try:
+        for batch in batches(data, batch_size):
+            output = run_forward(model, to_device(batch, device), forward_fn)
+            if metric is not None:
+                outputs.append(to_device(_detach(output), "cpu"))
+                seen.append(batch)
+                continue
+            if target_of(batch) is None:
+                raise ValueError("the data has no targets for the default accuracy metric: pass "
+                                 "metric=f(outputs, batches)")
+            c, n = correct_count(output, to_device(batch, device))
+            correct, total = correct + c, total + n
+    finally:
+        model.train(was_training)
+    if metric is not None:
+        if not seen:
+            raise ValueError("cannot evaluate on an empty data set")
+        return float(metric(outputs, seen))
     if total == 0:
         raise ValueError("cannot evaluate on an empty data set")
     return correct / total
+
+
+def _detach(output):
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple | list):
+        return type(output)(_detach(o) for o in output)
+    return output
 
 
 def make_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -97,10 +149,12 @@ def make_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer, total_
     raise TypeError(f"scheduler must be a name, an LRScheduler or a factory, got {type(spec).__name__}")
 
 
-def _example(train: Dataset | DataLoader) -> torch.Tensor:
-    """Two training inputs, for checking the teacher against the student before training."""
-    dataset = train.dataset if isinstance(train, DataLoader) else train
-    return torch.stack([dataset[i][0] for i in range(min(2, len(dataset)))])
+def _example(train: Dataset | DataLoader | Iterable) -> Any:
+    """A training batch, for checking the teacher against the student before training."""
+    if isinstance(train, Dataset) and not isinstance(train, DataLoader):
+        items = [train[i] for i in range(min(2, len(train)))]
+        return torch.utils.data.default_collate(items)
+    return first_batch(train)
 
 
 class _Run:
@@ -108,8 +162,8 @@ class _Run:
 
     def __init__(self, model, train, *, epochs, steps, lr, batch_size, optimizer, weight_decay, seed,
                  callbacks, progress, desc, scheduler, test, eval_every, precision, teacher, distill,
-                 dsd, checkpoint, checkpoint_every, resume, loss_fn, device, sampler, wrap,
-                 main_process):
+                 dsd, checkpoint, checkpoint_every, resume, loss_fn, forward_fn, device, sampler,
+                 wrap, main_process):
         self.model = model
         self.test = test
         self.eval_every = eval_every
@@ -131,15 +185,20 @@ class _Run:
         self.data_seed = (int(saved["data_seed"]) if saved is not None
                           else seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         self.loader = train_loader(train, batch_size, self.data_seed, sampler)
-        self.steps_per_epoch = len(self.loader)
+        try:
+            self.steps_per_epoch = len(self.loader)
+        except TypeError:
+            raise ValueError("fit needs data with a length (a Dataset, a DataLoader or a list of "
+                             "batches), not a one-shot iterator") from None
         if self.steps_per_epoch == 0:
             raise ValueError("the training set is empty")
         self.total = steps if steps is not None else epochs * self.steps_per_epoch
 
         if distill is not None and teacher is None:
             raise ValueError("distill= needs a teacher= model")
-        self.distiller = (Distiller(teacher, distill or DistillConfig(), model, _example(train), self.device)
-                          if teacher is not None else None)
+        self.forward_fn = forward_fn or default_forward
+        self.distiller = (Distiller(teacher, distill or DistillConfig(), model, _example(train),
+                                    self.device, self.forward_fn) if teacher is not None else None)
         extra = self.distiller.parameters() if self.distiller else []
         if optimizer is None:
             optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=lr, weight_decay=weight_decay)
@@ -148,7 +207,7 @@ class _Run:
         self.optimizer = optimizer
         self.scheduler = make_scheduler(scheduler, optimizer, max(self.total, 1))
         self.strategy = make_strategy(precision, self.device)
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.loss_fn = loss_fn or default_loss
         self.log = tqdm.write if progress and main_process else (lambda message: None)
 
         self.history: dict[str, Any] = {"loss": []}
@@ -159,6 +218,7 @@ class _Run:
         self.callbacks = ([self.dsd] if self.dsd else []) + self.user_callbacks
         self.step = self.epoch = self.batch = 0
         self.sums = [0.0, 0, 0]  # loss * n, correct, n over the current epoch
+        self.counted = 0  # samples with a class target this epoch (the accuracy's denominator)
         self._wrapped: tuple[int, nn.Module] | None = None
         if saved is not None:
             self._restore(resume, saved)
@@ -222,17 +282,21 @@ class _Run:
             self._wrapped = (id(module), self.wrap(module))
         return self._wrapped[1]
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def _train_step(self, batch: Any) -> None:
+        batch = to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         forward = self._forward_module()
-        inputs = x.half() if isinstance(self.strategy, FP16Master) and x.is_floating_point() else x
+        inputs = _half_inputs(batch) if isinstance(self.strategy, FP16Master) else batch
         with self.strategy.autocast():
-            logits = forward(inputs)
+            output = self.forward_fn(forward, inputs)
             if self.distiller is not None:
-                loss = self.distiller.loss(logits, x, y, self.strategy.autocast())
+                loss = self.distiller.loss(logits_of(output), batch, target_of(batch),
+                                           self.strategy.autocast())
             else:
-                loss = self.loss_fn(logits.float(), y)
+                loss = self.loss_fn(output, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at step {self.step + 1} (epoch {self.epoch}); lower the "
@@ -243,14 +307,19 @@ class _Run:
         if self.scheduler is not None:
             self.scheduler.step()
         value = loss.item()
-        self.sums[0] += value * len(y)
-        self.sums[1] += int((logits.detach().argmax(1) == y).sum())
-        self.sums[2] += len(y)
+        n = batch_size_of(batch)
+        correct, counted = correct_count(output, batch)
+        self.sums[0] += value * n
+        self.sums[1] += correct
+        self.sums[2] += n
+        self.counted += counted
         self.step += 1
         self.batch += 1
         for cb in self.callbacks:
             cb.on_step_end(self.model, self.step, value)
-        postfix = {"loss": f"{value:.4f}", "acc": f"{self.sums[1] / self.sums[2]:.3f}"}
+        postfix = {"loss": f"{value:.4f}"}
+        if self.counted:
+            postfix["acc"] = f"{self.sums[1] / self.counted:.3f}"
         if self.history.get("eval"):
             postfix["test"] = f"{self.history['eval'][-1][1]:.3f}"
         if self.strategy.scale is not None:
@@ -261,12 +330,14 @@ class _Run:
     def _end_epoch(self) -> None:
         loss_sum, correct, count = self.sums
         self.history["loss"].append(loss_sum / max(count, 1))
-        self.history.setdefault("train_acc", []).append(correct / max(count, 1))
+        if self.counted:  # batches with class targets (a regression or user loss has none)
+            self.history.setdefault("train_acc", []).append(correct / self.counted)
         for cb in self.callbacks:
             cb.on_epoch_end(self.model, self.epoch)
         self.epoch += 1
         self.batch = 0
         self.sums = [0.0, 0, 0]
+        self.counted = 0
 
     def _measure(self, model: nn.Module) -> float | None:
         return evaluate(model, self.test) if self.test is not None else None
@@ -284,11 +355,11 @@ class _Run:
                         cb.on_epoch_begin(model, self.epoch)
                 discard = start_epoch(self.loader, self.epoch, self.batch)
                 before = self.step
-                for x, y in self.loader:
+                for batch in self.loader:
                     if discard:  # a foreign sampler: drop the batches a resumed run already saw
                         discard -= 1
                         continue
-                    self._train_step(x, y)
+                    self._train_step(batch)
                     if self.batch == self.steps_per_epoch:
                         self._end_epoch()
                     if self.test is not None and self.eval_every and self.step % self.eval_every == 0:
@@ -343,7 +414,8 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: str | Path | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: LossFn | None = None,
+    forward_fn: ForwardFn | None = None,
     device: str | torch.device | None = None,
     sampler: Sampler | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
@@ -358,8 +430,10 @@ def fit(
     :class:`MixedPrecision`. ``teacher`` (+ ``distill``): knowledge distillation. ``dsd``:
     Dense-Sparse-Dense phases over the run. ``checkpoint``: a file written atomically every
     ``checkpoint_every`` steps and at the end; ``resume``: continue from such a file (the
-    same seed and data give bit-identical weights to an uninterrupted run). ``loss_fn``
-    replaces cross-entropy (not used with a teacher). ``device``, ``sampler``, ``wrap`` and
+    same seed and data give bit-identical weights to an uninterrupted run). ``train`` is any
+    batches (:mod:`penjing.core.batch`: tensors, tuples, dicts, HF BatchEncoding);
+    ``forward_fn(model, batch)`` runs the model (default: ``model(input)`` / ``model(**dict)``)
+    and ``loss_fn(output, batch)`` replaces cross-entropy (not used with a teacher). ``device``, ``sampler``, ``wrap`` and
     ``main_process`` are the hooks for distributed training.
 
     Returns a dict: ``loss`` and ``train_acc`` per epoch, ``eval`` ([step, accuracy] pairs),
@@ -384,6 +458,6 @@ def fit(
         weight_decay=weight_decay, seed=seed, callbacks=callbacks, progress=progress, desc=desc,
         scheduler=scheduler, test=test, eval_every=eval_every, precision=precision, teacher=teacher,
         distill=distill, dsd=dsd, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-        resume=resume, loss_fn=loss_fn, device=device, sampler=sampler, wrap=wrap,
+        resume=resume, loss_fn=loss_fn, forward_fn=forward_fn, device=device, sampler=sampler, wrap=wrap,
         main_process=main_process,
     ).run()
