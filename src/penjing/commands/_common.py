@@ -3,21 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 
 MODEL_HELP = ("a reference model (lenet300, lenet5, resnet), or FILE.py:Class for your own "
               "class (built with no arguments; add --weights for its state_dict)")
 
 
+DATA_HELP = ("digits (bundled), mnist:PATH, cifar10:PATH, imagefolder:PATH (PATH/<class>/<image>, "
+             "resized to --input-shape) or tensors:FILE (.safetensors/.pt with x and y, or "
+             "train_x/train_y/test_x/test_y)")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int64": torch.int64, "int32": torch.int32}
+
+
+def input_shape(text: str) -> tuple[int, ...]:
+    """``3,224,224`` -> ``(3, 224, 224)``: one sample's shape, without the batch dimension."""
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape takes comma-separated sizes such as "
+                                         f"3,224,224 (no batch dimension), got {text!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"--input-shape sizes must be >= 1, got {text!r}")
+    return shape
+
+
 def add_model_args(parser: argparse.ArgumentParser, default: str | None = "lenet300") -> None:
     parser.add_argument("--model", default=default, help=MODEL_HELP + f" (default: {default})")
-    parser.add_argument("--weights", help="a state_dict (.pt) for --model; reference models "
-                        "without --weights are trained once on --data and cached")
-    parser.add_argument("--data", default="digits",
-                        help="digits (bundled), mnist:PATH or cifar10:PATH (default: digits)")
+    parser.add_argument("--weights", help="a state_dict (.safetensors or .pt) for --model; reference "
+                        "models without --weights are trained once on --data and cached")
+    parser.add_argument("--data", default="digits", help=DATA_HELP + " (default: digits)")
+    parser.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
+                        help="one input's shape without the batch dimension (e.g. 3,224,224, or "
+                        "128 for token ids); default: the data's")
+    parser.add_argument("--input-dtype", choices=sorted(DTYPES), default="float32",
+                        help="dtype of the example input (int64 for token ids; default: float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def example_input(args: argparse.Namespace, train, batch: int = 1) -> torch.Tensor:
+    """An example batch for tracing: random of ``--input-shape``, else the data's first inputs."""
+    if getattr(args, "input_shape", None):
+        dtype = DTYPES[args.input_dtype]
+        g = torch.Generator().manual_seed(0)
+        if dtype.is_floating_point:
+            return torch.rand((batch, *args.input_shape), generator=g).to(dtype)
+        return torch.randint(0, 2, (batch, *args.input_shape), generator=g, dtype=dtype)
+    return train.tensors[0][:batch]
+
+
+def check_input_fits(model: nn.Module, args: argparse.Namespace, train) -> None:
+    """Run the model once on one data sample: a model/data mismatch is one clear error."""
+    x = train.tensors[0][:1]
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            try:
+                model(x)
+            finally:
+                model.train(was)
+    except Exception as exc:  # any failure of the user's forward on this data
+        raise ValueError(f"the model does not run on --data {args.data} (inputs of shape "
+                         f"{tuple(x.shape[1:])}): {type(exc).__name__}: {' '.join(str(exc).split())}; "
+                         "give matching --data (e.g. imagefolder:PATH or tensors:FILE)") from None
 
 
 def load_model_and_data(args: argparse.Namespace) -> tuple[nn.Module, object, object]:
@@ -26,7 +79,9 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[nn.Module, object, ob
     from penjing.models import MODELS, get_model, pretrained
     from penjing.models.user import load_user_model
 
-    train, test = get_data(args.data)
+    shape = getattr(args, "input_shape", None)
+    size = tuple(shape[-2:]) if shape and len(shape) >= 3 else (224, 224)
+    train, test = get_data(args.data, image_size=size)
     if args.model in MODELS:
         if args.weights:
             model = load_user_model(None, args.weights, base=get_model(args.model, train.tensors[0][:1]))
@@ -34,6 +89,10 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[nn.Module, object, ob
             model = pretrained(args.model, train, progress=not args.no_progress)
     else:
         model = load_user_model(args.model, args.weights)
+        if not args.weights:
+            warnings.warn(f"--model {args.model} has no --weights: it runs with its random initial "
+                          "weights, so accuracies are near chance", UserWarning, stacklevel=2)
+        check_input_fits(model, args, train)
     return model, train, test
 
 

@@ -2,6 +2,6 @@
 
 from penjing.data.digits import digits
 from penjing.data.local import cifar10, mnist
-from penjing.data.registry import get_data
+from penjing.data.registry import get_data, validation_split
 
-__all__ = ["cifar10", "digits", "get_data", "mnist"]
+__all__ = ["cifar10", "digits", "get_data", "mnist", "validation_split"]
