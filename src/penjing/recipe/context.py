@@ -14,6 +14,10 @@ from penjing.report.summary import Summary, summary
 
 @dataclass
 class RecipeContext:
+    """``train`` fine-tunes; ``val`` (carved from the training data when not given) is what
+    every choice a step makes is measured on (sensitivity scans, tolerances); ``test`` is only
+    for the figures the report shows."""
+
     train: TensorDataset
     test: TensorDataset
     out_dir: Path
@@ -25,6 +29,15 @@ class RecipeContext:
     #: Set by an encoding step: bytes of the written compressed file.
     file_bytes: int | None = None
     echo: bool = True
+    val: TensorDataset | None = None
+    #: fraction of the training data held out as ``val`` when none is given
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.val is None:
+            from penjing.data import validation_split
+
+            self.train, self.val = validation_split(self.train, self.val_fraction, self.seed)
 
     def finetune(self, model: nn.Module, epochs: int, lr: float = 1e-3, desc: str = "fine-tune") -> None:
         """Fine-tune with the one training loop (parametrizations stay in force)."""
