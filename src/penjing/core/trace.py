@@ -181,7 +181,7 @@ _MATMUL_FUNCTIONS = {"matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "mv", 
                      "vdot", "inner", "outer", "einsum", "tensordot", "chain_matmul",
                      "multi_dot", "bilinear", "addr", "ger"}
 #: Short labels of the functions attention is written with.
-_LABELS = {"scaled_dot_product_attention": "sdpa", "multi_head_attention_forward": "mha"}
+_LABELS = {"scaled_dot_product_attention": "sdpa", "multi_head_attention_forward": "attention"}
 
 
 def _is_compute(packet) -> bool:
@@ -432,15 +432,17 @@ class _Kernels(TorchDispatchMode):
         state = self.state
         out = _first_tensor(out)
         M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-        count = math.prod(a.shape[:-2]) if packet is not aten.addbmm else a.shape[0]
+        count = math.prod(a.shape[:-2])
         origin_b, origin_a = state.origin(b), state.origin(a)
         if origin_b is None and origin_a is not None:  # W @ x: out^T = x^T @ W^T
             a, b, M, N, origin_b = b, a, N, M, origin_a
+        if b.dim() > 2 and not any(b.stride()[:-2]):  # one B broadcast over the batch: one GEMM
+            M, count, b = M * count, 1, b[(0,) * (b.dim() - 2)]
         fn = _normalise(state.function)
         default = "linear" if origin_b is not None and packet in (aten.mm, aten.addmm, aten.linear,
                                                                   aten._addmm_activation) else \
-            ("bmm" if packet in (aten.bmm, aten.baddbmm) else "matmul")
-        op = fn if fn in _MATMUL_FUNCTIONS else default
+            ("bmm" if packet in (aten.bmm, aten.baddbmm, aten.addbmm) else "matmul")
+        op = fn if fn in _MATMUL_FUNCTIONS or fn == "linear" else default
         if origin_b is not None:
             self._weighted(op, a, b, out, M, K, N, count, origin_b)
             return
@@ -544,7 +546,8 @@ class _Kernels(TorchDispatchMode):
             module=self._module()), _Naming("memory", state.where, owns=state.leaf))
 
     def _module(self) -> str:
-        return self.state.stack[-1].name if self.state.stack else ""
+        name = self.state.stack[-1].name if self.state.stack else ""
+        return "" if name == "(root)" else name
 
 
 def _int_kernel_layer(name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Layer:
