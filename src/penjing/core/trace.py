@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 from torch import nn
@@ -184,6 +185,7 @@ _MATMUL_FUNCTIONS = {"matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "mv", 
 _LABELS = {"scaled_dot_product_attention": "sdpa", "multi_head_attention_forward": "attention"}
 
 
+@cache
 def _is_compute(packet) -> bool:
     """A kernel in torch's own FLOP registry (``torch.utils.flop_counter``) or named like one."""
     name = packet.__name__.lower()
@@ -227,6 +229,7 @@ def _storage_key(t: torch.Tensor) -> int | None:
         return None
 
 
+@cache
 def _normalise(name: str) -> str:
     name = name.strip("_").lower()
     return _LABELS.get(name, name)
@@ -380,14 +383,17 @@ class _Kernels(TorchDispatchMode):
         state = self.state
         if state.hidden or (state.stack and state.stack[-1].int_kernel):
             return out  # a weight being computed, or an integer kernel costed from its shape
+        if func.is_view:
+            return out  # a view shares its input's storage: it moves nothing, stays what it was
         packet = func.overloadpacket
         inputs = _tensors(args) + _tensors(kwargs.values())
-        if inputs:
-            origins = [state.origin(t) for t in inputs]
-            if all(origins):  # computed from stored tensors alone: still that weight
-                state.add_derived(out, origins[0])
-        if packet in _FREE or func.is_view or not inputs:
-            return out  # views, metadata, layout copies and factories move nothing we charge
+        if not inputs:
+            return out  # a factory (zeros, arange): no input traffic
+        origins = [state.origin(t) for t in inputs]
+        if all(origins):  # computed from stored tensors alone (a cast, a dequantization): a weight
+            state.add_derived(out, origins[0])
+        if packet in _FREE:
+            return out  # metadata, layout copies, dtype casts move nothing we charge
         with torch._C.DisableTorchFunction(), torch.no_grad():
             self._record(packet, args, kwargs, inputs, out)
         return out
@@ -679,8 +685,8 @@ def trace(model: nn.Module, example: torch.Tensor | tuple | Mapping) -> list[Lay
     finally:
         for h in handles:
             h.remove()
-        for m, flag in modes.items():
-            m.train(flag)
+        for m, flag in modes.items():  # each module's own flag back (train() would recurse)
+            m.training = flag
     if not any(layer.kind == "gemm" for layer in state.layers):
         raise ValueError(f"cannot trace {type(model).__name__}: no linear, convolution or matmul "
                          "was executed, so there is nothing for the hardware model to cost")
