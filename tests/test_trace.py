@@ -199,6 +199,22 @@ def test_a_module_run_twice_and_names_of_memory_ops():
     assert layer_macs(layers) == {"fc": 2 * 2 * 4 * 4}
 
 
+def test_a_tied_weight_belongs_to_the_module_that_runs_it():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, D)
+            self.head = nn.Linear(D, 20, bias=False)
+            self.head.weight = self.emb.weight  # an LM head reusing the table
+
+        def forward(self, ids):
+            return self.head(self.emb(ids))
+
+    layers = trace(Tied(), torch.randint(0, 20, (B, T)))
+    assert [(lay.name, lay.op, lay.module) for lay in layers] == [
+        ("emb", "embedding", "emb"), ("head", "linear", "head")]
+
+
 class TinyLM(nn.Module):
     """Token ids in, through an embedding table, a bag of n-grams, attention and a head."""
 

@@ -96,14 +96,15 @@ def _first_tensor(out) -> torch.Tensor | None:
     return None
 
 
-def storage_key(t: torch.Tensor) -> int | None:
+def storage_key(t: torch.Tensor) -> int | tuple | None:
     """Address of ``t``'s storage: views of one tensor share it; ``None`` when it has none."""
     if t.layout != torch.strided or t.numel() == 0:
         return None
     try:
-        return t.untyped_storage().data_ptr()
+        ptr = t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # meta / functional wrapper tensors
         return None
+    return ptr if t.device.type == "cpu" else (str(t.device), ptr)  # one address space each
 
 
 @cache
@@ -147,17 +148,24 @@ class Origin:
         return self._info
 
 
-def _stored_tensors(model: nn.Module) -> dict[int, Origin]:
-    """Every parameter and buffer of ``model`` by storage; a parametrization's ``original``
-    belongs to the module it parametrizes."""
-    registry: dict[int, Origin] = {}
+def _stored_tensors(model: nn.Module) -> tuple[dict, dict]:
+    """Every parameter and buffer of ``model`` by storage (a parametrization's ``original``
+    belongs to the module it parametrizes), and every owner of a storage that several modules
+    share (tied weights: an LM head reusing the embedding table)."""
+    registry: dict = {}
+    owners: dict = {}
+
+    def register(key, origin: Origin) -> None:
+        registry.setdefault(key, origin)
+        owners.setdefault(key, []).append(origin)
+
     for mname, module in model.named_modules():
         if isinstance(module, parametrize.ParametrizationList):
             continue  # its tensors are registered under the parametrized module below
         for tname, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             key = storage_key(tensor)
             if key is not None:
-                registry.setdefault(key, Origin(mname, module, tname, tensor))
+                register(key, Origin(mname, module, tname, tensor))
         plists = getattr(module, "parametrizations", None)
         if isinstance(plists, nn.ModuleDict):
             for tname, plist in plists.items():
@@ -165,8 +173,9 @@ def _stored_tensors(model: nn.Module) -> dict[int, Origin]:
                     key = storage_key(tensor)
                     if key is not None:
                         stored = tensor if pname.startswith("original") else plist.original
-                        registry.setdefault(key, Origin(mname, module, tname, stored))
-    return registry
+                        register(key, Origin(mname, module, tname, stored))
+    shared = {k: v for k, v in owners.items() if len({id(o.module) for o in v}) > 1}
+    return registry, shared
 
 
 # --- the recorder -----------------------------------------------------------------------------
@@ -192,7 +201,7 @@ class State:
         self.stack: list[Frame] = []
         self.layers: list[Layer] = []
         self.naming: list[Naming] = []
-        self.weights = _stored_tensors(model)
+        self.weights, self.shared = _stored_tensors(model)
         #: weights computed during the forward (parametrization outputs, casts): kept alive so
         #: that no activation can reuse their storage address while the trace runs
         self.derived: list[torch.Tensor] = []
@@ -202,7 +211,14 @@ class State:
 
     def origin(self, t: torch.Tensor) -> Origin | None:
         key = storage_key(t)
-        return self.weights.get(key) if key is not None else None
+        if key is None:
+            return None
+        if key in self.shared:  # a tied weight belongs to the innermost running module owning it
+            for frame in reversed(self.stack):
+                owner = next((o for o in self.shared[key] if o.module is frame.module), None)
+                if owner is not None:
+                    return owner
+        return self.weights.get(key)
 
     def add_derived(self, out, origin: Origin) -> None:
         for t in tensors(out if isinstance(out, (list, tuple)) else (out,)):
