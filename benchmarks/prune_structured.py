@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import penjing as pj
+from penjing.core.trace import layer_macs, trace
 from penjing.pruning import PruneConfig, prune
 
 VARIANTS = {
@@ -37,23 +38,9 @@ VARIANTS = {
 
 
 def macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of the Conv2d and Linear layers for input ``x`` (dense kernels)."""
-    total = 0
-
-    def hook(module, inp, out):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            total += out.numel() // out.shape[0] * module.in_channels // module.groups * \
-                module.kernel_size[0] * module.kernel_size[1]
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    with torch.no_grad():
-        model(x[:1])
-    for h in handles:
-        h.remove()
-    return total
+    """Multiply-accumulates of the weight-bearing layers for one sample of ``x`` (dense
+    kernels: a structured prune shrinks the shapes, zeros inside a tensor count)."""
+    return sum(layer_macs(trace(model, x[:1])).values())
 
 
 def timed(models: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, float]:

@@ -64,6 +64,9 @@ class EnergyTable:
         """Energy of one ``kind`` op (``int_add``, ``float_mult``...) on ``bits``-bit operands."""
         entries = getattr(self, kind)
         fits = [b for b in entries if b >= bits]
+        if not fits and kind == "int_add":  # int64 ids and masks: a chain of the widest adds
+            widest = max(entries)            # with carry, ceil(bits / widest) of them
+            return -(-bits // widest) * entries[widest]
         if not fits:
             raise ValueError(f"energy table {self.name!r} has no {kind} entry for {bits:g}-bit "
                              f"operands (largest: {max(entries)}); add one to your table")

@@ -220,33 +220,18 @@ def measure_positions(model: nn.Module, candidates: list[Candidate], example: to
             h.remove()
 
 
-@torch.no_grad()
 def weighted_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Multiply-accumulates per sample of every Linear/Conv layer of ``model`` on ``example``
-    (a layer's MACs = its output positions x its weight size, groups included)."""
+    (a layer's MACs = its output positions x its weight size, groups included), counted by
+    the one tracer, :func:`penjing.core.trace.trace`."""
     from penjing.core.select import WEIGHTED_TYPES, select
+    from penjing.core.trace import layer_macs, trace
 
-    macs: dict[str, int] = {}
+    device = next((p.device for p in model.parameters()), example.device)
+    per_layer = layer_macs(trace(model, example.to(device)))
     batch = example.shape[0]
-    handles = []
-    for name, module in select(model, types=WEIGHTED_TYPES):
-        def record(module, inputs, output, name=name):
-            w = module.weight
-            if isinstance(module, nn.Linear):
-                positions = output.numel() // output.shape[-1] // batch
-            elif isinstance(module, nn.modules.conv._ConvTransposeNd):
-                # a transposed conv scatters every *input* position through the whole kernel
-                positions = inputs[0].numel() // inputs[0].shape[1] // batch
-            else:
-                positions = output.numel() // output.shape[1] // batch
-            macs[name] = macs.get(name, 0) + positions * w.numel()
-        handles.append(module.register_forward_hook(record))
-    try:
-        _run(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-    return macs
+    return {name: per_layer[name] // batch for name, _ in select(model, types=WEIGHTED_TYPES)
+            if name in per_layer}
 
 
 def _run(model: nn.Module, example: torch.Tensor) -> None:
