@@ -1,35 +1,42 @@
 """Recipe step ``ternarize``: TTQ or TWN ternary weights, then fine-tuning.
 
 ```yaml
-- ternarize: {method: ttq, threshold: 0.05, finetune_epochs: 10, lr: 0.001}
+- ternarize: {algorithm: ttq, threshold: 0.05, finetune_epochs: 10, lr: 0.001}
 ```
+
+The fields are :class:`~penjing.lowbit.TernaryConfig`'s (declared once there), plus the
+common ``finetune_epochs`` / ``lr``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from torch import nn
 
+from penjing.lowbit.config import TernaryConfig
 from penjing.recipe.schema import StepParams
+
+CONFIG = TernaryConfig
 
 
 class Params(StepParams):
-    method: Literal["ttq", "twn"] = "ttq"
-    #: TTQ: t in (0, 1) (threshold t * max|W|, default 0.05); TWN: factor > 0 (default 0.7).
-    threshold: float | None = Field(default=None, gt=0)
-    layers: str | list[str] | None = None
-    exclude: str | list[str] = Field(default_factory=list)
-    keep_first_last: bool = True
+    """Thin stand-in until the runner validates steps with ``CONFIG.from_dict`` itself."""
+
+    model_config = ConfigDict(extra="allow")
     finetune_epochs: int = Field(default=10, ge=0)
     lr: float = Field(default=1e-3, gt=0)
+    _config: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _check_threshold(self) -> Params:
-        if self.method == "ttq" and self.threshold is not None and not self.threshold < 1:
-            raise ValueError(f"TTQ threshold t must be in (0, 1), got {self.threshold}")
+    def _build(self) -> Params:
+        self._config = CONFIG.from_dict(self.model_extra)
         return self
+
+    @property
+    def config(self) -> TernaryConfig:
+        return self._config
 
 
 def sparsity_section(model: nn.Module, title: str) -> str:
@@ -42,12 +49,13 @@ def sparsity_section(model: nn.Module, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(model: nn.Module, params: Params, ctx) -> None:
-    from penjing.lowbit import TernaryConfig, ternarize
+def run(model: nn.Module, config, step, ctx=None) -> None:
+    """``run(model, config, step, ctx)``; today's runner calls ``run(model, params, ctx)``."""
+    from penjing.lowbit import ternarize
 
-    ternarize(model, TernaryConfig(method=params.method, threshold=params.threshold,
-                                   layers=params.layers, exclude=params.exclude or (),
-                                   keep_first_last=params.keep_first_last))
-    ctx.finetune(model, params.finetune_epochs, params.lr, desc=f"ternarize ({params.method})")
+    if ctx is None:
+        config, step, ctx = config.config, config, step
+    ternarize(model, config)
+    ctx.finetune(model, step.finetune_epochs, step.lr, desc=f"ternarize ({config.algorithm})")
     ctx.artifacts.setdefault("sections", []).append(
-        sparsity_section(model, f"Ternary sparsity ({params.method.upper()})"))
+        sparsity_section(model, f"Ternary sparsity ({config.algorithm.upper()})"))
