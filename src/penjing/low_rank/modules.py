@@ -101,6 +101,9 @@ class LowRankEmbedding(nn.Sequential):
         with torch.no_grad():
             for layer, factor in zip(new, decompose.embedding_factors(weight, rank), strict=True):
                 layer.weight.copy_(factor)
+            # A zero row (the padding row) is in U's null space: make it exactly zero, not
+            # rounding noise, so a padding token still embeds to 0.
+            new[0].weight[(weight == 0).all(1)] = 0
         return new
 
     def dense_weight(self) -> torch.Tensor:
