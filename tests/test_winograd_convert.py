@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -92,14 +93,18 @@ def test_verb_returns_the_model_and_keeps_the_report():
 def test_measured_choice_keeps_the_fastest_or_leaves_the_layer():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
-    report = convert(model, WinogradConfig(reps=3), torch.randn(1, 16, 12, 12))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = convert(model, WinogradConfig(reps=3), torch.randn(1, 16, 12, 12))
     (d,) = report.layers
     assert set(d.times_ms) == {"direct", "2", "4"}
     if d.converted:  # which one wins depends on the machine; the decision must follow the times
         assert d.times_ms[str(d.m)] <= d.times_ms["direct"]
-        assert d.reason.startswith("measured ")
-    else:
+        assert d.reason.startswith("measured ") and not caught
+    else:  # the only layer stayed direct: the verb says nothing changed
         assert d.reason.startswith("direct conv faster on this shape")
+        assert [str(w.message) for w in caught] == [
+            "penjing.winograd: no layer was changed (1 skipped; see pj.last_report(model))"]
 
 
 def test_layer_selection_and_exclusion():
