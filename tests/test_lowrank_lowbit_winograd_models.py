@@ -106,6 +106,18 @@ def test_lowrank_on_a_user_model_factorises_what_it_can_and_says_why_not_the_res
     assert torch.equal(rebuilt(ids), model(ids))
 
 
+def test_the_budget_ignores_what_lowrank_cannot_touch():
+    """Issue 15: the budget counted embeddings (then unsupported) and attention and failed. Here
+    the embedding is excluded and MHA / depthwise are skipped: 30% of the rest is reachable."""
+    model, ids = user_net()
+    before = sum(p.numel() for p in model.parameters())
+    pj.lowrank(model, pj.LowRankConfig(params=0.3, exclude="Embedding"), example_inputs=ids)
+    plan = last_report(model).extra["plan"]
+    assert plan.budget_before == 16 * 16 * 9 + 16 * 64 + 64 * 5  # conv, mlp, head only
+    _assert_planned_drop(model, before, 0.3)
+    assert type(model.embed) is nn.Embedding and "embed" not in _skips(model)  # excluded, not skipped
+
+
 def test_factorised_embedding_looks_up_rows_of_a_times_b():
     torch.manual_seed(0)
     table = nn.Embedding(50, 12, padding_idx=0)
