@@ -62,3 +62,19 @@ def test_a_config_and_keyword_fields_are_not_both_accepted():
         pj.lowrank(nn.Linear(4, 4), pj.LowRankConfig(), rank=2)
     with pytest.raises(TypeError, match="expected a TernaryConfig, got BinaryConfig"):
         pj.ternarize(nn.Linear(4, 4), pj.BinaryConfig())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_verbs_that_run_the_model_keep_its_train_eval_mode(training):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(4 * 64, 8), nn.Linear(8, 3)).train(training)
+    x = torch.randn(16, 1, 8, 8)
+    data = TensorDataset(x, torch.randint(0, 3, (16,)))
+    pj.lowrank(model, pj.LowRankConfig(params=0.6, sensitivity=True, sensitivity_samples=16), data=data)
+    assert all(m.training is training for m in model.modules())
+    pj.winograd(model, pj.WinogradConfig(measure=False), example_inputs=x)  # runs the model
+    assert all(m.training is training for m in model.modules())
