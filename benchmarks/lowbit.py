@@ -45,19 +45,18 @@ METHODS = {
 LEGEND = """\
 Columns: *acc. converted* is right after conversion, before any training; *zeros %* is the
 fraction of zero ternary weights over the converted layers; *low-bit codes ratio* is float32
-bytes / code bytes of the converted layers (2 or 1 bit per weight); *incl. scales* adds the
-scales (Wp, Wn, or one alpha per output channel for XNOR) as float32; *whole model* is the
-whole state_dict in float32 against the packed model (codes + scales + the full-precision
-first/last layers, biases and BatchNorm as float32); *entropy-coded* is the converted layers
-with the ternary codes entropy-coded (`pack(model, entropy=True)`) instead of 2-bit packed."""
+bytes / code bytes of the converted layers (2 or 1 bit per weight); *.pjz* is float32 bytes /
+the converted layers' payload in the `.pjz` file (`pj.save`: codebook or 1-bit affine codes,
+Huffman-coded where smaller, with their scales and tables); *whole model* is the whole
+state_dict in float32 against every tensor's `.pjz` payload."""
 
 
 
 def accuracy_table(models: list[str], epochs: int, lr: float, seed: int) -> list[str]:
     train, test = pj.data.digits()
     lines = ["| model | method | bits | acc. FP | acc. converted | acc. fine-tuned | vs FP (points) "
-             "| zeros % | low-bit codes ratio | incl. scales | whole model | entropy-coded | train s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| zeros % | low-bit codes ratio | .pjz | whole model | train s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in models:
         fp = pj.models.pretrained(name, train, progress=False)
         fp_acc = pj.evaluate(fp, test)
@@ -75,16 +74,14 @@ def accuracy_table(models: list[str], epochs: int, lr: float, seed: int) -> list
             size = storage(model)
             codes = sum(r.params for r in size.layers) * bits / 8
             codes_ratio = sum(r.fp32_bytes for r in size.layers) / codes
-            zeros = entropy = ""
+            zeros = ""
             if bits == 2:
                 n = sum(r.params for r in size.layers)
                 zeros = f"{100 * sum(r.zeros * r.params for r in size.layers) / n:.1f}"
-                coded = storage(model, entropy=True)
-                entropy = f"{coded.lowbit_ratio:.1f}x"
             lines.append(
                 f"| {name} | {method} | {bits} | {100 * fp_acc:.2f} | {100 * converted:.2f} | "
                 f"{100 * acc:.2f} | {100 * (acc - fp_acc):+.2f} | {zeros} | {codes_ratio:.1f}x | "
-                f"{size.lowbit_ratio:.1f}x | {size.ratio:.1f}x | {entropy} | {seconds:.0f} |")
+                f"{size.lowbit_ratio:.1f}x | {size.ratio:.1f}x | {seconds:.0f} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
 

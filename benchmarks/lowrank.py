@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark as tbench
 
+from penjing.core.report import last_report
 from penjing.low_rank import (
     ChannelSplitConv2d,
     CPConv2d,
@@ -33,11 +34,15 @@ from penjing.low_rank import (
     SpatialSplitConv2d,
     Tucker2Conv2d,
     accuracy_curve,
-    decompose_model,
+    lowrank,
 )
 from penjing.low_rank.curve import curve_markdown, plot_curve
 from penjing.low_rank.plan import weighted_macs
 
+
+def _plan(model, config, **kwargs):
+    lowrank(model, config, **kwargs)
+    return last_report(model).extra["plan"]
 
 def median_seconds(fn, x: torch.Tensor, min_time: float) -> float:
     timer = tbench.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=torch.get_num_threads())
@@ -137,7 +142,7 @@ def accuracy(plot_path: str | None, epochs: int, budgets: list[float]) -> str:
         dense = evaluate(base, test)
         for method in ("channel", "spatial", "tucker"):
             model = copy.deepcopy(base)
-            result = decompose_model(model, LowRankConfig(params=0.5, method=method), data=train)
+            result = _plan(model, LowRankConfig(params=0.5, conv_method=method), data=train)
             before = evaluate(model, test)
             fit(model, train, epochs=epochs, lr=3e-4, progress=False)
             after = evaluate(model, test)
@@ -154,7 +159,7 @@ def accuracy(plot_path: str | None, epochs: int, budgets: list[float]) -> str:
         dense = evaluate(base, test)
         for method in ("channel", "spatial", "tucker"):
             model = copy.deepcopy(base)
-            result = decompose_model(model, LowRankConfig(energy=0.7, method=method, layers="Conv2d"), data=train)
+            result = _plan(model, LowRankConfig(energy=0.7, conv_method=method, layers="Conv2d"), data=train)
             before = evaluate(model, test)
             fit(model, train, epochs=epochs, lr=3e-4, progress=False)
             after = evaluate(model, test)
@@ -170,7 +175,7 @@ def accuracy(plot_path: str | None, epochs: int, budgets: list[float]) -> str:
         base = pretrained(name, train, progress=False)
         for sens in (False, True):
             model = copy.deepcopy(base)
-            result = decompose_model(model, LowRankConfig(params=0.3, sensitivity=sens), data=train)
+            result = _plan(model, LowRankConfig(params=0.3, sensitivity=sens), data=train)
             before = evaluate(model, test)
             fit(model, train, epochs=epochs, lr=3e-4, progress=False)
             ranks = ", ".join(f"{k}: {v}" for k, v in result.ranks.items())

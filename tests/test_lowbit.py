@@ -10,6 +10,7 @@ from torch import nn
 
 import penjing as pj
 from penjing.core.params import original
+from penjing.core.report import last_report
 from penjing.core.stats import layer_stats
 from penjing.lowbit import (
     BinaryConfig,
@@ -220,32 +221,62 @@ def test_all_zero_layer_gives_zero_scales_not_nan(config):
 
 def test_binarizing_a_layer_without_weights_is_a_clear_error():
     model = pj.models.LeNet5()
-    with pytest.raises(ValueError, match=r"cannot binarize layer 'pool' \(MaxPool2d\): it has no weight "
-                                         r"to binarize; binarize acts on Linear, Conv1d"):
+    with pytest.raises(ValueError, match=r"^binarize: layers entry 'pool' matches no layer with weights; "
+                                         r"the weighted layers are conv1, conv2, fc1, fc2$"):
         binarize(model, BinaryConfig(layers="pool"))
-    with pytest.raises(ValueError, match="cannot ternarize layer 'fc9': the model has no such layer"):
+    with pytest.raises(ValueError, match=r"^ternarize: layers entry 'fc9' matches no layer with weights"):
         ternarize(model, TernaryConfig(layers=["fc1", "fc9"]))
-    with pytest.raises(ValueError, match="no layers to binarize: the selector picked no Linear/Conv layer"):
-        binarize(model, BinaryConfig(layers="BatchNorm2d"))
+    with pytest.raises(ValueError, match="^binarize: exclude entry 'fc7' matches no layer"):
+        binarize(model, BinaryConfig(exclude="fc7"))
 
 
 def test_two_layer_model_with_default_policy_explains_why_nothing_is_left():
-    with pytest.raises(ValueError, match="keep_first_last=False to include them"):
+    with pytest.raises(ValueError, match="^ternarize: no layer to act on: the first and last weighted "
+                                         "layers stay full precision; pass keep_first_last=False"):
         ternarize(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), TernaryConfig())
 
 
-def test_converting_twice_is_refused():
+def test_first_and_last_layers_are_recorded_skips():
     model = pj.models.LeNet5()
     ternarize(model, TernaryConfig())
-    with pytest.raises(ValueError, match="layer 'conv2' is already binary/ternary; binarize it once"):
+    report = last_report(model)
+    assert [c.name for c in report.touched] == ["conv2", "fc1"]
+    assert {s.name: s.reason for s in report.skipped} == {
+        "conv1": "first weighted layer kept full precision (keep_first_last=True)",
+        "fc2": "last weighted layer kept full precision (keep_first_last=True)"}
+    assert report.extra["zeros"] == ternary_sparsity(model)
+
+
+def test_converting_twice_skips_by_default_and_refuses_an_explicit_layer():
+    model = pj.models.LeNet5()
+    ternarize(model, TernaryConfig())
+    binarize(model, BinaryConfig(keep_first_last=False))  # only conv1 and fc2 were left
+    assert [c.name for c in last_report(model).touched] == ["conv1", "fc2"]
+    assert {s.name: s.reason for s in last_report(model).skipped} == {
+        "conv2": "already binary/ternary (convert a layer once)",
+        "fc1": "already binary/ternary (convert a layer once)"}
+    with pytest.raises(ValueError, match=r"^binarize: no layer to act on \(conv1: already binary"):
         binarize(model, BinaryConfig())
+    with pytest.raises(ValueError, match=r"^binarize: layer conv2 \(Conv2d\) was selected but already "
+                                         r"binary/ternary \(convert a layer once\)"):
+        binarize(model, BinaryConfig(layers="conv2"))
 
 
-def test_unknown_method_and_scaling_are_refused():
-    with pytest.raises(ValueError, match="ternary method must be one of"):
+def test_unknown_algorithm_and_scaling_are_refused():
+    with pytest.raises(ValueError, match=r"^TernaryConfig.algorithm must be one of \('ttq', 'twn'\), "
+                                         r"got 'ternaryconnect'$"):
         TernaryConfig("ternaryconnect")
-    with pytest.raises(ValueError, match="scaling must be one of"):
+    with pytest.raises(ValueError, match=r"^BinaryConfig.scaling must be one of"):
         BinaryConfig(scaling="row")
+
+
+def test_per_layer_threshold_first_match_wins_and_a_stray_key_is_an_error():
+    model = pj.models.LeNet5()
+    ternarize(model, TernaryConfig(threshold={"fc*": 0.3, "fc1": 0.01, "*": 0.05}, keep_first_last=False))
+    ts = {n: m.parametrizations.weight[0].t for n, m in model.named_modules() if hasattr(m, "parametrizations")}
+    assert ts == {"conv1": 0.05, "conv2": 0.05, "fc1": 0.3, "fc2": 0.3}
+    with pytest.raises(ValueError, match=r"^TernaryConfig.threshold: key 'conv9' matches no layer"):
+        ternarize(pj.models.LeNet5(), TernaryConfig(threshold={"conv9": 0.1, "*": 0.05}))
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import torch
 
 import penjing as pj
 from penjing.cli import main
-from penjing.lowbit import unpack
 from penjing.recipe import RecipeContext, RecipeError
 from penjing.recipe.schema import Recipe
 
@@ -25,13 +24,16 @@ def lenet300_weights(tmp_path_factory, digits_data):
 
 
 def test_recipe_steps_validate_their_fields():
-    recipe = Recipe.from_dict({"steps": [{"ternarize": {"method": "twn", "threshold": 0.7}},
-                                         {"binarize": {"method": "binaryconnect", "stochastic": True}}]})
+    recipe = Recipe.from_dict({"steps": [{"ternarize": {"algorithm": "twn", "threshold": 0.7}},
+                                         {"binarize": {"algorithm": "binaryconnect", "stochastic": True}}]})
     assert [s.method for s in recipe.steps] == ["ternarize", "binarize"]
+    assert recipe.steps[0].params == pj.TernaryConfig(algorithm="twn", threshold=0.7)
     with pytest.raises(RecipeError, match=r"step 1 \(ternarize\): .*TTQ threshold t must be in \(0, 1\), got 1.5"):
         Recipe.from_dict({"steps": [{"ternarize": {"threshold": 1.5}}]})
-    with pytest.raises(RecipeError, match=r"step 1 \(binarize\): field 'method'"):
-        Recipe.from_dict({"steps": [{"binarize": {"method": "xor"}}]})
+    with pytest.raises(RecipeError, match=r"step 1 \(binarize\): .*BinaryConfig.algorithm must be one of"):
+        Recipe.from_dict({"steps": [{"binarize": {"algorithm": "xor"}}]})
+    with pytest.raises(RecipeError, match=r"step 1 \(binarize\): .*unknown field\(s\) \['method'\] for BinaryConfig"):
+        Recipe.from_dict({"steps": [{"binarize": {"method": "xnor"}}]})
 
 
 def test_ternarize_step_runs_finetunes_and_reports_sparsity(tmp_path, digits_data):
@@ -41,22 +43,23 @@ def test_ternarize_step_runs_finetunes_and_reports_sparsity(tmp_path, digits_dat
     model = pj.models.LeNet300()
     ctx = RecipeContext(train=torch.utils.data.Subset(train, range(200)), test=test,
                         out_dir=tmp_path, progress=False, echo=False)
-    step.run(model, step.Params(method="ttq", finetune_epochs=1, keep_first_last=False), ctx)
+    step.run(model, step.CONFIG(algorithm="ttq", keep_first_last=False), step.OPTIONS(finetune_epochs=1), ctx)
     assert model.fc2.parametrizations.weight[0].bits == 2
     (section,) = ctx.artifacts["sections"]
     assert "Ternary sparsity (TTQ)" in section and "| fc2 |" in section
 
 
-def test_ternarize_command_writes_a_packed_file(tmp_path, lenet300_weights, capsys):
-    out = tmp_path / "t.pt"
-    rc = main(["ternarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--method", "twn",
-               "--epochs", "1", "--no-progress", "--all-layers", "--out", str(out)])
+def test_ternarize_command_writes_a_pjz_file(tmp_path, lenet300_weights, capsys):
+    out = tmp_path / "t.pjz"
+    rc = main(["ternarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--algorithm", "twn",
+               "--epochs", "1", "--no-progress", "--no-keep-first-last", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "zeros %" in text and "low-bit weights 16.0x smaller than float32" in text
-    state = unpack(torch.load(out, weights_only=True))
+    assert "zeros %" in text and "ternarize: 3 layer(s) changed, 0 skipped" in text
+    ratio = float(text.split("low-bit weights ")[1].split("x smaller")[0])
+    assert ratio >= 16.0  # 2 bits per weight at most (Huffman-coded indices go below)
     model = pj.models.LeNet300()
-    model.load_state_dict(state)
+    model.load_state_dict(pj.load(out))
     assert len(model.fc2.weight.unique()) <= 3
 
 
@@ -66,12 +69,12 @@ def test_binarize_command_and_its_errors(tmp_path, lenet300_weights, capsys):
                "--no-progress", "--activations", "fc2", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "packed: low-bit weights" in text and f"wrote {out}" in text
+    assert "stored (.pjz codec): low-bit weights" in text and f"wrote {out}" in text
     assert pj.load(out)["fc2.weight"].unique().numel() == 2 * 100  # +-alpha per output channel
     rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
                "--no-progress", "--layers", "act"])
     assert rc == 2
-    assert "cannot binarize layer 'act' (ReLU): it has no weight" in capsys.readouterr().err
+    assert "binarize: layers entry 'act' matches no layer with weights" in capsys.readouterr().err
     rc = main(["ternarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--threshold", "2"])
     assert rc == 2
-    assert "TTQ threshold t must be in (0, 1), got 2.0" in capsys.readouterr().err
+    assert "TTQ threshold t must be in (0, 1), got 2" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from penjing.core.report import last_report
 from penjing.low_rank import (
     ChannelSplitConv2d,
     CPConv2d,
@@ -14,9 +15,17 @@ from penjing.low_rank import (
     LowRankLinear,
     SpatialSplitConv2d,
     Tucker2Conv2d,
-    decompose_model,
 )
 from penjing.low_rank.plan import weighted_macs
+
+
+def decompose(model, config, **kwargs):
+    """``pj.lowrank`` and the per-layer plan it records."""
+    from penjing.core.report import last_report
+    from penjing.low_rank import lowrank
+
+    lowrank(model, config, **kwargs)
+    return last_report(model).extra["plan"]
 
 torch.set_num_threads(1)
 
@@ -57,7 +66,7 @@ def test_energy_one_finds_the_numerical_rank_in_float32():
         model[0].weight.copy_(rank_r_matrix(80, 60, 6).float())
     x = torch.randn(5, 60)
     expected = model(x)
-    result = decompose_model(model, LowRankConfig(energy=1.0))
+    result = decompose(model, LowRankConfig(energy=1.0))
     assert result.ranks == {"0": 6}
     assert torch.allclose(model(x), expected, atol=1e-4)
     assert result.layers[0].error < 1e-6
@@ -158,15 +167,17 @@ def test_report_rows_and_mac_accounting_match_a_recount():
     for method, rank in (("channel", 4), ("spatial", 4), ("tucker", (3, 3))):
         trial = nn.Sequential(*[m for m in __import__("copy").deepcopy(model)])
         before = weighted_macs(trial, example)
-        result = decompose_model(trial, LowRankConfig(rank={"2": rank, "0": rank}, method=method),
-                                 example=example)
+        result = decompose(trial, LowRankConfig(rank={"2": rank, "0": rank}, conv_method=method),
+                                 example_inputs=example)
         after = weighted_macs(trial, example)
         assert result.flops_before == sum(before.values())
         assert result.flops_after == sum(after.values()), method
         assert result.params_after == sum(p.numel() for p in trial.parameters())
         rows = {r.name: r for r in result.layers}
-        assert rows["4"].rank is None and "depthwise" in rows["4"].reason
-        assert rows["6"].reason == "no rank given for this layer"
+        assert "4" not in rows  # depthwise: not a candidate, a recorded skip
+        skipped = {s.name: s.reason for s in last_report(trial).skipped}
+        assert skipped["4"] == "depthwise conv (groups=32): a split would mix the groups"
+        assert rows["6"].reason == skipped["6"] == "no LowRankConfig.rank key matches this layer"
         assert rows["2"].flops_after == sum(v for k, v in after.items() if k.startswith("2."))
 
 
@@ -174,17 +185,18 @@ def test_state_dict_round_trip_through_ranks():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 50), nn.Linear(50, 10))
     x = torch.randn(2, 3, 8, 8)
-    result = decompose_model(model, LowRankConfig(params=0.4, method="spatial"), example=x)
+    result = decompose(model, LowRankConfig(params=0.4, conv_method="spatial"), example_inputs=x)
     rebuilt = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 50), nn.Linear(50, 10))
-    decompose_model(rebuilt, LowRankConfig(rank=result.ranks, method="spatial"))
+    decompose(rebuilt, LowRankConfig(rank=result.ranks, conv_method="spatial"))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(rebuilt(x), model(x))
 
 
 def test_decomposing_twice_leaves_the_factors_alone():
-    model = nn.Sequential(nn.Linear(64, 64))
-    decompose_model(model, LowRankConfig(rank=8))
-    again = decompose_model(model, LowRankConfig(rank=4))
-    assert {r.name: r.reason for r in again.layers} == {
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    decompose(model, LowRankConfig(rank=8, layers="0"))
+    again = decompose(model, LowRankConfig(rank=4))
+    assert {s.name: s.reason for s in last_report(model).skipped} == {
         "0.0": "already a factor of a low-rank layer", "0.1": "already a factor of a low-rank layer"}
+    assert again.ranks == {"1": 4}
     assert isinstance(model[0], LowRankLinear) and model[0].rank == 8

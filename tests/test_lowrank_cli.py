@@ -7,13 +7,23 @@ import json
 import pytest
 import torch
 
+import penjing as pj
 from penjing.cli import main
 from penjing.data import digits
-from penjing.low_rank import LowRankConfig, decompose_model
+from penjing.low_rank import LowRankConfig
 from penjing.models import LeNet300, pretrained
 from penjing.recipe import RecipeContext, run_recipe
 from penjing.recipe.schema import Recipe, RecipeError
 from penjing.train import evaluate, fit
+
+
+def decompose(model, config, **kwargs):
+    """``pj.lowrank`` and the per-layer plan it records."""
+    from penjing.core.report import last_report
+    from penjing.low_rank import lowrank
+
+    lowrank(model, config, **kwargs)
+    return last_report(model).extra["plan"]
 
 torch.set_num_threads(1)
 
@@ -36,8 +46,8 @@ def test_lenet300_at_half_the_parameters_fine_tuned_stays_close_to_dense(data, t
     train, test = data
     model = __import__("copy").deepcopy(trained_lenet300)
     dense = evaluate(model, test)
-    result = decompose_model(model, LowRankConfig(params=0.5), data=train)
-    assert result.param_ratio <= 0.5
+    result = decompose(model, LowRankConfig(params=0.5), data=train)
+    assert result.budget_after <= 0.5 * result.budget_before
     fit(model, train, epochs=3, lr=3e-4, progress=False)
     assert dense > 0.95
     assert evaluate(model, test) >= dense - 0.015
@@ -56,18 +66,21 @@ def test_cli_prints_the_per_layer_table_and_writes_its_files(data, trained_lenet
         assert text in printed, text
     assert (out / "spectra.png").stat().st_size > 1000
     ranks = json.loads((out / "ranks.json").read_text())
-    assert ranks["method"] == "channel" and ranks["rank"]
-    # the saved state_dict loads into a model rebuilt from ranks.json
+    assert ranks["conv_method"] == "channel" and ranks["rank"]
+    # the saved .pjz loads into a model rebuilt from ranks.json
     rebuilt = LeNet300()
-    decompose_model(rebuilt, LowRankConfig(rank=ranks["rank"]))
-    rebuilt.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    decompose(rebuilt, LowRankConfig(rank=ranks["rank"]))
+    rebuilt.load_state_dict(pj.load(out / "model.pjz"))
     assert evaluate(rebuilt, data[1]) > 0.9
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--rank", "20"], "rank 20 for layer 'fc3' is larger than min(out, in) = 10; choose rank <= 10 or exclude the layer"),
-    (["--energy", "1.5"], "energy must be in (0, 1], got 1.5"),
-    (["--params", "0.001"], "a budget of 0.1% of the parameters cannot be met"),
+    (["--energy", "1.5"], "LowRankConfig.energy must be in (0, 1], got 1.5"),
+    (["--params", "0.001"], "a budget of 0.1% of the factorisable layers' parameters cannot be met"),
+    (["--params", "0.5", "--energy", "0.9"], "LowRankConfig: set one of rank, energy, params, flops; "
+                                              "got energy, params"),
+    (["--rank", "fc9=3"], "LowRankConfig.rank: key 'fc9' matches no layer; the layers are fc1, fc2, fc3"),
 ])
 def test_cli_bad_input_is_a_one_line_error(trained_lenet300, tmp_path, capsys, argv, message):
     weights = tmp_path / "w.pt"
@@ -75,7 +88,7 @@ def test_cli_bad_input_is_a_one_line_error(trained_lenet300, tmp_path, capsys, a
     rc = main(["lowrank", "--weights", str(weights), "--epochs", "0", "--no-progress", "--out",
                str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("penjing lowrank: error: ") and message in err
 
 
@@ -93,9 +106,9 @@ def test_recipe_step_factorises_fine_tunes_and_reports(data, trained_lenet300, t
 
 
 def test_recipe_step_takes_per_layer_tucker_ranks():
-    recipe = Recipe.from_dict({"steps": [{"lowrank": {"rank": {"layers.2.*": [8, 16]}, "method": "tucker"}}]})
-    config = recipe.steps[0].params.config()
-    assert config.rank_for("layers.2.conv1") == (8, 16) and config.rank_for("fc") is None
+    recipe = Recipe.from_dict({"steps": [{"lowrank": {"rank": {"layers.2.*": [8, 16]}, "conv_method": "tucker"}}]})
+    config = recipe.steps[0].params
+    assert config == LowRankConfig(rank={"layers.2.*": (8, 16)}, conv_method="tucker")
 
 
 def test_recipe_step_rejects_bad_fields_on_load():
@@ -103,7 +116,7 @@ def test_recipe_step_rejects_bad_fields_on_load():
         Recipe.from_dict({"steps": [{"lowrank": {"energy": 1.5}}]})
     with pytest.raises(RecipeError, match=r"step 1 \(lowrank\): .*set one of rank, energy, params, flops"):
         Recipe.from_dict({"steps": [{"lowrank": {"energy": 0.9, "rank": 3}}]})
-    with pytest.raises(RecipeError, match=r"field 'ranks'"):
+    with pytest.raises(RecipeError, match=r"unknown field\(s\) \['ranks'\] for LowRankConfig"):
         Recipe.from_dict({"steps": [{"lowrank": {"ranks": 3}}]})
 
 
@@ -123,7 +136,7 @@ def test_reference_models_at_half_the_parameters_within_one_point(data, name, me
     train, test = data
     model = pretrained(name, train, progress=False)
     dense = evaluate(model, test)
-    result = decompose_model(model, LowRankConfig(params=0.5, method=method), data=train)
-    assert result.param_ratio <= 0.5
+    result = decompose(model, LowRankConfig(params=0.5, conv_method=method), data=train)
+    assert result.budget_after <= 0.5 * result.budget_before
     fit(model, train, epochs=5, lr=3e-4, progress=False)
     assert evaluate(model, test) >= dense - 0.01

@@ -7,9 +7,18 @@ import pytest
 import torch
 
 from penjing.data import digits
-from penjing.low_rank import LowRankConfig, LowRankLinear, decompose_model
+from penjing.low_rank import LowRankConfig, LowRankLinear
 from penjing.models import LeNet300
 from penjing.train import evaluate, fit
+
+
+def decompose(model, config, **kwargs):
+    """``pj.lowrank`` and the per-layer plan it records."""
+    from penjing.core.report import last_report
+    from penjing.low_rank import lowrank
+
+    lowrank(model, config, **kwargs)
+    return last_report(model).extra["plan"]
 
 quantize_pkg = pytest.importorskip("penjing.quantization")
 codec = pytest.importorskip("penjing.codec")
@@ -22,7 +31,7 @@ def test_lowrank_then_int8_quantize_saves_into_the_compressed_file(tmp_path):
     torch.manual_seed(0)
     model = LeNet300()
     fit(model, train, epochs=10, lr=1e-3, progress=False)
-    result = decompose_model(model, LowRankConfig(params=0.5), data=train)
+    result = decompose(model, LowRankConfig(params=0.5), data=train)
     fit(model, train, epochs=2, lr=3e-4, progress=False)
     factorised_acc = evaluate(model, test)
     assert any(isinstance(m, LowRankLinear) for m in model.modules())
@@ -48,7 +57,7 @@ def test_lowrank_then_int8_quantize_saves_into_the_compressed_file(tmp_path):
     # A fresh model rebuilt from the ranks takes the loaded tensors and predicts the same
     # as the quantized model does with its activation quantizers switched off.
     rebuilt = LeNet300()
-    decompose_model(rebuilt, LowRankConfig(rank=result.ranks))
+    decompose(rebuilt, LowRankConfig(rank=result.ranks))
     missing, _ = rebuilt.load_state_dict({k: v for k, v in state.items() if k in rebuilt.state_dict()},
                                          strict=False)
     assert missing == []

@@ -168,7 +168,7 @@ def test_drop_in_details():
     (dict(padding_mode="reflect", padding=1), "WinogradConv2d: Winograd needs zero padding, got padding_mode='reflect'"),
     (dict(kernel_size=(3, 5)), "WinogradConv2d: Winograd needs a square kernel, got (3, 5)"),
     (dict(kernel_size=1), "WinogradConv2d: a 1x1 kernel has nothing to save with Winograd (kernel_size must be >= 2)"),
-    (dict(m=0), "output tile m must be an integer >= 1, got 0"),
+    (dict(m=0), "output tile m must be an integer >= 1 (an output tile size), got 0"),
 ])
 def test_unsupported_configurations(kwargs, message):
     args = dict(in_channels=4, out_channels=4, kernel_size=3) | kwargs

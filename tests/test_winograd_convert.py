@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -14,11 +15,18 @@ from penjing.winograd_conv import (
     WinogradConv2d,
     choose_tile_by_cost,
     conv_multiplications,
-    convert,
     layer_multiplications,
 )
 
 torch.set_num_threads(1)
+
+
+def convert(model, config=None, example=None):
+    """``pj.winograd`` and the per-layer plan it records."""
+    from penjing.core.report import last_report
+
+    penjing.winograd(model, config, example_inputs=example)
+    return last_report(model).extra["plan"]
 
 
 class Mixed(nn.Module):
@@ -41,8 +49,9 @@ def test_swaps_eligible_and_reports_why_others_are_skipped():
     model = Mixed().eval()
     ref = copy.deepcopy(model)
     x = torch.randn(2, 3, 17, 15)
-    report = convert(model, WinogradConfig(example_input=x, measure=False))
+    report = convert(model, WinogradConfig(measure=False), x)
     reasons = {d.name: d.reason for d in report.layers}
+    reasons.update({s.name: s.reason for s in penjing.core.report.last_report(model).skipped})
     assert reasons == {
         "a": "cost model picks F(4) of [2, 4]",
         "b": "Winograd needs stride 1, got stride=(2, 2)",
@@ -63,28 +72,39 @@ def test_swaps_eligible_and_reports_why_others_are_skipped():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
     text = report.to_markdown()
     assert "| a | 8x3x3x3 | 2x3x17x15 | winograd |" in text and "2 conv(s) converted" in text
-    again = convert(model, WinogradConfig())  # idempotent
-    assert {d.name: d.reason for d in again.layers}["a"] == "already a WinogradConv2d"
+    touched = penjing.core.report.last_report(model).touched
+    assert [(c.name, c.before, c.after) for c in touched] == [
+        ("a", "direct 3x3 conv", "Winograd F(4x4, 3x3)"), ("f", "direct 5x5 conv", "Winograd F(4x4, 5x5)")]
+    with pytest.warns(UserWarning, match=r"penjing.winograd: no layer was changed \(6 skipped"):
+        convert(model, WinogradConfig(exclude="unused"))  # idempotent
+    skipped = {s.name: s.reason for s in penjing.core.report.last_report(model).skipped}
+    assert skipped["a"] == "already a WinogradConv2d"
 
 
 def test_verb_returns_the_model_and_keeps_the_report():
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
     out = penjing.winograd(model, WinogradConfig(m=4, kernel_sizes=(3,)))
     assert out is model and all(isinstance(model[i], WinogradConv2d) for i in (0, 2))
-    assert model[0].m == 4 and [d.reason for d in model.winograd_report.layers] == ["fixed m"] * 2
+    assert model[0].m == 4 and not hasattr(model, "winograd_report")  # no attribute on the user's model
+    plan = penjing.core.report.last_report(model).extra["plan"]
+    assert [d.reason for d in plan.layers] == ["fixed m"] * 2
 
 
 def test_measured_choice_keeps_the_fastest_or_leaves_the_layer():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1))
-    report = convert(model, WinogradConfig(example_input=torch.randn(1, 16, 12, 12), reps=3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = convert(model, WinogradConfig(reps=3), torch.randn(1, 16, 12, 12))
     (d,) = report.layers
     assert set(d.times_ms) == {"direct", "2", "4"}
     if d.converted:  # which one wins depends on the machine; the decision must follow the times
         assert d.times_ms[str(d.m)] <= d.times_ms["direct"]
-        assert d.reason.startswith("measured ")
-    else:
+        assert d.reason.startswith("measured ") and not caught
+    else:  # the only layer stayed direct: the verb says nothing changed
         assert d.reason.startswith("direct conv faster on this shape")
+        assert [str(w.message) for w in caught] == [
+            "penjing.winograd: no layer was changed (1 skipped; see pj.last_report(model))"]
 
 
 def test_layer_selection_and_exclusion():
@@ -94,9 +114,11 @@ def test_layer_selection_and_exclusion():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(m=0), "output tile m must be an integer >= 1, got 0"),
-    (dict(tiles=()), "tiles must name at least one output tile size, e.g. (2, 4)"),
-    (dict(kernel_sizes=(1,)), "kernel_sizes must be >= 2, got (1,)"),
+    (dict(m=0), "WinogradConfig.m must be an integer >= 1 (an output tile size), got 0"),
+    (dict(tiles=()), "WinogradConfig.tiles must name at least one output tile size, e.g. (2, 4)"),
+    (dict(tiles="2,x"), "WinogradConfig.tiles takes integers such as 2,4; got '2,x'"),
+    (dict(kernel_sizes=(1,)), "WinogradConfig.kernel_sizes must be integers >= 2, got (1,)"),
+    (dict(reps=0), "WinogradConfig.reps must be an int >= 1, got 0"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError) as info:
@@ -148,7 +170,7 @@ def test_converted_resnet_gives_identical_predictions_on_digits(digits_resnet):
 
     model, train, test = digits_resnet
     converted = copy.deepcopy(model)
-    report = convert(converted, WinogradConfig(example_input=train.tensors[0][:16], measure=False))
+    report = convert(converted, WinogradConfig(measure=False), train.tensors[0][:16])
     assert len(report.converted) == 5  # stem + 4 stride-1 3x3 convs; stride-2 and 1x1 skipped
     x = test.tensors[0]
     with torch.no_grad():
@@ -175,11 +197,12 @@ def test_cli_prints_table_and_unchanged_accuracy(tmp_path, capsys):
     torch.manual_seed(0)
     weights = tmp_path / "resnet.pt"
     torch.save(get_model("resnet").state_dict(), weights)
-    assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--m", "4",
+    assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--m", "4", "--no-measure",
                  "--batch", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "layers.1.conv1" in out and "Winograd needs stride 1, got stride=(2, 2)" in out
-    assert "5 conv(s) converted to Winograd, 4 skipped" in out
+    assert "5 conv(s) converted to Winograd, 0 eligible left direct" in out
+    assert "skipped fc (Linear): Linear is not an nn.Conv2d (Winograd computes 2-D convolutions)" in out
     assert "identical predictions on 100.00% of 450 images" in out
     assert main(["winograd", "--model", "resnet", "--weights", str(weights), "--batch", "0"]) == 2
     assert "penjing winograd: error: --batch must be >= 1, got 0" in capsys.readouterr().err
@@ -191,15 +214,18 @@ def test_recipe_step(tmp_path):
     from penjing.recipe.schema import Recipe, RecipeError
     from penjing.recipe.steps import winograd as step
 
-    recipe = Recipe.from_dict({"steps": [{"winograd": {"tiles": [2, 4], "batch": 8}}]})
-    params = recipe.steps[0].params
+    recipe = Recipe.from_dict({"steps": [{"winograd": {"tiles": [2, 4], "measure": False, "batch": 8}}]})
+    params, options = recipe.steps[0].params, recipe.steps[0].options
+    assert options.batch == 8
     train, test = digits()
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 10))
     ctx = RecipeContext(train=train, test=test, out_dir=tmp_path, progress=False, echo=False)
-    step.run(model, params, ctx)
+    step.run(model, params, options, ctx)
     assert isinstance(model[0], WinogradConv2d)
     assert "## Winograd convolution" in ctx.artifacts["sections"][0]
-    with pytest.raises(RecipeError, match="field 'tiles': Value error, tiles must be a non-empty list"):
+    with pytest.raises(RecipeError, match="WinogradConfig.tiles must name at least one output tile size"):
         Recipe.from_dict({"steps": [{"winograd": {"tiles": []}}]})
-    with pytest.raises(RecipeError, match="field 'm': Value error, m must be >= 1, got 0"):
+    with pytest.raises(RecipeError, match=r"WinogradConfig.m must be an integer >= 1 \(an output tile size\), got 0"):
         Recipe.from_dict({"steps": [{"winograd": {"m": 0}}]})
+    with pytest.raises(RecipeError, match=r"unknown field\(s\) \['example_input'\] for WinogradConfig"):
+        Recipe.from_dict({"steps": [{"winograd": {"example_input": 1}}]})

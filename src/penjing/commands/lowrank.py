@@ -9,36 +9,29 @@ from penjing.commands._common import add_model_args, load_model_and_data, out_di
 
 EXAMPLES = """\
 examples:
-  penjing lowrank --params 0.5                         # LeNet-300-100 at half the parameters
+  penjing lowrank --params 0.5                         # LeNet-300-100 at half the weights
   penjing lowrank --model lenet5 --energy 0.9          # keep 90% of each layer's spectrum energy
-  penjing lowrank --model resnet --flops 0.6 --method tucker
-  penjing lowrank --model lenet5 --rank 8 --method spatial --exclude conv1
+  penjing lowrank --model resnet --flops 0.6 --conv-method tucker
+  penjing lowrank --model lenet5 --rank 8 --conv-method spatial --exclude conv1
+  penjing lowrank --rank 'fc1=64,*=16'                 # per layer, first match wins
   penjing lowrank --model lenet300 --curve 0.2,0.3,0.4,0.5,0.7   # accuracy vs parameters
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from penjing.core.cli_config import add_config_flags
+    from penjing.low_rank import LowRankConfig
+
     p = sub.add_parser(
         "lowrank", help="low-rank factorisation: Linear by SVD, conv split in two (or Tucker-2)",
         description="Replace layers by low-rank factors (rank per layer, by spectrum energy, or "
-        "chosen together for a parameter/MAC budget), fine-tune, and print per layer the rank, "
-        "parameters and MACs before/after and the relative error. Writes the spectrum plot, the "
-        "table, the ranks and the fine-tuned state_dict to --out.",
+        "chosen together for a parameter/MAC budget over the factorisable layers), fine-tune, "
+        "and print per layer the rank, parameters and MACs before/after and the relative error. "
+        "Writes the spectrum plot, the table, the ranks and the fine-tuned model (.pjz) to --out.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
-    rule = p.add_mutually_exclusive_group()
-    rule.add_argument("--params", type=float, help="fraction of the model's parameters to keep (default 0.5)")
-    rule.add_argument("--flops", type=float, help="fraction of the model's multiply-accumulates to keep")
-    rule.add_argument("--energy", type=float, help="per layer, keep this fraction of the squared singular values")
-    rule.add_argument("--rank", type=int, help="the same explicit rank in every selected layer")
-    p.add_argument("--method", default="channel", choices=["channel", "spatial", "tucker", "cp"],
-                   help="how convs are split (default: channel); Linear layers always use SVD")
-    p.add_argument("--layers", nargs="+", help="name globs of the layers to factorise (default: all)")
-    p.add_argument("--exclude", nargs="+", default=(), help="name globs of layers to leave alone")
-    p.add_argument("--sensitivity", action="store_true",
-                   help="weight each layer's error by its loss sensitivity measured on the data")
-    p.add_argument("--refine", action="store_true", help="refine Tucker-2 by HOOI (needs tensorly)")
+    add_config_flags(p, LowRankConfig)
     p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default: 5)")
     p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default: 3e-4)")
     p.add_argument("--curve", help="comma-separated parameter budgets: fine-tune a copy at each and "
@@ -48,16 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _config(args):
+def run(args: argparse.Namespace) -> int:
+    from penjing.core.cli_config import config_from_args
     from penjing.low_rank import LowRankConfig
 
-    return LowRankConfig(rank=args.rank, energy=args.energy, params=args.params, flops=args.flops,
-                         method=args.method, layers=args.layers, exclude=tuple(args.exclude),
-                         sensitivity=args.sensitivity, refine=args.refine)
-
-
-def run(args: argparse.Namespace) -> int:
-    config = _config(args)  # validate before loading (or training) anything
+    config = config_from_args(LowRankConfig, args)  # validate before loading (or training) anything
     if args.epochs < 0:
         raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
     model, train, test = load_model_and_data(args)
@@ -65,20 +53,24 @@ def run(args: argparse.Namespace) -> int:
     if args.curve:
         return _curve(args, config, model, train, test, folder)
 
-    import torch
     from rich.console import Console
 
-    from penjing.low_rank import decompose_model
+    import penjing as pj
+    from penjing.core.report import last_report
+    from penjing.low_rank import lowrank
+    from penjing.low_rank.report import totals
     from penjing.train import evaluate, fit
 
     dense = evaluate(model, test)
-    result = decompose_model(model, config, data=train)
+    lowrank(model, config, data=train, progress=not args.no_progress)
+    report = last_report(model)
+    result = report.extra["plan"]
     decomposed = evaluate(model, test)
     console = Console(width=max(Console().width, 150))
     console.print(result.table())
-    from penjing.low_rank.report import totals
-
     print(totals(result))
+    for skip in report.skipped:
+        print(f"skipped {skip.name} ({skip.kind}): {skip.reason}")
     fit(model, train, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.no_progress,
         desc="fine-tune low-rank")
     tuned = evaluate(model, test)
@@ -90,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
         f"accuracy: dense {100 * dense:.2f}%, factorised {100 * decomposed:.2f}%, "
         f"fine-tuned {100 * tuned:.2f}%\n\n![spectra]({plot.name})\n")
     ranks = {name: list(r) if isinstance(r, tuple) else r for name, r in result.ranks.items()}
-    (folder / "ranks.json").write_text(json.dumps({"method": args.method, "rank": ranks}, indent=2))
-    torch.save(model.state_dict(), folder / "model.pt")
-    print(f"wrote {plot}, {folder / 'lowrank.md'}, {folder / 'ranks.json'}, {folder / 'model.pt'}")
+    (folder / "ranks.json").write_text(json.dumps({"conv_method": config.conv_method, "rank": ranks},
+                                                  indent=2, default=str))
+    info = pj.save(model, folder / "model.pjz")
+    print(f"wrote {plot}, {folder / 'lowrank.md'}, {folder / 'ranks.json'}, {folder / 'model.pjz'} "
+          f"({info.bytes:,} B)")
     return 0
 
 

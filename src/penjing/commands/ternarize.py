@@ -8,59 +8,50 @@ from penjing.commands._common import add_model_args, load_model_and_data
 
 EXAMPLES = """\
 examples:
-  penjing ternarize --model lenet5 --method ttq              # t = 0.05, 10 epochs fine-tuning
-  penjing ternarize --model resnet --method twn --epochs 15
-  penjing ternarize --model lenet5 --threshold 0.1 --out lenet5_ttq.pt   # packed 2-bit file
-  penjing ternarize --model lenet5 --all-layers --entropy     # first/last too; entropy-coded
+  penjing ternarize --model lenet5 --algorithm ttq           # t = 0.05, 10 epochs fine-tuning
+  penjing ternarize --model resnet --algorithm twn --epochs 15
+  penjing ternarize --model lenet5 --threshold 0.1 --out lenet5_ttq.pjz
+  penjing ternarize --model lenet5 --no-keep-first-last      # first/last layers too
+  penjing ternarize --threshold 'fc1=0.1,*=0.05'             # per layer, first match wins
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from penjing.core.cli_config import add_config_flags
+    from penjing.lowbit import TernaryConfig
+
     p = sub.add_parser(
         "ternarize", help="ternary weights {-Wn, 0, +Wp} (TTQ, TWN), fine-tuned",
-        description="Ternarize a model's Linear/Conv weights with Trained Ternary Quantization "
-        "(learned scales) or Ternary Weight Networks, fine-tune, and print accuracy, sparsity "
-        "and the packed size (2 bits per weight).",
+        description="Ternarize a model's Linear/Conv/Embedding weights with Trained Ternary "
+        "Quantization (learned scales) or Ternary Weight Networks, fine-tune, and print "
+        "accuracy, sparsity and the stored size (the .pjz codec: a 3-value codebook per weight).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p, default="lenet5")
-    p.add_argument("--method", choices=["ttq", "twn"], default="ttq", help="default: ttq")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="TTQ: t in (0, 1) of max|W| (default 0.05); TWN: factor of mean|W| (0.7)")
-    add_lowbit_args(p)
-    p.add_argument("--entropy", action="store_true",
-                   help="entropy-code the ternary codes in --out instead of 2-bit packing")
+    add_config_flags(p, TernaryConfig)
+    add_finetune_args(p)
     p.set_defaults(func=run)
 
 
-def add_lowbit_args(p: argparse.ArgumentParser) -> None:
-    """Arguments shared with ``penjing binarize``."""
-    p.add_argument("--layers", nargs="+", help="layer names/globs/types (default: every Linear/Conv)")
-    p.add_argument("--exclude", nargs="+", default=[], help="layers to leave full precision")
-    p.add_argument("--all-layers", action="store_true",
-                   help="convert the first and last layers too (kept full precision by default)")
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    """Command-level arguments shared with ``penjing binarize``."""
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default: 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the model: FILE.pjz = penjing's compressed file (penjing.save; "
-                   "load with penjing.load / penjing eval), any other name = the low-bit pack "
-                   "(penjing.lowbit.pack: a torch.save of tensors, load with weights_only=True)")
+    p.add_argument("--out", help="write the model with penjing.save (the .pjz file; load it "
+                   "with penjing.load / penjing eval)")
 
 
-def finish(args: argparse.Namespace, model, train, test, before: float, entropy: bool) -> int:
+def finish(args: argparse.Namespace, model, train, test, before: float, stochastic: bool) -> int:
     """Fine-tune, print the per-layer table and storage, and write ``--out``."""
-    import torch
-
     import penjing as pj
-    from penjing.lowbit import pack, recalibrate_batchnorm, ternary_sparsity
+    from penjing.lowbit import recalibrate_batchnorm, ternary_sparsity
     from penjing.lowbit.report import storage
 
-    if args.epochs < 0:
-        raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
     converted = pj.evaluate(model, test)
     pj.fit(model, train, epochs=args.epochs, lr=args.lr, seed=args.seed,
            progress=not args.no_progress, desc=args.command)
-    if getattr(args, "stochastic", False) and args.epochs > 0:
+    if stochastic and args.epochs > 0:
         # BatchNorm statistics were gathered under random signs; evaluation uses the sign
         recalibrate_batchnorm(model, train)
     result = pj.summary(model, test, title=f"{args.model} after {args.command}")
@@ -69,27 +60,33 @@ def finish(args: argparse.Namespace, model, train, test, before: float, entropy:
         result.extra_columns["zeros %"] = [
             f"{100 * zeros[r.name]:.1f}" if r.name in zeros else "" for r in result.rows]
     print(result)
-    size = storage(model, entropy=entropy)
+    size = storage(model)
     print(f"accuracy {100 * before:.2f}% full precision -> {100 * converted:.2f}% converted -> "
           f"{100 * result.accuracy:.2f}% after {args.epochs} epochs")
-    print(f"packed: low-bit weights {size.lowbit_ratio:.1f}x smaller than float32; whole model "
-          f"{size.fp32_bytes:,} B -> {size.packed_bytes:,} B ({size.ratio:.1f}x)")
-    if args.out and args.out.endswith(".pjz"):
+    print(f"stored (.pjz codec): low-bit weights {size.lowbit_ratio:.1f}x smaller than float32; "
+          f"whole model {size.fp32_bytes:,} B -> {size.packed_bytes:,} B ({size.ratio:.1f}x)")
+    if args.out:
         info = pj.save(model, args.out)
-        print(f"wrote {args.out}: {info.bytes:,} B ({size.fp32_bytes / info.bytes:.1f}x smaller than float32)")
-    elif args.out:
-        torch.save(pack(model, entropy=entropy), args.out)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}: {info.bytes:,} B ({size.fp32_bytes / info.bytes:.1f}x smaller "
+              "than float32)")
     return 0
+
+
+def check_epochs(args: argparse.Namespace) -> None:
+    if args.epochs < 0:
+        raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
 
 
 def run(args: argparse.Namespace) -> int:
     import penjing as pj
+    from penjing.core.cli_config import config_from_args
+    from penjing.core.report import last_report
     from penjing.lowbit import TernaryConfig, ternarize
 
-    config = TernaryConfig(method=args.method, threshold=args.threshold, layers=args.layers,
-                           exclude=args.exclude, keep_first_last=not args.all_layers)
+    config = config_from_args(TernaryConfig, args)  # validate before loading anything
+    check_epochs(args)
     model, train, test = load_model_and_data(args)
     before = pj.evaluate(model, test)
     ternarize(model, config)
-    return finish(args, model, train, test, before, args.entropy)
+    print(last_report(model))
+    return finish(args, model, train, test, before, stochastic=False)

@@ -11,38 +11,25 @@ EXAMPLES = """\
 examples:
   penjing winograd --model resnet               # SmallResNet on digits: table + accuracy check
   penjing winograd --model resnet --m 4         # F(4x4, 3x3) everywhere
-  penjing winograd --model resnet --measure     # time direct vs F(m) per layer, keep the fastest
-  penjing winograd --model my.py:MyNet --weights my.pt --tiles 2,4,6
+  penjing winograd --model resnet --no-measure  # the cost model picks F(m) per layer
+  penjing winograd --model my.py:MyNet --weights my.pt --tiles '[2, 4, 6]'
 """
 
 
-def _tiles(text: str) -> tuple[int, ...]:
-    try:
-        tiles = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tiles takes comma-separated integers, got {text!r}") from None
-    if not tiles or min(tiles) < 1:
-        raise argparse.ArgumentTypeError(f"--tiles must be integers >= 1, got {text!r}")
-    return tiles
-
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from penjing.core.cli_config import add_config_flags
+    from penjing.winograd_conv import WinogradConfig
+
     p = sub.add_parser(
         "winograd", help="compute 3x3/5x5 stride-1 convs with Winograd F(m x m, r x r)",
         description="Swap every eligible conv (stride 1, dilation 1, groups 1, 3x3 or 5x5) for a "
         "WinogradConv2d, print per layer the tile, the multiplications direct vs Winograd "
-        "(transforms included) and why other convs were skipped, then check that the test "
+        "(transforms included) and why other layers were skipped, then check that the test "
         "accuracy is unchanged.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p, default="resnet")
-    p.add_argument("--m", type=int, default=None,
-                   help="output tile m for every layer (default: chosen per layer)")
-    p.add_argument("--tiles", type=_tiles, default=(2, 4),
-                   help="candidate tiles for the automatic choice (default: 2,4)")
-    p.add_argument("--measure", action="store_true",
-                   help="time direct vs each tile on the real input shape and keep the fastest "
-                   "(a layer where direct conv wins is left alone); default: cost model")
+    add_config_flags(p, WinogradConfig)
     p.add_argument("--batch", type=int, default=32,
                    help="batch of test images used as the example input (default: 32)")
     p.set_defaults(func=run)
@@ -52,20 +39,28 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    import penjing as pj
+    from penjing.core.cli_config import config_from_args
+    from penjing.core.report import last_report
     from penjing.train import evaluate
-    from penjing.winograd_conv import WinogradConfig, convert
+    from penjing.winograd_conv import WinogradConfig
 
+    config = config_from_args(WinogradConfig, args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     model, _train, test = load_model_and_data(args)
     model.eval()
     original = copy.deepcopy(model)
     example = test.tensors[0][: args.batch]
-    report = convert(model, WinogradConfig(m=args.m, tiles=args.tiles, example_input=example,
-                                           measure=args.measure))
+    pj.winograd(model, config, example_inputs=example)
+    report = last_report(model)
+    plan = report.extra["plan"]
     console = Console(width=max(Console().width, 150))  # the table is wide; keep rows on one line
-    console.print(report.rich_table())
-    console.print(report.summary_line())
+    if plan.layers:
+        console.print(plan.rich_table())
+    for skip in report.skipped:
+        console.print(f"skipped {skip.name} ({skip.kind}): {skip.reason}")
+    console.print(plan.summary_line())
     with torch.no_grad():
         x = test.tensors[0]
         before, after = original(x), model(x)

@@ -1,17 +1,15 @@
-"""Low-rank approximation: Linear by truncated SVD, one convolution split into two (or three).
+"""Low-rank approximation: Linear by truncated SVD, one convolution split into two (or three),
+an embedding table as a narrower table times a Linear.
 
     import penjing as pj
-    from penjing.low_rank import decompose_model
 
-    result = decompose_model(model, pj.LowRankConfig(params=0.5), data=train)
-    print(result.table())            # per layer: rank, params and MACs before/after, error
-    pj.fit(model, train, epochs=5)   # fine-tune the factors
-
-``pj.lowrank(model, config)`` is the one-verb form (returns the model). The package is
-shadowed by that verb on ``penjing``, so import the rest from ``penjing.low_rank``.
+    pj.lowrank(model, pj.LowRankConfig(params=0.5), data=train)
+    plan = pj.last_report(model).extra["plan"]  # per layer: rank, params and MACs, error
+    print(plan.table())
+    pj.fit(model, train, epochs=5)               # fine-tune the factors
 """
 
-from penjing.low_rank.api import LayerResult, LowRankResult, decompose_model, factorise, lowrank
+from penjing.low_rank.api import LayerResult, LowRankResult, factorise, lowrank
 from penjing.low_rank.budget import budget_states
 from penjing.low_rank.config import LowRankConfig
 from penjing.low_rank.curve import accuracy_curve
@@ -20,6 +18,7 @@ from penjing.low_rank.modules import (
     FACTORISED_TYPES,
     ChannelSplitConv2d,
     CPConv2d,
+    LowRankEmbedding,
     LowRankLinear,
     SpatialSplitConv2d,
     Tucker2Conv2d,
@@ -35,6 +34,7 @@ __all__ = [
     "FACTORISED_TYPES",
     "LayerResult",
     "LowRankConfig",
+    "LowRankEmbedding",
     "LowRankLinear",
     "LowRankResult",
     "SpatialSplitConv2d",
@@ -42,7 +42,6 @@ __all__ = [
     "accuracy_curve",
     "budget_states",
     "build_candidate",
-    "decompose_model",
     "factorise",
     "lowrank",
     "measure_sensitivity",

@@ -1,4 +1,4 @@
-"""``penjing.low_rank``: choose ranks, factorise, swap, and say what happened per layer."""
+"""``pj.lowrank``: choose ranks, factorise, swap, and record what happened per layer."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from penjing.core.select import WEIGHTED_TYPES, select, swap
+from penjing.core.batch import first_batch
+from penjing.core.config import Run, verb
+from penjing.core.layers import pick_layers
+from penjing.core.override import per_layer
+from penjing.core.select import swap
 from penjing.low_rank import budget, sensitivity
 from penjing.low_rank.config import LowRankConfig
-from penjing.low_rank.modules import CONV_METHODS, FACTORISED_TYPES, LowRankLinear, Tucker2Conv2d
+from penjing.low_rank.modules import CONV_METHODS, LowRankEmbedding, LowRankLinear, Tucker2Conv2d
 from penjing.low_rank.plan import (
     Candidate,
     State,
@@ -44,8 +47,13 @@ class LayerResult:
 
 @dataclass
 class LowRankResult:
-    """The factorised model and the per-layer record (``.table()``, ``.to_markdown()``,
-    ``.plot_spectra(path)`` in :mod:`penjing.low_rank.report`)."""
+    """The per-layer record of one ``pj.lowrank`` call, kept in
+    ``pj.last_report(model).extra["plan"]`` (``.table()``, ``.to_markdown()``,
+    ``.plot_spectra(path)`` in :mod:`penjing.low_rank.report`).
+
+    ``params_*`` count the whole model; ``budget_*`` the factorisable weights the budget
+    is over (in parameters, or MACs for a flops budget).
+    """
 
     model: nn.Module
     layers: list[LayerResult]
@@ -54,11 +62,14 @@ class LowRankResult:
     flops_before: int | None
     flops_after: int | None
     config: LowRankConfig
+    budget_metric: str = "params"
+    budget_before: int = 0
+    budget_after: int = 0
 
     @property
     def ranks(self) -> dict[str, State]:
         """The chosen rank per factorised layer: pass it back as ``LowRankConfig(rank=...)``
-        (with ``method``) to rebuild the same structure, e.g. before loading saved weights."""
+        (with ``conv_method``) to rebuild the same structure, e.g. before loading weights."""
         return {r.name: r.rank for r in self.layers if r.rank is not None}
 
     @property
@@ -91,17 +102,11 @@ def factorise(cand: Candidate, state: State, refine: bool = False) -> nn.Sequent
     """Build the factorised replacement of ``cand.module`` at ``state``."""
     if cand.method == "svd":
         return LowRankLinear.from_module(cand.module, state)
+    if cand.method == "embedding":
+        return LowRankEmbedding.from_module(cand.module, state)
     if cand.method == "tucker":
         return Tucker2Conv2d.from_module(cand.module, state, refine=refine)
     return CONV_METHODS[cand.method].from_module(cand.module, state)
-
-
-def _example(example: torch.Tensor | None, data: Dataset | None) -> torch.Tensor | None:
-    if example is not None:
-        return example
-    if data is not None and len(data) > 0:
-        return data[0][0].unsqueeze(0)
-    return None
 
 
 def _check_rank(cand: Candidate, rank) -> State:
@@ -117,98 +122,127 @@ def _check_rank(cand: Candidate, rank) -> State:
         raise ValueError(f"rank {rank} for layer '{cand.name}': a pair of ranks is for tucker only")
     if rank > cand.max_rank:
         rows, cols = cand.matrix_shape
-        what = "" if cand.method == "svd" else f" of its {cand.method}-split matrix ({rows}x{cols})"
+        what = "" if cand.method in ("svd", "embedding") else \
+            f" of its {cand.method}-split matrix ({rows}x{cols})"
         raise ValueError(f"rank {rank} for layer '{cand.name}' is larger than min(out, in) = "
                          f"{cand.max_rank}{what}; choose rank <= {cand.max_rank} or exclude the layer")
     return rank
 
 
-def decompose_model(model: nn.Module, config: LowRankConfig | None = None, *,
-                    data: Dataset | None = None, example: torch.Tensor | None = None) -> LowRankResult:
-    """Factorise the selected Linear/Conv2d layers of ``model`` in place (see
-    :class:`LowRankConfig` for the rank rules) and return the per-layer record.
+def _describe(module: nn.Module) -> str:
+    return f"dense {'x'.join(map(str, module.weight.shape))}"
 
-    ``data`` (a dataset of ``(x, y)``) is needed for ``sensitivity=True``; its first sample
-    doubles as the example input for counting MACs when ``example`` is not given. Layers
-    where the chosen rank does not pay (a factorisation no smaller than the dense layer),
-    and depthwise/grouped convs, are kept dense, with the reason in the record.
+
+def _example(run: Run):
+    if run.example_inputs is not None:
+        return run.example_inputs
+    if run.data is not None:
+        return first_batch(run.data)
+    return None
+
+
+@verb(LowRankConfig)
+def lowrank(model: nn.Module, config: LowRankConfig, run: Run) -> None:
+    """Replace the selected layers of ``model`` by low-rank factorisations, in place: Linear by
+    truncated SVD, Conv2d split in two (channel or spatial) or three (Tucker-2), Embedding
+    tables as ``E = A B`` (see :class:`LowRankConfig` for the rank rules). Fine-tune
+    afterwards with :func:`penjing.fit`.
+
+    ``data`` is needed for ``sensitivity=True``; its first batch doubles as the example input
+    for counting MACs when ``example_inputs`` is not given. Layers where the chosen rank does
+    not pay (a factorisation no smaller than the dense layer) are kept dense; layers that
+    cannot be factorised (depthwise/grouped convs, MultiheadAttention...) are skipped; both
+    with the reason in ``pj.last_report(model)``, whose ``extra["plan"]`` is the per-layer
+    :class:`LowRankResult` (ranks, parameters, MACs, errors, spectra).
     """
-    config = config or LowRankConfig()
-    metric = "flops" if config.rule == "flops" else "params"
+    rule = config.rule
+    metric = "flops" if rule == "flops" else "params"
     params_before = sum(p.numel() for p in model.parameters())
-    example = _example(example, data)
+    example = _example(run)
+    modules = dict(model.named_modules())
 
-    factor_children = {n for n, m in model.named_modules() if isinstance(m, FACTORISED_TYPES)}
+    def supports(name: str, module: nn.Module) -> str | None:
+        parent = modules.get(name.rpartition(".")[0]) if name else None
+        return skip_reason(module, parent, rule)
+
+    chosen = pick_layers(model, config.layers, config.exclude, verb="lowrank", supports=supports,
+                         report=run.report)
+    convs = [(n, m) for n, m in chosen if isinstance(m, nn.Conv2d)]
+    conv_methods = per_layer(config.conv_method, convs, "LowRankConfig.conv_method", default="channel")
     rows: dict[str, LayerResult] = {}
     candidates: list[Candidate] = []
-    for name, module in select(model, config.layers, exclude=config.exclude, types=WEIGHTED_TYPES):
-        parent = name.rpartition(".")[0]
-        method = "svd" if isinstance(module, nn.Linear) else config.conv_method(name)
-        row = LayerResult(name=name, type=type(module).__name__, method=method,
-                          shape=tuple(module.weight.shape), params_before=module.weight.numel(),
-                          params_after=module.weight.numel())
-        rows[name] = row
-        reason = "already a factor of a low-rank layer" if parent in factor_children else skip_reason(module)
-        if reason:
-            row.reason = reason
-            continue
+    for name, module in chosen:
+        method = conv_methods.get(name, "svd" if isinstance(module, nn.Linear) else "embedding")
+        rows[name] = LayerResult(name=name, type=type(module).__name__, method=method,
+                                 shape=tuple(module.weight.shape), params_before=module.weight.numel(),
+                                 params_after=module.weight.numel())
         cand = build_candidate(name, module, method)
-        if config.rule in ("energy", "params", "flops") and cand.method == "cp":
+        if rule in ("energy", "params", "flops") and cand.method == "cp":
             raise ValueError(f"method 'cp' has no singular values to choose a rank from "
-                             f"({config.rule}=...); give an explicit rank for layer '{name}'")
-        row.spectrum = [float(s) for s in cand.spectra[0]]
+                             f"({rule}=...); give an explicit rank for layer '{name}'")
+        rows[name].spectrum = [float(s) for s in cand.spectra[0]]
         candidates.append(cand)
-    if not rows:
-        raise ValueError("no layer selected: check layers= / exclude= (Linear and Conv2d layers "
-                         "can be factorised)")
 
     all_macs = None
     if example is not None:
-        measure_positions(model, candidates, example)
-        all_macs = weighted_macs(model, example)
+        measure_positions(model, candidates, example, run.forward_fn)
+        all_macs = weighted_macs(model, example, run.forward_fn)
         for name, row in rows.items():
-            row.flops_before = row.flops_after = all_macs.get(name)
+            row.flops_before = row.flops_after = all_macs.get(name, 0 if row.method == "embedding" else None)
     elif metric == "flops":
-        raise ValueError("a flops budget needs an example input to count MACs: pass example= or data=")
-
+        raise ValueError("a flops budget needs an example input to count MACs: pass "
+                         "example_inputs= or data=")
+    if metric == "flops":
+        unreached = [c for c in candidates if c.positions is None]
+        for cand in unreached:
+            rows.pop(cand.name)
+            run.report.skip(cand.name, cand.module, "not reached by the example input (its MACs "
+                            "are unknown)")
+        candidates = [c for c in candidates if c.positions is not None]
     for cand in candidates:
         rows[cand.name].break_even = cand.break_even(metric)
 
     # --- choose the states ------------------------------------------------------------------
     states: dict[str, State] = {}
-    if config.rule == "rank":
+    if rule == "rank":
+        ranks = per_layer(config.rank, [(c.name, c.module) for c in candidates], "LowRankConfig.rank")
         for cand in candidates:
-            rank = config.rank_for(cand.name)
-            states[cand.name] = None if rank is None else _check_rank(cand, rank)
-            if rank is None:
-                rows[cand.name].reason = "no rank given for this layer"
-    elif config.rule == "energy":
+            states[cand.name] = _check_rank(cand, ranks[cand.name]) if cand.name in ranks else None
+            if cand.name not in ranks:
+                rows[cand.name].reason = "no LowRankConfig.rank key matches this layer"
+    elif rule == "energy":
         states = {c.name: c.energy_state(config.energy) for c in candidates}
     else:
         if config.sensitivity:
-            if data is None:
+            if run.data is None:
                 raise ValueError("sensitivity=True measures each layer's loss on data: pass data=")
-            sensitivity.measure(model, candidates, data, samples=config.sensitivity_samples,
-                                factorise=lambda c, s: factorise(c, s, config.refine))
+            measured = sensitivity.measure(
+                model, candidates, run.data, samples=config.sensitivity_samples,
+                factorise=lambda c, s: factorise(c, s, config.refine), forward_fn=run.forward_fn,
+                loss_fn=run.loss_fn)
+            run.report.extra["sensitivity"] = measured
         fraction = config.params if metric == "params" else config.flops
-        if metric == "params":
-            total = params_before
-        else:
-            total = sum(all_macs.values())
-        fixed = total - sum(c.cost(None, metric) for c in candidates)
-        states = budget.budget_states(candidates, metric=metric, fraction=fraction, total=total, fixed=fixed)
+        # The budget is over the layers lowrank acts on: what it cannot touch (biases, norms,
+        # skipped layers) would otherwise eat the budget (52% of a BERT is its embeddings).
+        total = sum(c.cost(None, metric) for c in candidates)
+        states = budget.budget_states(candidates, metric=metric, fraction=fraction, total=total, fixed=0)
 
     # --- factorise where it pays ----------------------------------------------------------------
+    budget_before = sum(c.cost(None, metric) for c in candidates)
+    budget_after = budget_before
     for cand in candidates:
         row, state = rows[cand.name], states.get(cand.name)
         if state is None:
             row.reason = row.reason or "kept dense by the budget"
+            run.report.skip(cand.name, cand.module, row.reason)
             continue
         if not cand.pays(state, metric):
             unit = "parameters" if metric == "params" else "MACs"
             row.reason = (f"rank {state} does not pay ({cand.cost(state, metric):,} vs "
                           f"{cand.cost(None, metric):,} {unit})")
+            run.report.skip(cand.name, cand.module, row.reason)
             continue
+        before = _describe(cand.module)
         new = factorise(cand, state, config.refine)
         with torch.no_grad():
             w = cand.module.weight.detach().double()
@@ -217,22 +251,24 @@ def decompose_model(model: nn.Module, config: LowRankConfig | None = None, *,
         row.rank = state
         row.params_after = cand.params(state)
         row.flops_after = cand.flops(state)
+        budget_after += cand.cost(state, metric) - cand.cost(None, metric)
+        rank = "x".join(map(str, state)) if isinstance(state, tuple) else str(state)
+        run.report.touch(cand.name, cand.module, before, f"{new.method} rank {rank}",
+                         f"{row.params_before:,} -> {row.params_after:,} weights; rel. error "
+                         f"{row.error:.3f}")
 
     flops_before = flops_after = None
     if all_macs is not None:
         flops_before = sum(all_macs.values())
         flops_after = flops_before + sum(r.flops_after - r.flops_before for r in rows.values()
-                                         if r.rank is not None)
-    return LowRankResult(model=model, layers=list(rows.values()), params_before=params_before,
-                         params_after=sum(p.numel() for p in model.parameters()),
-                         flops_before=flops_before, flops_after=flops_after, config=config)
-
-
-def lowrank(model: nn.Module, config: LowRankConfig | None = None, *, data: Dataset | None = None,
-            example: torch.Tensor | None = None) -> nn.Module:
-    """Replace the selected layers of ``model`` by low-rank factorisations (in place) and
-    return it: Linear by truncated SVD, Conv2d split in two (channel or spatial) or three
-    (Tucker-2). Fine-tune afterwards with :func:`penjing.fit`. For the per-layer record
-    (ranks, parameters, MACs, errors) use :func:`decompose_model`.
-    """
-    return decompose_model(model, config, data=data, example=example).model
+                                         if r.rank is not None and r.flops_after is not None
+                                         and r.flops_before is not None)
+    result = LowRankResult(model=model, layers=list(rows.values()), params_before=params_before,
+                           params_after=sum(p.numel() for p in model.parameters()),
+                           flops_before=flops_before, flops_after=flops_after, config=config,
+                           budget_metric=metric, budget_before=budget_before,
+                           budget_after=budget_after)
+    run.report.extra["plan"] = result
+    unit = "MACs per sample" if metric == "flops" else "weights"
+    run.report.note(f"factorisable layers: {budget_before:,} -> {budget_after:,} {unit}; model "
+                    f"parameters {params_before:,} -> {result.params_after:,}")

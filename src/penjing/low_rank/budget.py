@@ -16,10 +16,11 @@ from penjing.low_rank.plan import Candidate, State
 
 def budget_states(candidates: list[Candidate], *, metric: str, fraction: float, total: int,
                   fixed: int) -> dict[str, State]:
-    """Ranks for ``candidates`` so the model keeps at most ``fraction`` of its ``total`` cost.
+    """Ranks for ``candidates`` so that at most ``fraction`` of ``total`` is kept.
 
-    ``fixed`` is the cost of everything in the model that is not a candidate. Raises
-    ValueError when even rank 1 everywhere is over budget.
+    ``total`` is the cost the budget is over and ``fixed`` the part of it that is not a
+    candidate (``pj.lowrank`` passes the candidates' own cost and 0: the budget counts only
+    the layers it can act on). Raises ValueError when even rank 1 everywhere is over budget.
     """
     target = fraction * total
     states: dict[str, State] = {}
@@ -30,9 +31,9 @@ def budget_states(candidates: list[Candidate], *, metric: str, fraction: float, 
     if current > target:
         unit = "parameters" if metric == "params" else "multiply-accumulates"
         raise ValueError(
-            f"a budget of {fraction:.1%} of the {unit} cannot be met: at rank 1 in every selected "
-            f"layer the model still has {current:,} of {total:,} {unit} ({current / total:.1%}); "
-            "raise the budget or select more layers")
+            f"a budget of {fraction:.1%} of the factorisable layers' {unit} cannot be met: at "
+            f"rank 1 in every one of them {current:,} of {total:,} {unit} are left "
+            f"({current / total:.1%}); raise the budget or select more layers")
     while True:
         best: tuple[float, Candidate, State, int] | None = None
         for cand in candidates:

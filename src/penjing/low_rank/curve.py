@@ -10,7 +10,8 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
-from penjing.low_rank.api import decompose_model
+from penjing.core.report import last_report
+from penjing.low_rank.api import lowrank
 from penjing.low_rank.config import LowRankConfig
 
 
@@ -37,7 +38,8 @@ def accuracy_curve(model: nn.Module, train: Dataset, test: Dataset, budgets: lis
     for budget in budgets:
         trial = copy.deepcopy(model)
         cfg = replace(base, rank=None, energy=None, flops=None, params=budget)
-        result = decompose_model(trial, cfg, data=train)
+        lowrank(trial, cfg, data=train)
+        result = last_report(trial).extra["plan"]
         decomposed = evaluate(trial, test)
         fit(trial, train, epochs=epochs, lr=lr, seed=seed, progress=progress,
             desc=f"fine-tune at {budget:.0%}")

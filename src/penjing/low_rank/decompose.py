@@ -73,6 +73,13 @@ def linear_factors(weight: torch.Tensor, rank: int) -> Factors:
     return right, left
 
 
+def embedding_factors(weight: torch.Tensor, rank: int) -> Factors:
+    """Embedding table ``E (entries x dim) ~ A @ B``: ``A (entries x rank)`` is the narrower
+    table, ``B`` the following Linear, whose weight is ``B^T (dim x rank)``."""
+    left, right = _split(weight, rank)
+    return left, right.t()
+
+
 def channel_factors(weight: torch.Tensor, rank: int) -> Factors:
     """KxK conv ``C -> rank`` then 1x1 conv ``rank -> N``."""
     n, c, kh, kw = weight.shape

@@ -1,4 +1,4 @@
-"""The factorised layers that replace a Linear or a Conv2d.
+"""The factorised layers that replace a Linear, a Conv2d or an Embedding.
 
 Each is an ``nn.Sequential`` of plain ``nn.Linear`` / ``nn.Conv2d`` layers, so everything
 else in penjing (summaries, quantization, the codec, a state_dict) sees ordinary layers. The
@@ -74,6 +74,40 @@ class LowRankLinear(nn.Sequential):
 
     def dense_weight(self) -> torch.Tensor:
         return self[1].weight @ self[0].weight
+
+
+class LowRankEmbedding(nn.Sequential):
+    """``Embedding(entries, dim)`` as ``Embedding(entries, rank) -> Linear(rank, dim, bias=False)``:
+    the table ``E = A B`` (a lookup of ``A``'s row, then one ``rank x dim`` product per token).
+    ``padding_idx`` and ``sparse`` carry over to the narrower table; ``max_norm`` cannot (it
+    renormalises rows of ``E``, not of ``A``) and such tables are not factorised."""
+
+    method = "embedding"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int,
+                 padding_idx: int | None = None, scale_grad_by_freq: bool = False,
+                 sparse: bool = False):
+        super().__init__(nn.Embedding(num_embeddings, rank, padding_idx=padding_idx,
+                                      scale_grad_by_freq=scale_grad_by_freq, sparse=sparse),
+                         nn.Linear(rank, embedding_dim, bias=False))
+        self.rank = rank
+
+    @classmethod
+    def from_module(cls, table: nn.Embedding, rank: int) -> LowRankEmbedding:
+        new = cls(table.num_embeddings, table.embedding_dim, rank, table.padding_idx,
+                  table.scale_grad_by_freq, table.sparse)
+        weight = table.weight
+        new.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            for layer, factor in zip(new, decompose.embedding_factors(weight, rank), strict=True):
+                layer.weight.copy_(factor)
+            # A zero row (the padding row) is in U's null space: make it exactly zero, not
+            # rounding noise, so a padding token still embeds to 0.
+            new[0].weight[(weight == 0).all(1)] = 0
+        return new
+
+    def dense_weight(self) -> torch.Tensor:
+        return self[0].weight @ self[1].weight.t()
 
 
 class ChannelSplitConv2d(nn.Sequential):
@@ -185,4 +219,4 @@ CONV_METHODS: dict[str, type[nn.Sequential]] = {
     "cp": CPConv2d,
 }
 
-FACTORISED_TYPES = (LowRankLinear, *CONV_METHODS.values())
+FACTORISED_TYPES = (LowRankLinear, LowRankEmbedding, *CONV_METHODS.values())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from penjing.core.batch import batch_size_of, run_forward, to_device
 from penjing.low_rank import decompose
 
 State = int | tuple[int, int] | None
@@ -21,17 +22,18 @@ State = int | tuple[int, int] | None
 
 @dataclass
 class Candidate:
-    """A Linear or Conv2d the chosen method can factorise.
+    """A Linear, Conv2d or Embedding the chosen method can factorise.
 
     ``positions`` is the number of output positions per sample (rows for a Linear, ``Ho*Wo``
-    for a conv) and ``in_positions`` the input ones (``Hin*Win``); ``in_width``/``out_width``
+    for a conv, looked-up tokens for an Embedding) and ``in_positions`` the input ones
+    (``Hin*Win``); ``in_width``/``out_width``
     are needed because the spatial and CP splits run their first factor at full input width.
     They are None when no example input was given (then MACs are unknown).
     """
 
     name: str
     module: nn.Module
-    method: str  # "svd" for Linear; "channel" | "spatial" | "tucker" | "cp" for Conv2d
+    method: str  # "svd" Linear; "embedding"; "channel" | "spatial" | "tucker" | "cp" for Conv2d
     spectra: tuple[torch.Tensor, ...]
     energy: float  # ||W||_F^2
     positions: int | None = None
@@ -49,7 +51,7 @@ class Candidate:
     def matrix_shape(self) -> tuple[int, int]:
         """Shape of the matrix whose rank is truncated (Tucker: ``(N, C)``, the two modes)."""
         w = self.module.weight
-        if self.method == "svd":
+        if self.method in ("svd", "embedding"):
             return tuple(w.shape)
         n, c, kh, kw = w.shape
         return {"channel": (n, c * kh * kw), "spatial": (c * kh, n * kw), "tucker": (n, c),
@@ -78,7 +80,7 @@ class Candidate:
         w = self.module.weight
         if state is None:
             return w.numel()
-        if self.method == "svd":
+        if self.method in ("svd", "embedding"):
             return state * (w.shape[0] + w.shape[1])
         n, c, kh, kw = w.shape
         if self.method == "channel":
@@ -95,6 +97,8 @@ class Candidate:
         if self.positions is None:
             return None
         w = self.module.weight
+        if self.method == "embedding":  # a lookup is free; the factor's Linear is not
+            return 0 if state is None else self.positions * state * w.shape[1]
         if self.method == "svd" or state is None:
             return self.positions * self.params(state)
         n, c, kh, kw = w.shape
@@ -170,6 +174,9 @@ def build_candidate(name: str, module: nn.Module, method: str) -> Candidate:
     if isinstance(module, nn.Linear):
         method = "svd"
         spectra = (decompose.singular_values(w),)
+    elif isinstance(module, nn.Embedding):
+        method = "embedding"
+        spectra = (decompose.singular_values(w),)
     elif method == "channel":
         spectra = (decompose.singular_values(decompose.channel_matrix(w)),)
     elif method == "spatial":
@@ -182,28 +189,50 @@ def build_candidate(name: str, module: nn.Module, method: str) -> Candidate:
                      energy=float((w.double() ** 2).sum()))
 
 
-def skip_reason(module: nn.Module) -> str | None:
-    """Why ``module`` cannot be factorised (None when it can)."""
+def skip_reason(module: nn.Module, parent: nn.Module | None, rule: str) -> str | None:
+    """Why ``module`` (a child of ``parent``) cannot be factorised under ``rule`` (None: it can)."""
+    from penjing.core.params import is_parametrized
+    from penjing.low_rank.modules import FACTORISED_TYPES
+
+    if isinstance(parent, FACTORISED_TYPES):
+        return "already a factor of a low-rank layer"
+    if isinstance(parent, nn.MultiheadAttention):
+        return ("a projection of nn.MultiheadAttention, which reads its weight directly: a "
+                "factorised module cannot stand in")
+    if isinstance(module, nn.MultiheadAttention):
+        return "its q/k/v projections are one packed in_proj_weight, not a layer to swap"
+    if is_parametrized(module):
+        return "has parametrizations (bake them first with penjing.bake)"
     if isinstance(module, nn.Linear):
         return None
+    if type(module) is nn.Embedding:
+        if module.max_norm is not None:
+            return "max_norm renormalises rows of the whole table at lookup; E = A B cannot keep that"
+        if rule == "flops":
+            return ("an embedding lookup has no multiply-accumulates to save (a factorised table "
+                    "adds rank x dim per token); use params= or rank= to factorise it")
+        return None
     if type(module) is not nn.Conv2d:
-        return f"{type(module).__name__} is not supported (Linear and Conv2d are)"
+        return f"{type(module).__name__} is not supported (Linear, Conv2d and Embedding are)"
     if module.groups != 1:
         kind = "depthwise" if module.groups == module.in_channels == module.out_channels else "grouped"
-        return f"{kind} conv (groups={module.groups}) skipped: a split would mix the groups"
+        return f"{kind} conv (groups={module.groups}): a split would mix the groups"
     return None
 
 
 @torch.no_grad()
-def measure_positions(model: nn.Module, candidates: list[Candidate], example: torch.Tensor) -> None:
-    """Run ``example`` once and record each candidate's input/output positions per sample."""
+def measure_positions(model: nn.Module, candidates: list[Candidate], example, forward_fn=None) -> None:
+    """Run ``example`` (a batch) once and record each candidate's input/output positions per
+    sample."""
     handles = []
-    batch = example.shape[0]
+    batch = batch_size_of(example)
 
     def hook(cand: Candidate):
         def record(module, inputs, output):
             x = inputs[0]
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Embedding):
+                cand.positions = cand.in_positions = x.numel() // batch
+            elif isinstance(module, nn.Linear):
                 cand.positions = cand.in_positions = x.numel() // x.shape[-1] // batch
             else:
                 cand.in_positions = x.shape[-2] * x.shape[-1]
@@ -214,32 +243,35 @@ def measure_positions(model: nn.Module, candidates: list[Candidate], example: to
     for cand in candidates:
         handles.append(cand.module.register_forward_hook(hook(cand)))
     try:
-        _run(model, example)
+        _run(model, example, forward_fn)
     finally:
         for h in handles:
             h.remove()
 
 
-def weighted_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+def weighted_macs(model: nn.Module, example, forward_fn=None) -> dict[str, int]:
     """Multiply-accumulates per sample of every Linear/Conv layer of ``model`` on ``example``
-    (a layer's MACs = its output positions x its weight size, groups included), counted by
-    the one tracer, :func:`penjing.core.trace.trace`."""
+    (a batch; a layer's MACs = its output positions x its weight size, groups included),
+    counted by the one tracer, :func:`penjing.core.trace.trace`, on the batch's model inputs
+    (``forward_fn`` is accepted for the callers' shape; the tracer feeds the inputs itself)."""
+    from penjing.core.batch import model_inputs
     from penjing.core.select import WEIGHTED_TYPES, select
     from penjing.core.trace import layer_macs, trace
 
-    device = next((p.device for p in model.parameters()), example.device)
-    per_layer = layer_macs(trace(model, example.to(device)))
-    batch = example.shape[0]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = to_device(model_inputs(example), device)
+    per_layer = layer_macs(trace(model, inputs))
+    batch = batch_size_of(example)
     return {name: per_layer[name] // batch for name, _ in select(model, types=WEIGHTED_TYPES)
             if name in per_layer}
 
 
-def _run(model: nn.Module, example: torch.Tensor) -> None:
-    """One eval-mode forward pass of ``example`` on the model's device."""
-    device = next((p.device for p in model.parameters()), example.device)
+def _run(model: nn.Module, example, forward_fn=None) -> None:
+    """One eval-mode forward pass of ``example`` on the model's device (mode restored)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     try:
-        model(example.to(device))
+        run_forward(model, to_device(example, device), forward_fn)
     finally:
         model.train(was_training)

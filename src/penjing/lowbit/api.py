@@ -4,58 +4,100 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
+from penjing.core.config import Run, verb
+from penjing.core.layers import pick_layers, weight_layout
+from penjing.core.override import per_layer
 from penjing.core.params import attach, original, parametrizations
-from penjing.core.select import select
 from penjing.lowbit.binary import BinaryWeight, binarize_input
-from penjing.lowbit.config import BinaryConfig, TernaryConfig
-from penjing.lowbit.policy import SUPPORTED, pick_layers
+from penjing.lowbit.config import BinaryConfig, TernaryConfig, check_threshold
+from penjing.lowbit.policy import choose_layers
 from penjing.lowbit.ternary import TTQWeight, TWNWeight
 
 #: Every lowbit parametrization type (a layer carries at most one of them).
 LOWBIT_TYPES = (BinaryWeight, TWNWeight, TTQWeight)
 
 
-def binarize(model: nn.Module, config: BinaryConfig | None = None) -> nn.Module:
+def _before(module: nn.Module) -> str:
+    ps = parametrizations(module)
+    base = f"{str(original(module).dtype).removeprefix('torch.')} dense"
+    return base + (f" ({', '.join(type(p).__name__ for p in ps)})" if ps else "")
+
+
+@verb(BinaryConfig)
+def binarize(model: nn.Module, config: BinaryConfig, run: Run) -> None:
     """Make the selected layers' weights binary (BinaryConnect / XNOR), in place.
 
-    Each selected layer gets a :class:`BinaryWeight` parametrization: the latent real weights
-    stay trainable and :func:`penjing.fit` trains them through the straight-through
-    estimator; :func:`penjing.bake` freezes ``alpha * sign(V)`` into plain tensors.
+    Each selected layer gets a :class:`~penjing.lowbit.BinaryWeight` parametrization: the
+    latent real weights stay trainable and :func:`penjing.fit` trains them through the
+    straight-through estimator; :func:`penjing.bake` freezes ``alpha * sign(V)`` into plain
+    tensors and :func:`penjing.save` stores one bit per weight. Layers the default selector
+    meets that cannot be binarized (and the first/last layers, unless
+    ``keep_first_last=False``) are recorded as skipped in ``pj.last_report(model)``.
     """
-    config = config or BinaryConfig()
-    for _, module in pick_layers(model, config.layers, config.exclude, config.keep_first_last,
-                                 "binarize", LOWBIT_TYPES):
-        attach(module, BinaryWeight(config.scaling, config.stochastic, config.clip))
+    chosen = choose_layers(model, config.layers, config.exclude, config.keep_first_last,
+                           "binarize", LOWBIT_TYPES, run.report)
+    for name, module in chosen:
+        before = _before(module)
+        axis = weight_layout(module).out_axis
+        attach(module, BinaryWeight(config.scaling, config.stochastic, config.clip, out_axis=axis))
         if config.normalize:
             with torch.no_grad():
                 v = original(module)
                 peak = v.abs().max()
                 if peak > 0:  # an all-zero layer stays zero (and sign(0) = +1)
                     v.div_(peak)
+        scale = {"none": "+-1", "tensor": "+-alpha per tensor",
+                 "channel": f"+-alpha per output channel (axis {axis})"}[config.scaling]
+        run.report.touch(name, module, before, f"1-bit {config.algorithm} {scale}",
+                         "stochastic sign in training" if config.stochastic else "")
     if config.activations not in ((), None, []):
-        targets = list(select(model, config.activations, types=SUPPORTED))
-        if not targets:
-            raise ValueError("activations: the selector picked no Linear/Conv layer to feed binary inputs")
-        for _, module in targets:
+        targets = pick_layers(model, config.activations, (), verb="binarize activations",
+                              supports=_takes_real_inputs, report=run.report)
+        for name, module in targets:
             binarize_input(module)
-    return model
+            run.report.note(f"{name}: inputs binarized (sign)")
 
 
-def ternarize(model: nn.Module, config: TernaryConfig | None = None) -> nn.Module:
+def _takes_real_inputs(name: str, module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear | _ConvNd):
+        return None
+    return f"{type(module).__name__} inputs cannot be binarized (Linear and ConvNd inputs can)"
+
+
+@verb(TernaryConfig)
+def ternarize(model: nn.Module, config: TernaryConfig, run: Run) -> None:
     """Make the selected layers' weights ternary (TTQ or TWN), in place.
 
     TTQ adds two trainable scales per layer (``<layer>.parametrizations.weight.0.wp`` / ``wn``),
-    which :func:`penjing.fit` trains along with the latent weights.
+    which :func:`penjing.fit` trains along with the latent weights; every weight is then one of
+    ``{-Wn, 0, +Wp}`` and :func:`penjing.save` stores it as a 3-value codebook. Skips are
+    recorded in ``pj.last_report(model)``; the report's ``extra["zeros"]`` holds each layer's
+    fraction of zero weights.
     """
-    config = config or TernaryConfig()
-    for _, module in pick_layers(model, config.layers, config.exclude, config.keep_first_last,
-                                 "ternarize", LOWBIT_TYPES):
-        if config.method == "ttq":
-            attach(module, TTQWeight(module.weight.detach(), config.threshold))
+    chosen = choose_layers(model, config.layers, config.exclude, config.keep_first_last,
+                           "ternarize", LOWBIT_TYPES, run.report)
+    thresholds = per_layer(config.threshold, chosen, "TernaryConfig.threshold")
+    zeros: dict[str, float] = {}
+    for name, module in chosen:
+        if name not in thresholds:
+            run.report.skip(name, module, "no TernaryConfig.threshold key matches this layer")
+            continue
+        t = check_threshold(config.algorithm, thresholds[name])
+        before = _before(module)
+        if config.algorithm == "ttq":
+            p = TTQWeight(module.weight.detach(), t)
+            rule = f"t={t:g} of max|W|, learned Wp/Wn"
         else:
-            attach(module, TWNWeight(config.threshold))
-    return model
+            p = TWNWeight(t)
+            rule = f"{t:g} x mean|W|, alpha = mean above it"
+        attach(module, p)
+        codes = p.encode(latent(module, p))["codes"]
+        zeros[name] = float((codes == 0).float().mean()) if codes.numel() else 0.0
+        run.report.touch(name, module, before, f"ternary {config.algorithm} {{-Wn, 0, +Wp}}",
+                         f"threshold {rule}; {100 * zeros[name]:.1f}% zeros")
+    run.report.extra["zeros"] = zeros
 
 
 @torch.no_grad()

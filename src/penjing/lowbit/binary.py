@@ -19,17 +19,18 @@ Scaling = Literal["none", "tensor", "channel"]
 SCALINGS = ("none", "tensor", "channel")
 
 
-def channel_dims(v: Tensor) -> tuple[int, ...]:
-    """Every dim but the first: the reduction for a per-output-channel statistic."""
-    return tuple(range(1, v.dim()))
+def channel_dims(v: Tensor, out_axis: int = 0) -> tuple[int, ...]:
+    """Every dim but the output-channel axis: the reduction for a per-channel statistic."""
+    return tuple(d for d in range(v.dim()) if d != out_axis)
 
 
 class BinaryWeight(nn.Module):
     """Parametrization ``W = alpha * sign(V)`` with a straight-through backward.
 
     ``scaling``: ``"none"`` (pure BinaryConnect, ``W`` in ``{-1, +1}``), ``"tensor"`` (one
-    ``alpha = mean|V|``) or ``"channel"`` (XNOR: one ``alpha`` per slice along dim 0, the
-    output channels of Linear and Conv). ``alpha`` is computed from ``V`` in every forward and
+    ``alpha = mean|V|``) or ``"channel"`` (XNOR: one ``alpha`` per output channel, the slices
+    along ``out_axis``: dim 0 for Linear, ConvNd and Embedding rows, dim 1 for ConvTransposeNd,
+    whose weight is ``(in, out, ...)``; see :func:`penjing.core.layers.weight_layout`). ``alpha`` is computed from ``V`` in every forward and
     differentiated through, as in XNOR-Net's gradient ``dC/dW (1/n + alpha * sign'(W))``.
 
     ``stochastic``: in training, ``+1`` with probability ``clip((V + 1) / 2, 0, 1)``; in eval
@@ -42,11 +43,13 @@ class BinaryWeight(nn.Module):
 
     bits = 1
 
-    def __init__(self, scaling: Scaling = "channel", stochastic: bool = False, clip: bool = True):
+    def __init__(self, scaling: Scaling = "channel", stochastic: bool = False, clip: bool = True,
+                 out_axis: int = 0):
         super().__init__()
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
         self.scaling = scaling
+        self.out_axis = int(out_axis)
         self.stochastic = bool(stochastic)
         self.clip = bool(clip)
         self.generator: torch.Generator | None = None  # set for reproducible stochastic draws
@@ -71,7 +74,7 @@ class BinaryWeight(nn.Module):
             return None
         if self.scaling == "tensor":
             return v.abs().mean()
-        return v.abs().mean(dim=channel_dims(v), keepdim=True)
+        return v.abs().mean(dim=channel_dims(v, self.out_axis), keepdim=True)
 
     def forward(self, v: Tensor) -> Tensor:
         v = self._clipped(v)
@@ -84,25 +87,14 @@ class BinaryWeight(nn.Module):
 
     @torch.no_grad()
     def encode(self, v: Tensor) -> dict[str, Tensor]:
-        """What storage keeps: one sign bit per weight (``True`` = ``+1``) and the scale(s).
-        :func:`decode` of the result equals the eval-mode forward bit for bit."""
+        """One sign bit per weight (``True`` = ``+1``) and the scale(s), flat, as the eval-mode
+        forward uses them."""
         v = v.clamp(-1.0, 1.0) if self.clip else v
         state = {"signs": v >= 0}
         alpha = self.scale(v)
         if alpha is not None:
             state["alpha"] = alpha.reshape(-1).to(torch.float32).clone()
         return state
-
-    @staticmethod
-    def decode(signs: Tensor, alpha: Tensor | None, shape: tuple[int, ...],
-               dtype: torch.dtype = torch.float32) -> Tensor:
-        """Dense weights from sign bits and scales (the inverse of :meth:`encode`)."""
-        one = torch.ones((), dtype=dtype)
-        b = torch.where(signs.reshape(shape), one, -one)
-        if alpha is None:
-            return b
-        alpha = alpha.to(dtype)
-        return (alpha.reshape(-1, *([1] * (len(shape) - 1))) if alpha.numel() > 1 else alpha.reshape(())) * b
 
     def codec_hint(self, v: Tensor | None = None) -> dict:
         """How the compressed file may store this weight (see :mod:`penjing.codec`).
@@ -118,10 +110,12 @@ class BinaryWeight(nn.Module):
         alpha = self.encode(v)["alpha"]
         if not bool((alpha > 0).all()):
             return {}  # an all-zero channel has no 1-bit affine form; the codec picks another
-        return {"affine": {"bits": 1, "scale": 2 * alpha, "zero_point": torch.tensor(0.5), "axis": 0}}
+        return {"affine": {"bits": 1, "scale": 2 * alpha, "zero_point": torch.tensor(0.5),
+                           "axis": self.out_axis}}
 
     def extra_repr(self) -> str:
-        return f"scaling={self.scaling}, stochastic={self.stochastic}, clip={self.clip}"
+        return (f"scaling={self.scaling}, stochastic={self.stochastic}, clip={self.clip}, "
+                f"out_axis={self.out_axis}")
 
 
 class BinaryInput:

@@ -8,8 +8,9 @@
   ``W = Wp * [V > delta] - Wn * [V < -delta]``, with the paper's gradients
   (see :func:`penjing.lowbit.ste.ttq_ternarize`).
 
-Both expose :meth:`codes` / :meth:`scales` so that storage keeps 2-bit codes plus the scales
-and decodes exactly to the trained weights.
+Both expose :meth:`encode` (codes and scales) and a ``codec_hint``: :func:`penjing.save`
+stores the baked weight as a 3-value codebook with 2-bit (or Huffman-coded) indices, and
+:func:`penjing.load` gives the trained weights back bit for bit.
 """
 
 from __future__ import annotations

@@ -71,18 +71,24 @@ class StepOptions:
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
 
 
+def step_options(module) -> type[StepOptions]:
+    """The step's options class: ``module.OPTIONS`` (a :class:`StepOptions` subclass with its
+    own defaults or extra step fields, e.g. Winograd's example ``batch``) or the common one."""
+    return getattr(module, "OPTIONS", StepOptions)
+
+
 def step_fields(module) -> list[str]:
     """Every field a recipe step of ``module`` accepts."""
     if hasattr(module, "CONFIG"):
         own = [f.name for f in module.CONFIG.options() if f.metadata.get("recipe", True)]
-        return own + [f.name for f in dataclasses.fields(StepOptions) if f.name not in own]
+        return own + [f.name for f in dataclasses.fields(step_options(module)) if f.name not in own]
     return list(module.Params.model_fields)
 
 
 def _parse_config_step(module, fields: dict) -> tuple[Any, StepOptions]:
     own = {f.name for f in module.CONFIG.options()}
-    common = {f.name for f in dataclasses.fields(StepOptions)} - own
-    options = StepOptions(**{k: fields[k] for k in common if k in fields})
+    common = {f.name for f in dataclasses.fields(step_options(module))} - own
+    options = step_options(module)(**{k: fields[k] for k in common if k in fields})
     config = module.CONFIG.from_dict({k: v for k, v in fields.items() if k not in common})
     return config, options
 

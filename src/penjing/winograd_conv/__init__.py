@@ -2,7 +2,8 @@
 
 * :func:`winograd_transforms` generates the exact matrices of F(m, r) by Cook-Toom;
 * :class:`WinogradConv2d` is a drop-in ``nn.Conv2d`` (stride 1) computed with them;
-* :func:`winograd` swaps the eligible convs of a model; :func:`convert` returns the report;
+* :func:`winograd` (``pj.winograd``) swaps the eligible convs of a model and records the
+  per-layer decisions in ``pj.last_report(model)``; :func:`to_winograd` is its worker;
 * :func:`conv_multiplications` counts direct vs Winograd multiplications for the cost model.
 """
 
@@ -12,7 +13,7 @@ from penjing.winograd_conv.convert import (
     LayerDecision,
     WinogradConfig,
     WinogradReport,
-    convert,
+    to_winograd,
     winograd,
 )
 from penjing.winograd_conv.cost import (
@@ -27,6 +28,6 @@ from penjing.winograd_conv.transforms import DEFAULT_POINTS, WinogradTransforms,
 __all__ = [
     "DEFAULT_POINTS", "ConvMultiplications", "LayerDecision", "WinogradConfig", "WinogradConv2d",
     "WinogradReport", "WinogradTransforms", "choose_tile_by_cost", "conv_multiplications",
-    "convert", "estimate_cost", "filter_transform", "layer_multiplications", "measure_tiles", "transform_multiplications",
-    "winograd", "winograd_conv2d", "winograd_transforms",
+    "estimate_cost", "filter_transform", "layer_multiplications", "measure_tiles", "transform_multiplications",
+    "to_winograd", "winograd", "winograd_conv2d", "winograd_transforms",
 ]

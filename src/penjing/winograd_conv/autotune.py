@@ -13,7 +13,7 @@ input and output. ``LAMBDA = 8`` was fitted on the 2-core AVX2 EPYC used for the
 has to rank the tile sizes, not predict absolute time. Larger m saves multiplications but
 grows ``U`` as ``(m + r - 1)^2`` and wastes more work on tiles that overhang the output.
 
-**Measurement** (:func:`measure_tiles`, used by ``penjing.winograd_conv`` when given an example
+**Measurement** (:func:`measure_tiles`, used by ``pj.winograd`` when given an example
 input): time ``F.conv2d`` and each candidate F(m) on the layer's real input shape, median of a
 few interleaved runs, and keep the fastest (which may be the direct conv: then the layer is
 left alone).
@@ -28,9 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from penjing.winograd_conv import functional as wf
 from penjing.winograd_conv.cost import conv_multiplications
 
 LAMBDA = 8.0  # multiply-equivalents per float streamed from memory (fitted; see module doc)
+
+#: The timer of :func:`measure_tiles` (a module attribute, so a test can drive it).
+clock = time.perf_counter
 
 
 def estimate_cost(in_channels: int, out_channels: int, out_h: int, out_w: int, kernel_size: int,
@@ -56,9 +60,9 @@ def choose_tile_by_cost(in_channels: int, out_channels: int, out_h: int, out_w: 
 def _median_time(fn, reps: int) -> float:
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     times.sort()
     return times[len(times) // 2]
 
@@ -69,16 +73,14 @@ def measure_tiles(conv: nn.Conv2d, x: torch.Tensor, tiles: Sequence[int] = (2, 4
     """Median seconds of ``F.conv2d`` (key ``"direct"``) and of F(m) for each m in ``tiles``
     on input ``x``, measured interleaved (direct, m1, m2, ..., repeated) so that load from
     other processes hits every candidate alike."""
-    from penjing.winograd_conv.functional import filter_transform, winograd_conv2d
-
     weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
     left, right, top, bottom = conv._reversed_padding_repeated_twice
     pad4 = (top, bottom, left, right)
     r = conv.kernel_size[0]
-    us = {m: filter_transform(weight, m) for m in tiles}  # cached in the layer, so not timed
+    us = {m: wf.filter_transform(weight, m) for m in tiles}  # cached in the layer, so not timed
     runs: dict[int | str, Callable] = {"direct": lambda: F.conv2d(x, weight, bias, 1, conv.padding)}
     for m in tiles:
-        runs[m] = lambda m=m: winograd_conv2d(x, us[m], r, m, pad4, bias)
+        runs[m] = lambda m=m: wf.winograd_conv2d(x, us[m], r, m, pad4, bias)
     for fn in runs.values():  # warm-up (allocator, MKL thread pools)
         fn()
     samples: dict[int | str, list[float]] = {key: [] for key in runs}

@@ -34,9 +34,9 @@ def _check_supported(conv_like: str, kernel_size, stride, dilation, groups, padd
                          "save with Winograd (kernel_size must be >= 2)")
 
 
-def check_tile(m) -> int:
+def check_tile(m, what: str = "output tile m") -> int:
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"output tile m must be an integer >= 1, got {m!r}")
+        raise ValueError(f"{what} must be an integer >= 1 (an output tile size), got {m!r}")
     return m
 
 

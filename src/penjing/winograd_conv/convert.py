@@ -1,58 +1,85 @@
-"""``penjing.winograd(model, config)``: swap every eligible conv for a ``WinogradConv2d``."""
+"""``pj.winograd(model, config)``: swap every eligible conv for a ``WinogradConv2d``.
+
+:func:`to_winograd` is the worker (named so that it does not clash with int8's ``pj.convert``);
+the verb :func:`winograd` records its decisions in the one report.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from penjing.core.select import LayerSelector, select, swap
+from penjing.core.batch import first_batch, run_forward, to_device
+from penjing.core.config import MethodConfig, Run, option, verb
+from penjing.core.layers import pick_layers
+from penjing.core.report import Report
+from penjing.core.select import LayerSelector, swap, type_name
 from penjing.winograd_conv.autotune import choose_tile_by_cost, measure_tiles
 from penjing.winograd_conv.conv import WinogradConv2d, _check_supported, check_tile
 from penjing.winograd_conv.cost import conv_multiplications
 
 
 @dataclass
-class WinogradConfig:
+class WinogradConfig(MethodConfig):
     """What to convert and how.
 
-    * ``layers`` / ``exclude``: which convs (a :func:`penjing.select` selector; default all).
+    * ``layers`` / ``exclude``: which convs (a selector; default: every layer, and the ones
+      that are not eligible stride-1 convs are recorded as skipped with the reason).
     * ``m``: the output tile for every layer; ``None`` chooses per layer among ``tiles``.
     * ``tiles``: candidate tiles for the automatic choice. (2, 4) by default: in float32
       F(6x6) is about 10x less accurate again than F(4x4) (``docs/winograd.md``); add 6 if
       your tolerance allows.
     * ``kernel_sizes``: the square kernels to convert (3x3 and 5x5 by default).
-    * ``example_input``: a batch shaped like the real input. With it, each layer's input
-      shape is known, the multiplications are counted, and ``measure=True`` times direct vs
-      each tile on that shape (median of ``reps`` interleaved runs) and keeps the fastest;
-      ``skip_slower`` then leaves a layer alone when the direct conv was faster. Without it
-      the cost model picks m at run time for each input shape.
+    * ``measure``: with an example input (the verb's ``example_inputs=``, or the first batch
+      of ``data=``), each layer's input shape is known, the multiplications are counted, and
+      ``measure=True`` times direct vs each tile on that shape (median of ``reps``
+      interleaved runs) and keeps the fastest; ``skip_slower`` then leaves a layer alone when
+      the direct conv was faster. Without an example the cost model picks m at run time for
+      each input shape.
     """
 
-    layers: LayerSelector = None
-    exclude: LayerSelector = ()
-    m: int | None = None
-    tiles: Sequence[int] = (2, 4)
-    kernel_sizes: Sequence[int] = (3, 5)
-    example_input: torch.Tensor | None = None
-    measure: bool = True
-    skip_slower: bool = True
-    reps: int = 5
+    method: ClassVar[str] = "winograd"
+
+    layers: LayerSelector = option(None, "which convs (name globs, type names; default: all)")
+    exclude: LayerSelector = option(default_factory=tuple, help="convs to leave alone")
+    m: int | None = option(None, "output tile m for every layer (default: chosen per layer)")
+    tiles: tuple[int, ...] = option((2, 4), "candidate tiles for the automatic choice")
+    kernel_sizes: tuple[int, ...] = option((3, 5), "the square kernel sizes to convert")
+    measure: bool = option(True, "with an example input: time direct vs each tile on the real "
+                           "input shape and keep the fastest (else the cost model picks)")
+    skip_slower: bool = option(True, "leave a layer alone when the measured direct conv was faster")
+    reps: int = option(5, "timed runs per candidate when measuring (median kept)")
 
     def __post_init__(self) -> None:
         if self.m is not None:
-            check_tile(self.m)
+            check_tile(self.m, "WinogradConfig.m")
+        self.tiles = _int_tuple(self.tiles, "WinogradConfig.tiles")
+        self.kernel_sizes = _int_tuple(self.kernel_sizes, "WinogradConfig.kernel_sizes")
         if not self.tiles:
-            raise ValueError("tiles must name at least one output tile size, e.g. (2, 4)")
-        self.tiles = tuple(check_tile(m) for m in self.tiles)
-        self.kernel_sizes = tuple(int(k) for k in self.kernel_sizes)
-        if any(k < 2 for k in self.kernel_sizes):
-            raise ValueError(f"kernel_sizes must be >= 2, got {self.kernel_sizes}")
-        if self.reps < 1:
-            raise ValueError(f"reps must be >= 1, got {self.reps}")
+            raise ValueError("WinogradConfig.tiles must name at least one output tile size, e.g. (2, 4)")
+        self.tiles = tuple(check_tile(m, "WinogradConfig.tiles") for m in self.tiles)
+        if not self.kernel_sizes or any(isinstance(k, bool) or not isinstance(k, int) or k < 2
+                                        for k in self.kernel_sizes):
+            raise ValueError(f"WinogradConfig.kernel_sizes must be integers >= 2, got {self.kernel_sizes}")
+        self.kernel_sizes = tuple(self.kernel_sizes)
+        if isinstance(self.reps, bool) or not isinstance(self.reps, int) or self.reps < 1:
+            raise ValueError(f"WinogradConfig.reps must be an int >= 1, got {self.reps}")
+
+
+def _int_tuple(value, what: str) -> tuple:
+    """One int, a sequence, or the command line's ``"2,4"`` as a tuple (entries checked later)."""
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, str):
+        try:
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"{what} takes integers such as 2,4; got {value!r}") from None
+    return tuple(value)
 
 
 @dataclass
@@ -78,7 +105,9 @@ class LayerDecision:
 
 @dataclass
 class WinogradReport:
-    """Per-layer decisions of one conversion; printable as a rich table or Markdown."""
+    """Per-layer decisions of one conversion over the eligible convs (the ineligible layers
+    are skips in the verb's :class:`~penjing.core.report.Report`); printable as a rich table
+    or Markdown."""
 
     layers: list[LayerDecision]
 
@@ -129,7 +158,8 @@ class WinogradReport:
 
     def summary_line(self) -> str:
         direct, after = self.totals()
-        line = f"{len(self.converted)} conv(s) converted to Winograd, {len(self.skipped)} skipped"
+        line = (f"{len(self.converted)} conv(s) converted to Winograd, {len(self.skipped)} eligible "
+                "left direct")
         if direct:
             line += (f"; multiplications of the convs seen by the example input {direct:,} -> "
                      f"{after:,} ({direct / after:.2f}x fewer, input/output transforms included)")
@@ -155,9 +185,16 @@ class WinogradReport:
         return self.to_markdown()
 
 
-def _ineligible(module: nn.Conv2d, config: WinogradConfig) -> str | None:
+def _ineligible(module: nn.Module, config: WinogradConfig) -> str | None:
     if isinstance(module, WinogradConv2d):
         return "already a WinogradConv2d"
+    if not isinstance(module, nn.Conv2d):
+        return f"{type_name(module)} is not an nn.Conv2d (Winograd computes 2-D convolutions)"
+    if parametrize.is_parametrized(module):
+        return "has parametrizations (bake them first with penjing.bake)"
+    if type(module) is not nn.Conv2d:
+        return (f"{type_name(module)} subclasses nn.Conv2d with its own forward; only plain "
+                "nn.Conv2d layers are swapped")
     try:
         _check_supported("conv", module.kernel_size, module.stride, module.dilation, module.groups,
                          module.padding_mode)
@@ -165,14 +202,13 @@ def _ineligible(module: nn.Conv2d, config: WinogradConfig) -> str | None:
         return str(exc).removeprefix("conv: ")
     if module.kernel_size[0] not in config.kernel_sizes:
         return f"{module.kernel_size[0]}x{module.kernel_size[0]} kernel not in kernel_sizes {config.kernel_sizes}"
-    if parametrize.is_parametrized(module):
-        return "has parametrizations (bake them first with penjing.bake)"
     return None
 
 
 @torch.no_grad()
-def _record_inputs(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Run ``example`` through ``model`` (eval mode) and keep each named conv's input."""
+def _record_inputs(model: nn.Module, names: list[str], example, forward_fn=None) -> dict[str, torch.Tensor]:
+    """Run ``example`` (a batch) through ``model`` (eval mode, restored) and keep each named
+    conv's input."""
     inputs: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
@@ -180,9 +216,10 @@ def _record_inputs(model: nn.Module, names: list[str], example: torch.Tensor) ->
             inputs.setdefault(name, args[0].detach())
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         model.eval()
-        model(example)
+        run_forward(model, to_device(example, device), forward_fn)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -190,33 +227,54 @@ def _record_inputs(model: nn.Module, names: list[str], example: torch.Tensor) ->
     return inputs
 
 
-def convert(model: nn.Module, config: WinogradConfig | None = None) -> WinogradReport:
-    """Swap the eligible convs of ``model`` in place; return the per-layer report."""
-    config = config or WinogradConfig()
-    candidates = list(select(model, config.layers, exclude=config.exclude, types=(nn.Conv2d,)))
-    decisions: dict[str, LayerDecision] = {}
-    eligible: list[str] = []
-    for name, module in candidates:
-        k, c, kh, kw = module.weight.shape
-        decision = LayerDecision(name=name, shape=f"{k}x{c}x{kh}x{kw}", converted=False, reason="")
-        reason = _ineligible(module, config)
-        if reason:
-            decision.reason = reason
+def _eligible(model: nn.Module, config: WinogradConfig, report: Report) -> list[tuple[str, nn.Module]]:
+    """The convs to convert. The default selector records every other weighted layer as a
+    skip (and may find none: the verb then warns); an explicit one refuses ineligible layers."""
+    def supports(name: str, module: nn.Module) -> str | None:
+        return _ineligible(module, config)
+
+    if config.layers is not None:
+        return pick_layers(model, config.layers, config.exclude, verb="winograd", supports=supports,
+                           report=report)
+    chosen = pick_layers(model, None, config.exclude, verb="winograd", supports=lambda n, m: None,
+                         report=report)
+    eligible = []
+    for name, module in chosen:
+        reason = supports(name, module)
+        if reason is None:
+            eligible.append((name, module))
         else:
-            eligible.append(name)
-        decisions[name] = decision
+            report.skip(name, module, reason)
+    return eligible
+
+
+def to_winograd(model: nn.Module, config: WinogradConfig | None = None, *, example_inputs=None,
+                forward_fn=None, report: Report | None = None) -> WinogradReport:
+    """Swap the eligible convs of ``model`` in place; return the per-layer decisions.
+
+    ``example_inputs`` is one batch shaped like the real input (see :class:`WinogradConfig`);
+    every layer touched or skipped is also recorded in ``report`` when given. Most users call
+    the verb :func:`winograd` instead, which keeps both in ``pj.last_report(model)``.
+    """
+    config = config or WinogradConfig()
+    report = report if report is not None else Report("winograd")
+    eligible = _eligible(model, config, report)
+    decisions: dict[str, LayerDecision] = {}
+    for name, module in eligible:
+        k, c, kh, kw = module.weight.shape
+        decisions[name] = LayerDecision(name=name, shape=f"{k}x{c}x{kh}x{kw}", converted=False, reason="")
 
     inputs = {}
-    if config.example_input is not None and eligible:
-        inputs = _record_inputs(model, eligible, config.example_input)
+    if example_inputs is not None and eligible:
+        inputs = _record_inputs(model, [n for n, _ in eligible], example_inputs, forward_fn)
 
-    for name in eligible:
-        module = model.get_submodule(name)
+    for name, module in eligible:
         d = decisions[name]
         r, c = module.kernel_size[0], module.in_channels
         x = inputs.get(name)
-        if config.example_input is not None and x is None:
+        if example_inputs is not None and x is None:
             d.reason = "not reached by the example input"
+            report.skip(name, module, d.reason)
             continue
         m = config.m
         if x is not None:
@@ -233,6 +291,7 @@ def convert(model: nn.Module, config: WinogradConfig | None = None) -> WinogradR
                                                           x.shape[0]).direct
                     d.reason = (f"direct conv faster on this shape ({1e3 * times['direct']:.2f} ms vs "
                                 f"{1e3 * times[best]:.2f} ms with F({best}))")
+                    report.skip(name, module, d.reason)
                     continue
                 m = best
                 d.reason = (f"measured {times['direct'] / times[best]:.2f}x vs direct"
@@ -248,24 +307,29 @@ def convert(model: nn.Module, config: WinogradConfig | None = None) -> WinogradR
             d.reason = "fixed m" if m is not None else "m chosen per input shape by the cost model"
         swap(model, name, WinogradConv2d.from_conv(module, m))
         d.converted, d.m = True, m
-    return WinogradReport([decisions[name] for name, _ in candidates])
+        tile = f"F({m}x{m}, {r}x{r})" if m is not None else f"F(m x m, {r}x{r}), m per input shape"
+        saving = f"; {d.reduction:.2f}x fewer multiplications" if d.reduction else ""
+        report.touch(name, module, f"direct {r}x{r} conv", f"Winograd {tile}", d.reason + saving)
+    return WinogradReport([decisions[name] for name, _ in eligible])
 
 
-def winograd(model: nn.Module, config: WinogradConfig | None = None, *,
-             verbose: bool = False) -> nn.Module:
+@verb(WinogradConfig)
+def winograd(model: nn.Module, config: WinogradConfig, run: Run) -> None:
     """Swap every eligible stride-1 3x3/5x5 ``nn.Conv2d`` of ``model`` for a
-    :class:`WinogradConv2d` (in place) and return the model.
+    :class:`WinogradConv2d` (in place): the same convolution with fewer multiplications.
 
-    The per-layer report (what was swapped with which m, and why the others were skipped) is
-    kept as ``model.winograd_report`` and printed when ``verbose``; use :func:`convert` to get
-    it directly.
+    ``example_inputs`` (or the first batch of ``data``) gives each layer's input shape, so
+    the tile is measured or chosen by the cost model for that shape, and the multiplications
+    are counted. Every layer that stays direct is recorded with the reason in
+    ``pj.last_report(model)``, whose ``extra["plan"]`` is the :class:`WinogradReport` (per-layer
+    tile, multiplications, timings); on a model without an eligible conv (a transformer)
+    nothing changes and the verb warns.
     """
-    report = convert(model, config)
-    model.winograd_report = report
-    if verbose:
-        from rich.console import Console
-
-        console = Console(width=max(Console().width, 150))  # wide table: keep rows on one line
-        console.print(report.rich_table())
-        console.print(report.summary_line())
-    return model
+    example = run.example_inputs
+    if example is None and run.data is not None:
+        example = first_batch(run.data)
+    plan = to_winograd(model, config, example_inputs=example, forward_fn=run.forward_fn,
+                       report=run.report)
+    run.report.extra["plan"] = plan
+    if plan.layers:
+        run.report.note(plan.summary_line())

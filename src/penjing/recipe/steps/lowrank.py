@@ -1,61 +1,50 @@
-"""Recipe step ``lowrank``: factorise layers (SVD / conv split), then fine-tune.
+"""Recipe step ``lowrank``: factorise layers (SVD / conv split / embedding table), then fine-tune.
 
 ```yaml
 steps:
-  - lowrank: {params: 0.5, method: channel, finetune_epochs: 5}
+  - lowrank: {params: 0.5, conv_method: channel, finetune_epochs: 5}
   - lowrank: {energy: 0.9, layers: "fc*"}
-  - lowrank: {rank: 16, method: spatial, exclude: [conv1]}
-  - lowrank: {rank: {"layers.*.conv*": [8, 16]}, method: tucker}
+  - lowrank: {rank: 16, conv_method: spatial, exclude: [conv1]}
+  - lowrank: {rank: {"layers.*.conv*": [8, 16]}, conv_method: tucker}
 ```
+
+The fields are :class:`~penjing.low_rank.LowRankConfig`'s (declared once there), plus the
+common ``finetune_epochs`` / ``lr``.
 """
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from dataclasses import dataclass
 
-from penjing.recipe.schema import StepParams
+from torch import nn
+
+from penjing.low_rank.config import LowRankConfig
+from penjing.recipe.schema import StepOptions
+
+CONFIG = LowRankConfig
 
 
-class Params(StepParams):
-    rank: int | list[int] | dict[str, int | list[int]] | None = None  # a list is tucker's (r_in, r_out)
-    energy: float | None = None
-    params: float | None = None
-    flops: float | None = None
-    method: str | dict[str, str] = "channel"
-    layers: str | list[str] | None = None
-    exclude: str | list[str] | None = None
-    sensitivity: bool = False
-    refine: bool = False
+@dataclass(frozen=True)
+class Options(StepOptions):
+    """This step's fine-tune defaults."""
+
     finetune_epochs: int = 5
     lr: float = 3e-4
 
-    @model_validator(mode="after")
-    def _check(self) -> Params:
-        # LowRankConfig holds the rules (one rank rule, ranges, methods); build it once here
-        # so a bad recipe fails when it is loaded, with its message.
-        self.config()
-        if self.finetune_epochs < 0:
-            raise ValueError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        return self
 
-    def config(self):
-        from penjing.low_rank import LowRankConfig
-
-        return LowRankConfig(rank=self.rank, energy=self.energy, params=self.params, flops=self.flops,
-                             method=self.method, layers=self.layers, exclude=self.exclude or (),
-                             sensitivity=self.sensitivity, refine=self.refine)
+OPTIONS = Options
 
 
-def run(model, params: Params, ctx) -> None:
-    from penjing.low_rank import decompose_model
+def run(model: nn.Module, config, step, ctx) -> None:
+    from penjing.core.report import last_report
+    from penjing.low_rank import lowrank
 
-    result = decompose_model(model, params.config(), data=ctx.train)
+    lowrank(model, config, data=ctx.train, progress=ctx.progress)
+    result = last_report(model).extra["plan"]
     steps = ctx.artifacts.setdefault("lowrank_steps", 0) + 1
     ctx.artifacts["lowrank_steps"] = steps
     plot = result.plot_spectra(ctx.out_dir / f"lowrank_spectra_{steps}.png")
     ctx.artifacts.setdefault("plots", []).append((f"Singular values per layer (lowrank step {steps})", plot))
     ctx.artifacts.setdefault("sections", []).append(
         f"### Low-rank factorisation (step {steps})\n\n{result.to_markdown()}")
-    ctx.finetune(model, params.finetune_epochs, params.lr, desc="fine-tune low-rank")
+    ctx.finetune(model, step.finetune_epochs, step.lr, desc="fine-tune low-rank")

@@ -5,66 +5,57 @@ result is the same up to rounding).
 steps:
   - winograd: {tiles: [2, 4], measure: false}
 ```
+
+The fields are :class:`~penjing.winograd_conv.WinogradConfig`'s (declared once there), plus
+``batch``: how many training samples make the example input.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from dataclasses import dataclass
+
 from torch import nn
 
-from penjing.recipe.context import RecipeContext
-from penjing.recipe.schema import StepParams
+from penjing.recipe.schema import StepOptions
+from penjing.winograd_conv.convert import WinogradConfig
+
+CONFIG = WinogradConfig
 
 
-class Params(StepParams):
-    m: int | None = Field(None, description="output tile for every layer; null = choose per layer")
-    tiles: list[int] = Field(default_factory=lambda: [2, 4], description="candidates for the choice")
-    kernel_sizes: list[int] = Field(default_factory=lambda: [3, 5])
-    layers: str | list[str] | None = None
-    exclude: str | list[str] | None = None
-    measure: bool = Field(False, description="time direct vs each tile; keep the fastest")
-    batch: int = Field(32, description="training images used as the example input")
+@dataclass(frozen=True)
+class Options(StepOptions):
+    """This step's fine-tune defaults and its example batch size."""
 
-    @field_validator("m")
-    @classmethod
-    def _m(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"m must be >= 1, got {v}")
-        return v
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+    #: training samples used as the example input
+    batch: int = 32
 
-    @field_validator("tiles")
-    @classmethod
-    def _tiles(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError(f"tiles must be a non-empty list of integers >= 1, got {v}")
-        return v
-
-    @field_validator("kernel_sizes")
-    @classmethod
-    def _kernels(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 2:
-            raise ValueError(f"kernel_sizes must be a non-empty list of integers >= 2, got {v}")
-        return v
-
-    @field_validator("batch")
-    @classmethod
-    def _batch(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"batch must be >= 1, got {v}")
-        return v
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
 
 
-def run(model: nn.Module, params: Params, ctx: RecipeContext) -> None:
-    from penjing.winograd_conv import WinogradConfig, convert
+OPTIONS = Options
 
-    config = WinogradConfig(
-        layers=params.layers, exclude=params.exclude if params.exclude is not None else (),
-        m=params.m, tiles=tuple(params.tiles), kernel_sizes=tuple(params.kernel_sizes),
-        example_input=ctx.train.tensors[0][: params.batch], measure=params.measure,
-    )
-    report = convert(model, config)
+
+def run(model: nn.Module, config, step, ctx) -> None:
+    from penjing.core.batch import batches
+    from penjing.core.report import last_report
+    from penjing.winograd_conv import winograd
+
+    batch_size = step.batch
+    example = next(iter(batches(ctx.train, batch_size=batch_size)))
+    winograd(model, config, example_inputs=example)
+    report = last_report(model)
+    plan = report.extra["plan"]
+    skipped = "".join(f"- {s.name} ({s.kind}): {s.reason}\n" for s in report.skipped)
     ctx.artifacts.setdefault("sections", []).append(
-        "## Winograd convolution\n\n" + report.to_markdown())
-    ctx.artifacts["winograd_report"] = report
+        "## Winograd convolution\n\n" + (plan.to_markdown() if plan.layers else "")
+        + (f"\nSkipped:\n\n{skipped}" if skipped else ""))
+    ctx.artifacts["winograd_report"] = plan
     if ctx.echo:
-        print(report.summary_line())
+        print(plan.summary_line())
+    if step.finetune_epochs:
+        ctx.finetune(model, step.finetune_epochs, step.lr, desc="fine-tune winograd")
