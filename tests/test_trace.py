@@ -331,3 +331,19 @@ def test_hf_bert_with_int64_ids_through_energy():
         assert report.total_pj > 0
         rows = {r.name: r for r in report.rows}
         assert rows["embeddings.word_embeddings"].weight_bytes == pytest.approx(10 * hidden * 4)
+
+
+def test_hf_gpt2_conv1d_and_tied_head_and_timm_vit():
+    transformers = pytest.importorskip("transformers")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    d, vocab, n = 32, 100, 10
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=d, n_layer=2, n_head=4,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    layers = trace(model, torch.randint(0, vocab, (B, n)))
+    bt = B * n  # per block: c_attn 3 d^2, c_proj d^2, MLP 8 d^2 per token, attention 2 T^2 d
+    assert gemm_macs(layers) == 2 * (12 * bt * d * d + 2 * B * n * n * d) + bt * d * vocab
+    assert [lay.name for lay in layers if lay.kind == "gemm"][-1] == "lm_head"  # tied to wte
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
+    assert gemm_macs(trace(vit, torch.randn(1, 3, 32, 32))) == vit_macs(32, 16, 12, 3, 192, 768, 1000)

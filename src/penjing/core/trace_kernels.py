@@ -282,12 +282,12 @@ class Kernels(TorchDispatchMode):
         inputs = tensors(args) + tensors(kwargs.values())
         if not inputs:
             return out  # a factory (zeros, arange): no input traffic
-        origins = [state.origin(t) for t in inputs]
-        if all(origins):  # computed from stored tensors alone (a cast, a dequantization): a weight
-            state.add_derived(out, origins[0])
+        first = state.origin(inputs[0])  # most kernels read an activation first: one look-up
+        if first is not None and all(state.origin(t) is not None for t in inputs[1:]):
+            state.add_derived(out, first)  # computed from stored tensors alone (a cast): a weight
         if packet in _FREE:
             return out  # metadata, layout copies, dtype casts move nothing we charge
-        with torch._C.DisableTorchFunction(), torch.no_grad():
+        with torch._C.DisableTorchFunction():  # our own zero counts are not the model's calls
             self._record(packet, args, kwargs, inputs, out)
         return out
 
