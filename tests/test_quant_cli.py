@@ -65,7 +65,7 @@ def test_recipe_step_validates(tmp_path):
         _recipe(tmp_path, "{bits: 0}")
     with pytest.raises(RecipeError, match="QuantConfig.calib_samples must be >= 1"):
         _recipe(tmp_path, "{calib_samples: 0}")
-    with pytest.raises(RecipeError, match=r"reduce_range must be one of \['weights', 'activations', 'none'\], got 'both'"):
+    with pytest.raises(RecipeError, match=r"reduce_range must be one of \['auto', 'weights', 'activations', 'none'\], got 'both'"):
         _recipe(tmp_path, "{reduce_range: both}")
     with pytest.raises(RecipeError, match=r"unknown field\(s\) \['bitz'\] for QuantConfig"):
         _recipe(tmp_path, "{bitz: 8}")

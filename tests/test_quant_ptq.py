@@ -251,7 +251,10 @@ def test_quantize_twice_is_refused():
         quantize(model, QuantConfig(activations="none"))
 
 
-def test_full_range_weights_and_activations_warn_of_int16_saturation():
+def test_full_range_weights_and_activations_warn_of_int16_saturation(monkeypatch):
+    from penjing.quantization import cpu
+
+    monkeypatch.setattr(cpu, "has_vnni", lambda: False)  # an AVX2 CPU
     model = nn.Sequential(nn.Linear(8, 4))
     quantize(model, QuantConfig(reduce_range="none"), data=torch.rand(16, 8), progress=False)
     with pytest.warns(UserWarning, match="can saturate int16 sums on CPUs without VNNI"):

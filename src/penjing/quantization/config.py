@@ -35,8 +35,10 @@ class QuantConfig(MethodConfig):
 
     ``reduce_range`` picks which side of the x86 ``u8 x s8`` product gets a 7-bit range:
     AVX2 CPUs without VNNI add product pairs in int16, which saturates when both sides use
-    their full 8 bits (see :mod:`.int_kernels`). ``"weights"`` (default: per-channel weights
-    lose least), ``"activations"`` (torch.ao's x86 choice) or ``"none"`` (VNNI CPUs).
+    their full 8 bits (see :mod:`.int_kernels`). ``"weights"`` (per-channel weights lose
+    least), ``"activations"`` (torch.ao's x86 choice), ``"none"`` (VNNI CPUs) or ``"auto"``
+    (default: ``"none"`` on a CPU with VNNI, detected at quantize time, else ``"weights"``;
+    a model quantized with full ranges warns at convert on a CPU without VNNI).
 
     ``smooth_alpha`` migrates activation outliers into the weights before quantizing
     (SmoothQuant, Xiao et al. 2023): each Linear input channel ``j`` is divided by
@@ -66,9 +68,10 @@ class QuantConfig(MethodConfig):
     act_symmetric: bool = option(False, "symmetric signed activation grid")
     act_observer: Literal["minmax", "moving_average", "percentile", "mse"] = option(
         "minmax", "activation range observer")
-    reduce_range: Literal["weights", "activations", "none"] = option(
-        "weights", "which side of the int8 product gets a 7-bit range so AVX2 kernels cannot "
-        "saturate: weights, activations (torch.ao's x86 choice) or none (VNNI CPUs)")
+    reduce_range: Literal["auto", "weights", "activations", "none"] = option(
+        "auto", "which side of the int8 product gets a 7-bit range so AVX2 kernels cannot "
+        "saturate: weights, activations (torch.ao's x86 choice), none (VNNI CPUs), or auto "
+        "(none where this CPU has VNNI, else weights)")
     smooth_alpha: float | str | None = option(
         None, "SmoothQuant migration strength in [0, 1] for Linear layers, 'auto' to tune it "
         "per layer, or none", metavar="ALPHA")
@@ -81,6 +84,7 @@ class QuantConfig(MethodConfig):
     calib_samples: int | None = option(None, "calibration samples (default: all of data)")
     calib_batch_size: int = option(256, "batch size when data is a Dataset")
     int8: bool = option(False, "convert to int8 kernels afterwards (pj.convert)")
+    int8_graph: bool = option(False, "with int8: int8 tensors flow between layers (pj.convert(graph=True))")
     layers: LayerSelector = option(None, "layers to quantize (default: every supported layer)")
     exclude: LayerSelector = option((), "layers to leave in float")
 
@@ -96,7 +100,7 @@ class QuantConfig(MethodConfig):
         _choice(self.mode, ("ptq", "qat"), "mode")
         _choice(self.observer, OBSERVERS, "observer")
         _choice(self.act_observer, OBSERVERS, "act_observer")
-        _choice(self.reduce_range, tuple(REDUCE_RANGE), "reduce_range")
+        _choice(self.reduce_range, ("auto", *REDUCE_RANGE), "reduce_range")
         if self.smooth_alpha is not None and self.smooth_alpha != "auto" and (
                 isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, int | float)
                 or not 0.0 <= float(self.smooth_alpha) <= 1.0):
@@ -129,12 +133,20 @@ class QuantConfig(MethodConfig):
         return self.activations == "none"
 
     @property
+    def resolved_reduce_range(self) -> str:
+        if self.reduce_range != "auto":
+            return self.reduce_range
+        from penjing.quantization.cpu import has_vnni
+
+        return "none" if has_vnni() else "weights"
+
+    @property
     def act_reduce_range(self) -> bool:
-        return REDUCE_RANGE[self.reduce_range][0]
+        return REDUCE_RANGE[self.resolved_reduce_range][0]
 
     @property
     def weight_reduce_range(self) -> bool:
-        return REDUCE_RANGE[self.reduce_range][1]
+        return REDUCE_RANGE[self.resolved_reduce_range][1]
 
     def bits_per_layer(self, layers: list[tuple[str, nn.Module]]) -> dict[str, int]:
         """Weight bits of each layer: ``layer_bits`` by the one override rule (first matching

@@ -107,8 +107,10 @@ class _Int8Base(nn.Module):
         self.register_buffer("input_zero_point", zp.clone())
         self.backend = backend
         # the x86 kernels add u8*s8 pairs in int16 (AVX2 vpmaddubsw): 2 * 255 * 127 overflows
+        from penjing.quantization import cpu
+
         if (self.mode != "weight" and (self.in_qmax - self.in_qmin) > 127 and int(weight_q.abs().max()) > 63
-                and backend != "reference"):
+                and backend != "reference" and not cpu.has_vnni()):
             warnings.warn(f"{backend}: full 8-bit activations with 8-bit weights can saturate int16 sums on "
                           "CPUs without VNNI; quantize with weight_reduce_range=True (the default) or act_reduce_range=True",
                           stacklevel=3)
@@ -406,8 +408,23 @@ def _describe(module: nn.Module) -> str:
     return f"int8 {module.backend} kernel, {inputs}{relu}"
 
 
-def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_relu: bool = True) -> None:
-    """Swap the fake-quantized layers of ``model`` for int8 modules, recording each in ``report``."""
+def _graph_safe(targets: list[tuple[str, nn.Module]]) -> bool:
+    """Full 8-bit activations meet the weights in the graph's kernels: safe with VNNI, or when
+    every weight keeps to 7 bits (AVX2 sums product pairs in int16)."""
+    from penjing.quantization.cpu import has_vnni
+
+    if has_vnni():
+        return True
+    return all(_weight_quantizer(m).spec.reduce_range or _weight_quantizer(m).spec.bits < 8 for _, m in targets)
+
+
+def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_relu: bool = True,
+                 graph: bool = False) -> None:
+    """Swap the fake-quantized layers of ``model`` for int8 modules, recording each in ``report``.
+
+    With ``graph`` (and the ``auto`` backend) a traceable, statically calibrated model gets
+    int8 tensors flowing between its layers (:mod:`.int8_graph`); the layers that graph cannot
+    take are converted one by one after it."""
     if backend not in BACKENDS:
         raise ValueError(f"convert: backend must be one of {list(BACKENDS)}, got {backend!r}")
     targets = [(n, m) for n, m in model.named_modules() if _weight_quantizer(m) is not None]
@@ -416,6 +433,14 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
                          "run penjing.quantize(model, config, data=...) first")
     if any(not name for name, _ in targets):
         raise ValueError("convert: cannot convert a bare layer in place; wrap it in a model (nn.Sequential)")
+    graph = backend == "auto" and graph and _graph_safe(targets)
+    if graph:
+        from penjing.quantization.int8_graph import build_int8_graph
+
+        graph = build_int8_graph(model, report)
+        if graph:
+            targets = [(n, m) for n, m in targets if _weight_quantizer(model.get_submodule(n)) is not None
+                       and model.get_submodule(n) is m]
     converted = []
     for name, module in targets:
         why = _executable(module)
@@ -432,17 +457,17 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
         new.train(was_training)
         swap(model, name, new)
         converted.append((name, type_name(module), new))
-    if not converted:
+    if not converted and not graph:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in report.skipped[:5])
         raise ValueError(f"convert: no layer of {type(model).__name__} can run on int8 kernels ({reasons})")
-    if fuse_relu:
+    if fuse_relu and not graph:
         fold_relu(model, (_Int8Base,))
     for name, kind, new in converted:
         report.touch(name, kind, "fake-quantized", _describe(new))
     model.eval()
 
 
-def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True) -> nn.Module:
+def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True, graph: bool = False) -> nn.Module:
     """Swap every fake-quantized layer of ``model`` for an int8 module (in place); return it.
 
     Linear and Conv2d run on x86 int8 kernels (static, dynamic per-row or weight-only input,
@@ -450,9 +475,14 @@ def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True) -> 
     activations, other layer types) stay fake-quantized; ``pj.last_report(model)`` names each
     with the reason. With ``fuse_relu`` an ``nn.ReLU`` that only follows an int8 layer runs
     inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU module becomes ``nn.Identity``).
+    With ``graph=True`` a statically calibrated model that ``torch.fx`` traces gets int8
+    tensors flowing from layer to layer instead (:mod:`.int8_graph`: the fast path on CNNs;
+    its layers are ``torch.ao.nn.quantized`` modules, which penjing's codec, tracer and
+    summary do not read yet, so it is opt-in). Without it, or with a backend other than
+    ``auto``, layers convert one by one, float in and out.
     """
     report = Report("convert")
-    convert_into(model, report, backend, fuse_relu)
+    convert_into(model, report, backend, fuse_relu, graph)
     record(model, report)
     return model
 

@@ -234,7 +234,7 @@ def quantize(model: nn.Module, config: QuantConfig, run: Run) -> None:
     if config.int8:
         from penjing.quantization.int_kernels import convert_into
 
-        convert_into(model, run.report)
+        convert_into(model, run.report, graph=config.int8_graph)
 
 
 def _prepare(model: nn.Module, config: QuantConfig, run: Run, layers, bits, undo: _Undo) -> None:
