@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="only the digits accuracy table")
     parser.add_argument("--cnn", action="store_true", help="torchvision/timm CNNs vs torch.ao FX (needs venv-tv)")
+    parser.add_argument("--bert", action="store_true", help="HF BERT encoder, dynamic int8 + SmoothQuant (venv-tv)")
     parser.add_argument("--models", default=None, help="--cnn: comma-separated subset")
     parser.add_argument("--rounds", type=int, default=5, help="--cnn: timed rounds per variant")
     parser.add_argument("--size", type=int, default=224, help="--cnn: image size")
@@ -234,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.accuracy:
         print("\n".join(accuracy_table()))
+        return 0
+    if args.bert:
+        import os
+
+        from quantize_bert import bert_table
+
+        print(f"- {cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, 1 thread, torch {torch.__version__}, "
+              f"load {os.getloadavg()[0]:.1f}; {args.rounds} rounds")
+        print("\n".join(bert_table(args.rounds)))
         return 0
     if args.cnn:
         import os

@@ -112,9 +112,9 @@ class QuantConfig(MethodConfig):
         if self.activations == "dynamic" and self.mode == "qat":
             raise ValueError("QuantConfig.activations='dynamic' is post-training only; use "
                              "activations='static' with mode='qat'")
-        if self.smooth_alpha is not None and self.activations == "none":
-            raise ValueError("QuantConfig.smooth_alpha moves activation outliers into the weights; "
-                             "it needs quantized activations (activations='static' or 'dynamic')")
+        if self.smooth_alpha is not None and self.activations != "dynamic":
+            raise ValueError("QuantConfig.smooth_alpha moves activation outliers into the weights of "
+                             "per-row quantized Linear layers; it needs activations='dynamic'")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"QuantConfig.percentile must be in (50, 100], got {self.percentile}")
         if self.freeze_after is not None and self.freeze_after < 0:

@@ -185,12 +185,19 @@ class DynamicRowQuant(nn.Module):
 
     qmax = 127
 
+    def __init__(self, smooth: torch.Tensor | None = None):
+        super().__init__()
+        #: per-input-channel factor applied before quantizing (SmoothQuant's 1 / s), or None
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().float().clone())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x * self.smooth
         scale = row_scales(x, self.qmax)
         return torch.clamp(torch.round(x / scale), -self.qmax, self.qmax) * scale
 
     def extra_repr(self) -> str:
-        return "8-bit symmetric, one scale per row"
+        return "8-bit symmetric, one scale per row" + (", smoothed" if self.smooth is not None else "")
 
 
 def row_scales(x: torch.Tensor, qmax: int = 127) -> torch.Tensor:
@@ -198,11 +205,11 @@ def row_scales(x: torch.Tensor, qmax: int = 127) -> torch.Tensor:
     return torch.clamp(x.detach().abs().amax(-1, keepdim=True).float() / qmax, min=1e-8)
 
 
-def mark_dynamic(module: nn.Module) -> None:
+def mark_dynamic(module: nn.Module, smooth: torch.Tensor | None = None) -> None:
     """Give ``module`` a per-row dynamic input quantizer (see :class:`DynamicRowQuant`)."""
     if hasattr(module, "input_quant"):
         raise ValueError(f"{type(module).__name__} already has an input quantizer")
-    module.add_module("input_quant", DynamicRowQuant())
+    module.add_module("input_quant", DynamicRowQuant(smooth))
     module._pj_input_hook = module.register_forward_pre_hook(_quantize_input)
 
 

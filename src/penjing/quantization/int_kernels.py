@@ -183,9 +183,10 @@ class Int8Linear(_Int8Base):
             backend = "reference"  # the packed kernels take symmetric weights only
         if backend not in ("fbgemm", "onednn", "reference"):
             raise ValueError(f"Int8Linear backends are fbgemm, onednn and reference, got {backend!r}")
-        mode = "dynamic" if dynamic_quant(layer) is not None else None
-        module = cls(weight_q, scale, zp, layer.bias, act, backend, mode)
-        if mode == "dynamic":
+        dyn = dynamic_quant(layer)
+        module = cls(weight_q, scale, zp, layer.bias, act, backend, "dynamic" if dyn is not None else None)
+        module.register_buffer("smooth", None if dyn is None or dyn.smooth is None else dyn.smooth.clone())
+        if dyn is not None:
             module.in_qmin, module.in_qmax = -127, 127
         return module
 
@@ -239,6 +240,8 @@ class Int8Linear(_Int8Base):
         return torch.relu(y) if self.fused_relu else y
 
     def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "smooth", None) is not None:
+            x2 = x2 * self.smooth  # SmoothQuant's 1 / s, migrated into the weight
         s = row_scales(x2)  # (rows, 1), from each row alone
         xs = x2 / s  # in [-127, 127]: the kernel rounds it at scale 1, zero-point 128
         if self.backend == "fbgemm":

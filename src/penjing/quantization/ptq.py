@@ -178,6 +178,28 @@ def calibrate(model: nn.Module, data: Any, config: QuantConfig, run: Run | None 
     return seen
 
 
+def calibrate_hooks(model: nn.Module, data: list, run: Run | None, hooks: dict, names: list[str]) -> None:
+    """Run ``data`` through ``model`` with ``hooks`` (module -> forward pre-hook) attached;
+    a hooked layer that never ran is an error naming it."""
+    ran: set[int] = set()
+    handles = []
+    for module, hook in hooks.items():
+        def pre(m, args, hook=hook):
+            ran.add(id(m))
+            hook(m, args)
+        handles.append(module.register_forward_pre_hook(pre))
+    try:
+        run_calibration(model, data, run, progress=run.progress if run is not None else False)
+    finally:
+        for h in handles:
+            h.remove()
+    idle = [n for n, m in zip(names, hooks, strict=True) if id(m) not in ran]
+    if idle:
+        raise ValueError(f"quantize: layer(s) {', '.join(idle)} never ran during calibration, so their "
+                         "input ranges are unknown; are they used in forward() with this data? "
+                         "Leave them out with exclude=[...]")
+
+
 class _Undo:
     """What :func:`quantize` changed, to put back if calibration fails."""
 
@@ -185,6 +207,7 @@ class _Undo:
         self.model = model
         self.folded: list = []
         self.layers: list[nn.Module] = []
+        self.weights: list = []  # (tensor, original value) changed in place
 
     def rollback(self) -> None:
         from penjing.quantization.graph_ranges import drop_graph_ranges
@@ -195,6 +218,9 @@ class _Undo:
                 detach_input_quant(module)
             if weight_quantizer(module) is not None:
                 remove(module, WeightFakeQuant)
+        with torch.no_grad():
+            for tensor, value in reversed(self.weights):
+                tensor.copy_(value)
         unfold_batchnorm(self.model, self.folded)
 
 
@@ -244,10 +270,11 @@ def _prepare(model: nn.Module, config: QuantConfig, run: Run, layers, bits, undo
     if config.fold_bn:
         with eval_mode(model):
             fold_batchnorm(model, undo.folded)
+    factors: dict = {}
     if config.smooth_alpha is not None:
         from penjing.quantization.smooth import smooth_linears
 
-        note = smooth_linears(model, layers, calib, config, run)
+        factors, note = smooth_linears(model, layers, calib, config, run, undo.weights)
         run.report.note(note)
     qat = config.mode == "qat"
     for name, module in layers:
@@ -272,9 +299,9 @@ def _prepare(model: nn.Module, config: QuantConfig, run: Run, layers, bits, undo
     elif config.activations == "dynamic":
         from penjing.quantization.fake_quant import mark_dynamic
 
-        for _, module in layers:
+        for name, module in layers:
             if isinstance(module, nn.Linear):
-                mark_dynamic(module)
+                mark_dynamic(module, factors.get(name))
 
 
 def _describe_layer(config: QuantConfig, bits: int, module: nn.Module) -> str:
