@@ -26,6 +26,7 @@ from penjing.quantization.int_kernels import Int8Conv2d, Int8Embedding, Int8Line
 from penjing.quantization.ptq import calibrate, quantize, quantized_layers
 from penjing.quantization.qat import FreezeQuantization, freeze, qat_fit
 from penjing.quantization.report import layer_report
+from penjing.quantization.saving import load_quantized, save_quantized
 from penjing.quantization.sensitivity import Sensitivity, sensitivity
 
 __all__ = [
@@ -45,10 +46,12 @@ __all__ = [
     "fold_batchnorm",
     "freeze",
     "layer_report",
+    "load_quantized",
     "qat_fit",
     "qparams",
     "quantize",
     "quantized_layers",
+    "save_quantized",
     "sensitivity",
     "sqnr_db",
 ]
