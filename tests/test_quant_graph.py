@@ -90,3 +90,25 @@ def test_untraceable_model_converts_layer_by_layer():
     assert "torch.fx cannot trace this model" in last_report(model).notes[-1]
     convert(model, graph=True)
     assert int8_graph(model) is None and type(model.fc1).__name__ == "Int8Linear"
+
+
+class SkipAroundReLU(nn.Module):
+    """The conv's output feeds a ReLU and a skip: fusing the ReLU would clip the skip too."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.relu = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+
+    def forward(self, x):
+        h = self.c1(x)
+        return self.c2(self.relu(h)) + h
+
+
+def test_relu_on_a_shared_output_is_not_fused():
+    model, reference, x = _prepared(SkipAroundReLU(), (3, 6, 6))
+    assert float(model.c1(x).min()) < -0.1  # the skip carries negatives a fused ReLU would clip
+    fake = model(x)
+    convert(model, graph=True)
+    assert "self.relu(" in int8_graph(model).code  # still its own op
+    assert _rel(model(x), fake) < 0.05
+    assert _rel(model(x), reference(x)) < 0.05

@@ -306,8 +306,12 @@ def _skip_identities(gm: fx.GraphModule) -> None:
     """Drop ``nn.Identity`` calls (folded BatchNorms, eval-mode stochastic depth...) so a
     conv -> (folded BN) -> ReLU chain fuses."""
     for node in list(gm.graph.nodes):
-        if (node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity
-                and len(node.args) == 1 and isinstance(node.args[0], fx.Node) and not node.kwargs):
+        identity = (node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity
+                    and len(node.args) == 1 and not node.kwargs)
+        # torchvision's stochastic depth, traced in eval mode: training=False makes it x -> x
+        depth = (node.op == "call_function" and getattr(node.target, "__name__", "") == "stochastic_depth"
+                 and (node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True) is False))
+        if (identity or depth) and node.args and isinstance(node.args[0], fx.Node):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
 
