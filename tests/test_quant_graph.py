@@ -70,7 +70,7 @@ def test_relu6_fuses_silu_stays_float_and_is_reported():
     convert(model, graph=True)
     code = int8_graph(model).code
     assert "r1" not in code and "r2" not in code  # ReLU6 folded into the int8 output range
-    assert "quantized.add(" in code and "quantized.hardswish" in code
+    assert "quantized.add(" in code and type(model.c2).__name__ == "ConvAct2d"  # Hardswish fused
     assert last_report(model).notes == ["int8 tensors flow between layers; float around: SiLU x1"]
     assert _rel(model(x), reference(x)) < 0.05
 
@@ -111,4 +111,29 @@ def test_relu_on_a_shared_output_is_not_fused():
     convert(model, graph=True)
     assert "self.relu(" in int8_graph(model).code  # still its own op
     assert _rel(model(x), fake) < 0.05
+    assert _rel(model(x), reference(x)) < 0.05
+
+
+class ConvSiLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.act1 = nn.Conv2d(3, 8, 3, padding=1), nn.SiLU()
+        self.c2, self.act2 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish()
+        self.c3 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c3(self.act2(self.c2(self.act1(self.c1(x)))))
+
+
+def test_silu_and_hardswish_fuse_into_the_conv_and_match_the_fake_quant_model():
+    from penjing.quantization.int8_graph import ConvAct2d
+
+    model, reference, x = _prepared(ConvSiLU(), (3, 6, 6))
+    fake = model(x)
+    convert(model, graph=True)
+    assert isinstance(model.c1, ConvAct2d) and model.c1.act == "swish" and model.c2.act == "hardswish"
+    assert "act1" not in int8_graph(model).code and "act2" not in int8_graph(model).code
+    assert last_report(model).notes == ["int8 tensors flow between layers"]
+    # only the activations' int8 rounding separates it from the fake-quant model
+    assert _rel(model(x), fake) < 0.03
     assert _rel(model(x), reference(x)) < 0.05

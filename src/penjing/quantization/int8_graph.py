@@ -37,6 +37,7 @@ from penjing.core.report import Report
 from penjing.core.select import swap
 from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
 from penjing.quantization.graph_ranges import graph_ranges, trace
+from penjing.quantization.int_kernels import _has_onednn_conv
 
 _RELU_MODULES = (nn.ReLU,)
 _RELU6_MODULES = (nn.ReLU6,)
@@ -129,6 +130,50 @@ def _int8_module(module: nn.Module, relu: bool, scale: float, zp: int) -> nn.Mod
     return new
 
 
+class ConvAct2d(nn.Module):
+    """int8 conv with SiLU or Hardswish fused into oneDNN's kernel (``qconv_pointwise``'s
+    ``swish`` / ``hardswish`` post-op), int8 in and out: torch.ao has no such module, and
+    without it each of these activations costs a dequantize, a float pass and a quantize."""
+
+    def __init__(self, conv: nn.Conv2d, act: str, in_qparams: tuple[float, int], out_qparams: tuple[float, int]):
+        super().__init__()
+        wq = _weight_quant(conv)
+        with torch.no_grad():
+            codes = wq.integers(conv.weight.detach()).to(torch.int8)
+        scale = wq.scale.detach().reshape(-1).float().expand(codes.shape[0]).contiguous()
+        self.register_buffer("weight", codes)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
+        self.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        self.act, self.in_qparams, self.out_qparams = act, in_qparams, out_qparams
+        self._packed = None
+
+    def forward(self, qx: torch.Tensor) -> torch.Tensor:
+        stride, padding, dilation, groups = self.geometry
+        (x_scale, x_zp), (o_scale, o_zp) = self.in_qparams, self.out_qparams
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qconv_prepack(self.weight, self.weight_scale, x_scale, x_zp,
+                                                          stride, padding, dilation, groups, None)
+        y = torch.ops.onednn.qconv_pointwise(
+            qx.int_repr(), x_scale, x_zp, self._packed, self.weight_scale,
+            torch.zeros(self.weight.shape[0], dtype=torch.int32), self.bias, stride, padding, dilation, groups,
+            o_scale, o_zp, torch.uint8, self.act, [], "")
+        return torch._make_per_tensor_quantized_tensor(y, o_scale, o_zp)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, {self.act} fused, int8 in / int8 out"
+
+
+def _fusable_act(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """oneDNN's post-op name when ``node`` applies SiLU or Hardswish to its one input."""
+    if node.op == "call_module":
+        kind = type(modules.get(node.target))
+        return {nn.SiLU: "swish", nn.Hardswish: "hardswish"}.get(kind)
+    if node.op == "call_function" and not node.kwargs.get("inplace"):
+        return {F.silu: "swish", F.hardswish: "hardswish"}.get(node.target)
+    return None
+
+
 class _Builder:
     """Walks the traced graph once, emitting the int8 graph (see the module docstring)."""
 
@@ -140,6 +185,8 @@ class _Builder:
         self.isq: dict[fx.Node, bool] = {}
         self.dq: dict[fx.Node, fx.Node] = {}
         self.qin: dict[fx.Node, fx.Node] = {}
+        self.qp: dict[fx.Node, tuple[float, int]] = {}  # int8 node -> its (scale, zero-point)
+        self.qin_qp: dict[fx.Node, tuple[float, int]] = {}
         self.absorbed: dict[fx.Node, fx.Node] = {}  # fused ReLU / ReLU6 -> its producer
         self.converted: list[tuple[str, nn.Module, str]] = []
         self.float_ops: dict[str, int] = {}
@@ -190,12 +237,17 @@ class _Builder:
         if node not in self.qin:
             self.qin[node] = self.graph.call_function(torch.quantize_per_tensor,
                                                       (self.env[node], scale, zp, torch.quint8))
+            self.qin_qp[node] = (scale, zp)
         return self.qin[node]
+
+    def input_qparams(self, node: fx.Node) -> tuple[float, int] | None:
+        return self.qp.get(node) if self.isq.get(node, False) else self.qin_qp.get(node)
 
     def emit(self, node: fx.Node) -> None:
         if node in self.absorbed:  # fused into its producer: the producer's output stands for it
             producer = self.absorbed[node]
             self.env[node], self.isq[node] = self.env[producer], True
+            self.qp[node] = self.qp[producer]
             return
         if node.op == "placeholder" or node.op == "get_attr":
             self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
@@ -205,6 +257,21 @@ class _Builder:
             self.graph.output(fx.map_arg(node.args[0], self.as_float))
             return
         layer = self.layer(node)
+        if layer is not None and isinstance(layer, nn.Conv2d) and len(node.users) == 1:
+            user = next(iter(node.users))
+            act = _fusable_act(user, self.modules)
+            if act is not None and user.name in self.ranges and _has_onednn_conv():
+                q = _act_quant(layer)
+                x = self.as_q(node.args[0], float(q.scale), int(q.zero_point) - q.spec.qrange[0])
+                out = self.qparams(user)
+                new = ConvAct2d(layer, act, self.input_qparams(node.args[0]), out)
+                swap(self.model, node.target, new)
+                self.modules[node.target] = new
+                self.env[node] = self.graph.call_module(node.target, (x,))
+                self.isq[node], self.qp[node] = True, out
+                self.absorbed[user] = node
+                self.converted.append((node.target, layer, "int8 oneDNN conv + fused " + ("SiLU" if act == "swish" else "Hardswish") + ", int8 in / int8 out"))
+                return
         if layer is not None:
             relu = self.fusable(node)
             out = relu or node
@@ -216,7 +283,7 @@ class _Builder:
             swap(self.model, node.target, new)
             self.modules[node.target] = new
             self.env[node] = self.graph.call_module(node.target, (x,))
-            self.isq[node] = True
+            self.isq[node], self.qp[node] = True, (scale, zp)
             if relu is not None:
                 self.absorbed[relu] = node
             kind = "ReLU6" if relu is not None and _is_relu(relu, self.modules) == "relu6" else "ReLU"
@@ -231,7 +298,7 @@ class _Builder:
             a, b = (self.as_q(arg, *_full_u8(*self.ranges[arg.name])) for arg in node.args)
             op = torch.ops.quantized.add_relu if relu is not None else torch.ops.quantized.add
             self.env[node] = self.graph.call_function(op, (a, b, scale, zp))
-            self.isq[node] = True
+            self.isq[node], self.qp[node] = True, (scale, zp)
             if relu is not None:
                 self.absorbed[relu] = node
             return
@@ -239,11 +306,13 @@ class _Builder:
             scale, zp = self.qparams(node)
             self.env[node] = self.graph.call_function(torch.ops.quantized.hardswish,
                                                       (self.env[node.args[0]], scale, zp))
-            self.isq[node] = True
+            self.isq[node], self.qp[node] = True, (scale, zp)
             return
         if inputs_q and self.same_qparams(node):
             self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
             self.isq[node] = node.op != "call_method" or node.target not in ("size", "dim")
+            if self.isq[node]:
+                self.qp[node] = self.qp.get(inputs_q[0])
             return
         # a float op: dequantize what reaches it
         if inputs_q:
