@@ -64,15 +64,14 @@ def digits28() -> tuple[TensorDataset, TensorDataset]:
 def penjing_int8(model: nn.Module, calib: torch.Tensor) -> nn.Module:
     """The default: 8-bit per-channel weights on a 7-bit range, full 8-bit activations, ReLU fused."""
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(bits=8, per_channel=True, progress=False), calibration=calib)
+    quantize(m, QuantConfig(bits=8, per_channel=True), data=calib, progress=False)
     return convert(m)
 
 
 def penjing_int8_a7(model: nn.Module, calib: torch.Tensor) -> nn.Module:
     """torch.ao's x86 grid: full 8-bit weights, 7-bit-range activations (needs an input clamp)."""
     m = copy.deepcopy(model)
-    quantize(m, QuantConfig(bits=8, per_channel=True, act_reduce_range=True, weight_reduce_range=False,
-                            progress=False), calibration=calib)
+    quantize(m, QuantConfig(bits=8, per_channel=True, reduce_range="activations"), data=calib, progress=False)
     return convert(m)
 
 
@@ -207,13 +206,13 @@ def accuracy_table() -> list[str]:
     for name in ("lenet300", "lenet5", "resnet"):
         base = pretrained(name, train, progress=False)
         f = pj.evaluate(base, test)
-        m = quantize(copy.deepcopy(base), QuantConfig(bits=8, progress=False), calibration=train)
+        m = quantize(copy.deepcopy(base), QuantConfig(bits=8), data=train, progress=False)
         p8 = pj.evaluate(m, test)
         p8i = pj.evaluate(convert(m), test)
-        p4 = pj.evaluate(quantize(copy.deepcopy(base), QuantConfig(bits=4, progress=False), calibration=train), test)
+        p4 = pj.evaluate(quantize(copy.deepcopy(base), QuantConfig(bits=4), data=train, progress=False), test)
         cells = []
         for bits, epochs in ((4, 5), (2, 10)):
-            m = qat_fit(copy.deepcopy(base), QuantConfig(bits=bits, mode="qat", lsq=True, progress=False), train,
+            m = qat_fit(copy.deepcopy(base), QuantConfig(bits=bits, mode="qat", lsq=True), train,
                         epochs=epochs, lr=1e-4 if bits == 4 else 3e-4, progress=False)
             cells += [pj.evaluate(m, test), pj.evaluate(convert(m), test)]
         vals = [f, p8, p8i, p4, *cells]
@@ -226,11 +225,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--accuracy", action="store_true", help="only the digits accuracy table")
+    parser.add_argument("--cnn", action="store_true", help="torchvision/timm CNNs vs torch.ao FX (needs venv-tv)")
+    parser.add_argument("--bert", action="store_true", help="HF BERT encoder, dynamic int8 + SmoothQuant (venv-tv)")
+    parser.add_argument("--models", default=None, help="--cnn: comma-separated subset")
+    parser.add_argument("--rounds", type=int, default=5, help="--cnn: timed rounds per variant")
+    parser.add_argument("--size", type=int, default=224, help="--cnn: image size")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.accuracy:
         print("\n".join(accuracy_table()))
+        return 0
+    if args.bert:
+        import os
+
+        from quantize_bert import bert_table
+
+        print(f"- {cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, 1 thread, torch {torch.__version__}, "
+              f"load {os.getloadavg()[0]:.1f}; {args.rounds} rounds")
+        print("\n".join(bert_table(args.rounds)))
+        return 0
+    if args.cnn:
+        import os
+
+        from quantize_cnn import MODELS, cnn_table
+
+        names = tuple(args.models.split(",")) if args.models else MODELS
+        print(f"- {cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, 1 thread, torch {torch.__version__}, "
+              f"load {os.getloadavg()[0]:.1f}; {args.size}x{args.size}, {args.rounds} rounds")
+        print("\n".join(cnn_table(names, args.rounds, args.size)))
         return 0
     rounds, budget = (3, 0.1) if args.quick else (15, 0.25)
     from datetime import datetime, timezone

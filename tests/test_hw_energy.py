@@ -235,7 +235,7 @@ def test_models_from_penjing_methods_trace():
     x = test.tensors[0][:4]
     torch.manual_seed(0)
     base = pj.models.LeNet5()
-    fake = pj.quantize(copy.deepcopy(base), pj.QuantConfig(bits=8), calibration=train)
+    fake = pj.quantize(copy.deepcopy(base), pj.QuantConfig(bits=8), data=train)
     layers = [lay for lay in trace(fake, x) if lay.kind == "gemm"]
     assert [(lay.weight_bits, lay.act_bits, lay.integer) for lay in layers] == [(8.0, 8.0, True)] * 4
     int8 = pj.convert(copy.deepcopy(fake))

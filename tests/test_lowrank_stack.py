@@ -36,7 +36,7 @@ def test_lowrank_then_int8_quantize_saves_into_the_compressed_file(tmp_path):
     factorised_acc = evaluate(model, test)
     assert any(isinstance(m, LowRankLinear) for m in model.modules())
 
-    quantize_pkg.quantize(model, quantize_pkg.QuantConfig(bits=8, progress=False), calibration=train)
+    quantize_pkg.quantize(model, quantize_pkg.QuantConfig(bits=8), data=train, progress=False)
     names = {name for name, *_ in quantize_pkg.quantized_layers(model)}
     for layer in result.ranks:  # both factors of every factorised layer are quantized
         assert {f"{layer}.0", f"{layer}.1"} <= names

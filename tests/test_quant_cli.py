@@ -21,19 +21,35 @@ def test_cli_ptq_lenet300(tmp_path, capsys, monkeypatch):
         return model.eval()
 
     monkeypatch.setattr(models, "pretrained", quick)
-    out = tmp_path / "int8.pt"
     assert main(["quantize", "--model", "lenet300", "--bits", "8", "--mode", "ptq", "--per-channel",
-                 "--calib", "200", "--reduce-range", "weights", "--no-progress", "--save", str(out)]) == 0
+                 "--calib-samples", "200", "--reduce-range", "weights", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "fc1" in text and "SQNR" in text and "int8 kernels" in text
     assert "8 [0,255]" in text  # full 8-bit activations when the weights take the 7-bit range
-    state = torch.load(out, weights_only=True)
-    assert state["fc2.weight"].dtype == torch.int8
 
 
 def test_cli_bad_bits(capsys):
     assert main(["quantize", "--bits", "33", "--no-progress"]) != 0
-    assert "bits must be one of [2, 3, 4, 5, 6, 7, 8, 16]" in capsys.readouterr().err
+    assert "QuantConfig.bits must be one of [2, 3, 4, 5, 6, 7, 8, 16]" in capsys.readouterr().err
+
+
+def test_cli_flags_are_the_config_fields(capsys):
+    from penjing.core.cli_config import config_flags
+    from penjing.quantization import QuantConfig
+
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    text = capsys.readouterr().out
+    for flag in config_flags(QuantConfig, skip=("int8",)):
+        assert flag in text
+    assert "--activations {static,dynamic,none}" in text and "(default: static)" in text
+
+
+def test_cli_bad_activations_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", "--activations", "0"])
+    assert exc.value.code == 2
+    assert "invalid choice: '0'" in capsys.readouterr().err
 
 
 def _recipe(tmp_path, step: str):
@@ -43,15 +59,15 @@ def _recipe(tmp_path, step: str):
 
 
 def test_recipe_step_validates(tmp_path):
-    recipe = _recipe(tmp_path, "{bits: 4, mode: qat, lsq: true, epochs: 1}")
-    assert recipe.steps[0].params.bits == 4
-    with pytest.raises(RecipeError, match="bits must be one of"):
+    recipe = _recipe(tmp_path, "{bits: 4, mode: qat, lsq: true, qat_epochs: 1}")
+    assert recipe.steps[0].params.bits == 4 and recipe.steps[0].params.config().qat_epochs == 1
+    with pytest.raises(RecipeError, match="QuantConfig.bits must be one of"):
         _recipe(tmp_path, "{bits: 0}")
-    with pytest.raises(RecipeError, match="calib_samples must be >= 1"):
-        _recipe(tmp_path, "{calib: 0}")
-    with pytest.raises(RecipeError, match=r"reduce_range must be one of \['weights', 'activations', 'none'\], got 'both'"):
+    with pytest.raises(RecipeError, match="QuantConfig.calib_samples must be >= 1"):
+        _recipe(tmp_path, "{calib_samples: 0}")
+    with pytest.raises(RecipeError, match=r"reduce_range must be one of \['auto', 'weights', 'activations', 'none'\], got 'both'"):
         _recipe(tmp_path, "{reduce_range: both}")
-    with pytest.raises(RecipeError, match="Extra inputs are not permitted"):
+    with pytest.raises(RecipeError, match=r"unknown field\(s\) \['bitz'\] for QuantConfig"):
         _recipe(tmp_path, "{bitz: 8}")
 
 
@@ -61,7 +77,7 @@ def test_recipe_step_runs(tmp_path, digits_data):
     from penjing.recipe import RecipeContext, run_recipe
 
     train, test = digits_data
-    recipe = _recipe(tmp_path, "{bits: 8, calib: 128, convert: true}")
+    recipe = _recipe(tmp_path, "{bits: 8, calib_samples: 128, int8: true}")
     ctx = RecipeContext(train=train, test=test, out_dir=tmp_path / "out", progress=False, echo=False)
     result = run_recipe(recipe, LeNet300(), ctx)
     assert isinstance(result.model.fc1, Int8Linear)

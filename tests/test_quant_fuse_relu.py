@@ -15,7 +15,7 @@ from penjing.quantization import Int8Linear, QuantConfig, convert, quantize
 def _quantized(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model.eval()
-    quantize(model, QuantConfig(progress=False), calibration=torch.rand(64, *shape))
+    quantize(model, QuantConfig(), data=torch.rand(64, *shape), progress=False)
     return model, torch.rand(32, *shape) * 1.2 - 0.1
 
 

@@ -27,8 +27,8 @@ def test_qat_recovers_2bit_accuracy_lost_by_ptq(small_lenet, digits_data):
     """Per-tensor 2-bit PTQ loses ~18 points; two QAT epochs in the one training loop win
     almost all of it back (measured: 78.2% -> 96.2% with the float model at 96.4%)."""
     train, test = digits_data
-    cfg = dict(bits=2, act_bits=8, per_channel=False, progress=False)
-    ptq = quantize(copy.deepcopy(small_lenet), QuantConfig(**cfg), calibration=train)
+    cfg = dict(bits=2, act_bits=8, per_channel=False)
+    ptq = quantize(copy.deepcopy(small_lenet), QuantConfig(**cfg), data=train, progress=False)
     ptq_acc = pj.evaluate(ptq, test)
     model = qat_fit(copy.deepcopy(small_lenet), QuantConfig(mode="qat", **cfg), train, epochs=2, lr=5e-4,
                     batch_size=128, progress=False)
@@ -43,7 +43,7 @@ def test_qat_recovers_2bit_accuracy_lost_by_ptq(small_lenet, digits_data):
 def test_lsq_scales_are_trained(small_lenet, digits_data):
     train, _ = digits_data
     model = copy.deepcopy(small_lenet)
-    quantize(model, QuantConfig(bits=4, mode="qat", lsq=True, progress=False), calibration=train)
+    quantize(model, QuantConfig(bits=4, mode="qat", lsq=True), data=train, progress=False)
     scales = [p for n, p in model.named_parameters() if n.endswith("scale")]
     assert len(scales) == 6  # one weight and one input scale per layer
     start = [s.detach().clone() for s in scales]
@@ -55,7 +55,7 @@ def test_freeze_after_n_steps_stops_observers_and_batchnorm(digits_data):
     train, _ = digits_data
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
-    quantize(model, QuantConfig(bits=4, mode="qat", fold_bn=False, progress=False), calibration=train)
+    quantize(model, QuantConfig(bits=4, mode="qat", fold_bn=False), data=train, progress=False)
     seen = []
 
     class Spy(pj.train.Callback):
@@ -80,7 +80,7 @@ def test_ptq_w8a8_within_half_a_point(name, digits_data):
     train, test = digits_data
     model = pretrained(name, train, progress=False)
     before = pj.evaluate(model, test)
-    quantize(model, QuantConfig(bits=8, per_channel=True, progress=False), calibration=train)
+    quantize(model, QuantConfig(bits=8, per_channel=True), data=train, progress=False)
     assert pj.evaluate(model, test) >= before - 0.005
     assert pj.evaluate(convert(model), test) >= before - 0.005
 

@@ -160,6 +160,59 @@ def attach_input_quant(module: nn.Module, quant: ActFakeQuant) -> None:
     module._pj_input_hook = module.register_forward_pre_hook(_quantize_input)
 
 
+def detach_input_quant(module: nn.Module) -> None:
+    """Undo :func:`attach_input_quant` (the hook and the child)."""
+    hook = getattr(module, "_pj_input_hook", None)
+    if hook is not None:
+        hook.remove()
+        del module._pj_input_hook
+    if "input_quant" in module._modules:
+        del module._modules["input_quant"]
+
+
 def input_quant(module: nn.Module) -> ActFakeQuant | None:
     q = getattr(module, "input_quant", None)
     return q if isinstance(q, ActFakeQuant) else None
+
+
+class DynamicRowQuant(nn.Module):
+    """Per-row (per-token / per-sample) symmetric 8-bit fake quantization at run time.
+
+    Each row of the last dimension gets its own scale ``max|x_row| / 127``, computed from that
+    row alone, so a sample's result never depends on the other samples of its batch. The int8
+    Linear runs the same arithmetic (:class:`~penjing.quantization.int_kernels.Int8Linear`).
+    """
+
+    qmax = 127
+
+    def __init__(self, smooth: torch.Tensor | None = None):
+        super().__init__()
+        #: per-input-channel factor applied before quantizing (SmoothQuant's 1 / s), or None
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x * self.smooth
+        scale = row_scales(x, self.qmax)
+        return torch.clamp(torch.round(x / scale), -self.qmax, self.qmax) * scale
+
+    def extra_repr(self) -> str:
+        return "8-bit symmetric, one scale per row" + (", smoothed" if self.smooth is not None else "")
+
+
+def row_scales(x: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """``max|x_row| / qmax`` per row of the last dimension (kept as a trailing size-1 dim)."""
+    return torch.clamp(x.detach().abs().amax(-1, keepdim=True).float() / qmax, min=1e-8)
+
+
+def mark_dynamic(module: nn.Module, smooth: torch.Tensor | None = None) -> None:
+    """Give ``module`` a per-row dynamic input quantizer (see :class:`DynamicRowQuant`)."""
+    if hasattr(module, "input_quant"):
+        raise ValueError(f"{type(module).__name__} already has an input quantizer")
+    module.add_module("input_quant", DynamicRowQuant(smooth))
+    module._pj_input_hook = module.register_forward_pre_hook(_quantize_input)
+
+
+def dynamic_quant(module: nn.Module) -> DynamicRowQuant | None:
+    q = getattr(module, "input_quant", None)
+    return q if isinstance(q, DynamicRowQuant) else None

@@ -30,24 +30,23 @@ def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
 
     graph = torch.fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
             continue
-        if len(node.args) != 1 or not isinstance(node.args[0], torch.fx.Node):
+        if len(node.args) != 1 or not isinstance(node.args[0], torch.fx.Node) or node.kwargs:
             continue
         src = node.args[0]
-        if src.op == "call_module" and isinstance(modules.get(src.target), _FOLDABLE) and len(src.users) == 1:
+        # Fold only when the layer's output reaches nothing but this BN, and neither module
+        # runs anywhere else: folding rewrites the layer's output for *every* user and call.
+        if (src.op == "call_module" and isinstance(modules.get(src.target), _FOLDABLE)
+                and len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1):
             pairs.append((src.target, node.target))
-    # a module called twice in forward appears twice in the graph; fold it at most once
-    seen_layers, seen_bn, unique = set(), set(), []
-    for layer, bn in pairs:
-        if layer in seen_layers or bn in seen_bn:
-            continue
-        seen_layers.add(layer)
-        seen_bn.add(bn)
-        unique.append((layer, bn))
-    return unique
+    return pairs
 
 
 def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
@@ -74,11 +73,13 @@ def find_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+def fold_batchnorm(model: nn.Module, undo: list | None = None) -> list[tuple[str, str]]:
     """Fold every foldable BatchNorm of ``model`` into its producer (in place).
 
     Returns the folded ``(layer, bn)`` pairs. The model computes the same function in eval
-    mode afterwards, up to float rounding.
+    mode afterwards, up to float rounding; the BN's ``eps`` is part of the fold (a dead
+    channel, running variance 0, stays finite). ``undo`` (a list) receives what
+    :func:`unfold_batchnorm` needs to put the model back.
     """
     pairs = find_bn_pairs(model)
     for layer_name, bn_name in pairs:
@@ -88,6 +89,8 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
         dense = original(layer) if parametrizations(layer) else layer.weight
         probe = dense.detach().clone()
         bias = layer.bias.detach() if layer.bias is not None else None
+        if undo is not None:
+            undo.append((layer_name, bn_name, bn, probe, None if bias is None else bias.clone()))
         if isinstance(layer, nn.Linear):
             new_w, new_b = fuse_linear_bn_weights(probe, bias, bn.running_mean, bn.running_var, bn.eps,
                                                   bn.weight if bn.affine else torch.ones_like(bn.running_mean),
@@ -104,3 +107,18 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
             layer.bias.data.copy_(new_b.detach())
         swap(model, bn_name, nn.Identity())
     return pairs
+
+
+@torch.no_grad()
+def unfold_batchnorm(model: nn.Module, undo: list) -> None:
+    """Put back what :func:`fold_batchnorm` changed (``undo`` as it filled it), newest first."""
+    for layer_name, bn_name, bn, weight, bias in reversed(undo):
+        layer = model.get_submodule(layer_name)
+        dense = original(layer) if parametrizations(layer) else layer.weight
+        dense.data.copy_(weight)
+        if bias is None:
+            layer.bias = None
+        else:
+            layer.bias.data.copy_(bias)
+        swap(model, bn_name, bn)
+    undo.clear()

@@ -54,8 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from penjing.core.select import swap
-from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
+from penjing.core.report import Report, record
+from penjing.core.select import swap, type_name
+from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant, dynamic_quant, row_scales
 from penjing.quantization.fuse_relu import fuse_relu as fold_relu
 
 BACKENDS = ("auto", "fbgemm", "onednn", "reference")
@@ -86,8 +87,11 @@ class _Int8Base(nn.Module):
     """State shared by the int8 layers: int8 weight, scales, input qparams, a packed cache."""
 
     def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, weight_zero_point: torch.Tensor,
-                 bias: torch.Tensor | None, act: ActFakeQuant | None, backend: str):
+                 bias: torch.Tensor | None, act: ActFakeQuant | None, backend: str, mode: str | None = None):
         super().__init__()
+        #: "static" (calibrated per-tensor input), "dynamic" (per-row input scales at run time)
+        #: or "weight" (weight-only: int8 storage, float compute)
+        self.mode = mode or ("static" if act is not None else "weight")
         if weight_q.dtype != torch.int8:
             raise ValueError(f"int8 layers take an int8 weight, got {weight_q.dtype}")
         out = weight_q.shape[0]
@@ -95,9 +99,7 @@ class _Int8Base(nn.Module):
         self.register_buffer("weight_scale", weight_scale.detach().float().expand(out).contiguous())
         self.register_buffer("weight_zero_point", weight_zero_point.detach().to(torch.int32).expand(out).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        # input quantization: static (calibrated) or dynamic (weight-only models: per batch)
-        self.static = act is not None
-        qmin, qmax = act.spec.qrange if act is not None else (0, 127)
+        qmin, qmax = act.spec.qrange if act is not None else (0, 255)
         self.in_qmin, self.in_qmax = int(qmin), int(qmax)
         scale = act.scale.detach().float().reshape(()) if act is not None else torch.tensor(1.0)
         zp = act.zero_point.detach().to(torch.int32).reshape(()) if act is not None else torch.tensor(0, dtype=torch.int32)
@@ -105,7 +107,10 @@ class _Int8Base(nn.Module):
         self.register_buffer("input_zero_point", zp.clone())
         self.backend = backend
         # the x86 kernels add u8*s8 pairs in int16 (AVX2 vpmaddubsw): 2 * 255 * 127 overflows
-        if (self.in_qmax - self.in_qmin) > 127 and int(weight_q.abs().max()) > 63 and backend != "reference":
+        from penjing.quantization import cpu
+
+        if (self.mode != "weight" and (self.in_qmax - self.in_qmin) > 127 and int(weight_q.abs().max()) > 63
+                and backend != "reference" and not cpu.has_vnni()):
             warnings.warn(f"{backend}: full 8-bit activations with 8-bit weights can saturate int16 sums on "
                           "CPUs without VNNI; quantize with weight_reduce_range=True (the default) or act_reduce_range=True",
                           stacklevel=3)
@@ -114,21 +119,28 @@ class _Int8Base(nn.Module):
         #: set by :func:`convert` when the ReLU after this layer was folded into the kernel
         self.fused_relu = False
 
+    @property
+    def static(self) -> bool:
+        return self.mode == "static"
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed = None  # new weights: repack lazily
         self._static_qparams = None
+        self._float_weight = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _input_qparams(self, x: torch.Tensor) -> tuple[float, int]:
-        if self.static:
-            if self._static_qparams is None:  # cached as Python numbers: no tensor sync per call
-                self._static_qparams = (float(self.input_scale), int(self.input_zero_point))
-            return self._static_qparams
-        lo = min(float(x.min()), 0.0)
-        hi = max(float(x.max()), 0.0)
-        scale = max((hi - lo) / (self.in_qmax - self.in_qmin), 1e-12)
-        zp = int(min(max(round(self.in_qmin - lo / scale), self.in_qmin), self.in_qmax))
-        return scale, zp
+        if self._static_qparams is None:  # cached as Python numbers: no tensor sync per call
+            self._static_qparams = (float(self.input_scale), int(self.input_zero_point))
+        return self._static_qparams
+
+    def _dequantized_weight(self) -> torch.Tensor:
+        """The float weight (``(q - z) * s``, exactly the fake-quant value), cached."""
+        if getattr(self, "_float_weight", None) is None:
+            view = [-1] + [1] * (self.weight.dim() - 1)
+            self._float_weight = ((self.weight.float() - self.weight_zero_point.float().reshape(view))
+                                  * self.weight_scale.reshape(view))
+        return self._float_weight
 
     def _quantize_u8(self, x: torch.Tensor, scale: float, zp: int) -> tuple[torch.Tensor, int]:
         """Integer input on an unsigned grid starting at 0 (what the x86 kernels take)."""
@@ -144,9 +156,9 @@ class _Int8Base(nn.Module):
         return self.weight.double() - self.weight_zero_point.double().reshape(view)
 
     def extra_repr(self) -> str:
-        mode = "static" if self.static else "dynamic"
         relu = ", relu" if self.fused_relu else ""
-        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={mode} [{self.in_qmin}, {self.in_qmax}]{relu}"
+        grid = f" [{self.in_qmin}, {self.in_qmax}]" if self.static else ""
+        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={self.mode}{grid}{relu}"
 
     @property
     def _post_op(self) -> str:
@@ -154,7 +166,13 @@ class _Int8Base(nn.Module):
 
 
 class Int8Linear(_Int8Base):
-    """``y = requant(int32(q_x @ q_w^T)) + b`` with an int8 weight."""
+    """``y = requant(int32(q_x @ q_w^T)) + b`` with an int8 weight.
+
+    Input modes: ``static`` (one calibrated scale), ``dynamic`` (one scale per row computed
+    from that row, so each sample's output is independent of its batch: the row is divided
+    by its scale, the kernel runs at input scale 1 and zero-point 128, and the int32 sums are
+    scaled back per row) and ``weight`` (weight-only: float compute on the int8 weight).
+    """
 
     @classmethod
     def from_float(cls, layer: nn.Linear, backend: str = "auto") -> Int8Linear:
@@ -165,7 +183,12 @@ class Int8Linear(_Int8Base):
             backend = "reference"  # the packed kernels take symmetric weights only
         if backend not in ("fbgemm", "onednn", "reference"):
             raise ValueError(f"Int8Linear backends are fbgemm, onednn and reference, got {backend!r}")
-        return cls(weight_q, scale, zp, layer.bias, act, backend)
+        dyn = dynamic_quant(layer)
+        module = cls(weight_q, scale, zp, layer.bias, act, backend, "dynamic" if dyn is not None else None)
+        module.register_buffer("smooth", None if dyn is None or dyn.smooth is None else dyn.smooth.clone())
+        if dyn is not None:
+            module.in_qmin, module.in_qmax = -127, 127
+        return module
 
     def _pack(self):
         if self._packed is None and self.backend == "onednn":
@@ -177,7 +200,8 @@ class Int8Linear(_Int8Base):
                 warnings.simplefilter("ignore", UserWarning)
                 qw = torch._make_per_channel_quantized_tensor(
                     self.weight, self.weight_scale.double(), self.weight_zero_point.long(), 0)
-                self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+                # dynamic rows scale the sums after the kernel, so the bias is added after
+                self._packed = torch.ops.quantized.linear_prepack(qw, None if self.mode == "dynamic" else self.bias)
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +209,16 @@ class Int8Linear(_Int8Base):
         x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:
             x2 = x2.float()
+        if self.mode == "weight":
+            y = F.linear(x2, self._dequantized_weight(), self.bias)
+            y = torch.relu(y) if self.fused_relu else y
+        elif self.mode == "dynamic":
+            y = self._dynamic(x2)
+        else:
+            y = self._static(x2)
+        return y if x.dim() == 2 else y.reshape(*shape[:-1], y.shape[-1])
+
+    def _static(self, x2: torch.Tensor) -> torch.Tensor:
         scale, zp = self._input_qparams(x2)
         if self.backend == "fbgemm":
             # the op quantizes on the full u8 grid: clamp to ours first (same integers);
@@ -193,24 +227,40 @@ class Int8Linear(_Int8Base):
                 x2 = x2.clamp((self.in_qmin - zp) * scale, (self.in_qmax - zp) * scale)
             op = (torch.ops.quantized.linear_with_input_q_dq_qweight_dq_relu_output_fp32 if self.fused_relu
                   else torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32)
-            y = op(x2, scale, zp - self.in_qmin, self._pack())
-        elif self.backend == "onednn":
+            return op(x2, scale, zp - self.in_qmin, self._pack())
+        if self.backend == "onednn":
             q, zp_u8 = self._quantize_u8(x2, scale, zp)
-            y = torch.ops.onednn.qlinear_pointwise(
+            return torch.ops.onednn.qlinear_pointwise(
                 q, scale, zp_u8, self._pack(), self.weight_scale, torch.zeros_like(self.weight_zero_point),
                 self.bias, 1.0, 0, torch.float32, self._post_op, [None], "")
+        acc = self._reference_input(x2, scale, zp) @ self._weight_ints().t()
+        y = (acc * (scale * self.weight_scale.double())).float()
+        if self.bias is not None:
+            y = y + self.bias
+        return torch.relu(y) if self.fused_relu else y
+
+    def _dynamic(self, x2: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "smooth", None) is not None:
+            x2 = x2 * self.smooth  # SmoothQuant's 1 / s, migrated into the weight
+        s = row_scales(x2)  # (rows, 1), from each row alone
+        xs = x2 / s  # in [-127, 127]: the kernel rounds it at scale 1, zero-point 128
+        if self.backend == "fbgemm":
+            acc = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(xs, 1.0, 128, self._pack())
+        elif self.backend == "onednn":
+            q = (torch.round(xs) + 128).to(torch.uint8)
+            acc = torch.ops.onednn.qlinear_pointwise(
+                q, 1.0, 128, self._pack(), self.weight_scale, torch.zeros_like(self.weight_zero_point),
+                None, 1.0, 0, torch.float32, "none", [None], "")
         else:
-            acc = self._reference_input(x2, scale, zp) @ self._weight_ints().t()
-            y = (acc * (scale * self.weight_scale.double())).float()
-            if self.bias is not None:
-                y = y + self.bias
-            if self.fused_relu:
-                y = torch.relu(y)
-        return y if x.dim() == 2 else y.reshape(*shape[:-1], y.shape[-1])
+            ints = torch.clamp(torch.round(xs), -127, 127).double()
+            acc = ((ints @ self._weight_ints().t()) * self.weight_scale.double()).float()
+        y = acc * s if self.bias is None else torch.addcmul(self.bias, acc, s)
+        return torch.relu(y) if self.fused_relu else y
 
 
 class Int8Conv2d(_Int8Base):
-    """2-D convolution on an int8 weight, u8 input, int32 accumulation, float32 output."""
+    """2-D convolution on an int8 weight, u8 input, int32 accumulation, float32 output
+    (``weight`` mode: weight-only, float compute on the int8 weight)."""
 
     def __init__(self, weight_q, weight_scale, weight_zero_point, bias, act, backend, *, stride, padding,
                  dilation, groups):
@@ -240,8 +290,22 @@ class Int8Conv2d(_Int8Base):
                 self.groups, None)
         return self._packed
 
+    def _float_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        padding = getattr(self, "padding_arg", self.padding)
+        mode = getattr(self, "padding_mode", "zeros")
+        if mode != "zeros":
+            pad = [p for p in reversed(self.padding) for _ in range(2)]
+            x = F.pad(x, pad, mode=mode)
+            padding = 0
+        return F.conv2d(x, weight, None, self.stride, padding, self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
+        if self.mode == "weight":
+            y = self._float_conv(x, self._dequantized_weight())
+            if self.bias is not None:
+                y = y + self.bias.reshape(1, -1, 1, 1)
+            return torch.relu(y) if self.fused_relu else y
         scale, zp = self._input_qparams(x)
         if self.backend == "onednn":
             q, zp_u8 = self._quantize_u8(x, scale, zp)
@@ -249,18 +313,40 @@ class Int8Conv2d(_Int8Base):
                 q, scale, zp_u8, self._pack(scale, zp_u8), self.weight_scale, torch.zeros_like(self.weight_zero_point),
                 self.bias, self.stride, self.padding, self.dilation, self.groups, 1.0, 0, torch.float32,
                 self._post_op, [None], "")
-        xi = self._reference_input(x, scale, zp)
-        padding = getattr(self, "padding_arg", self.padding)
-        mode = getattr(self, "padding_mode", "zeros")
-        if mode != "zeros":
-            pad = [p for p in reversed(self.padding) for _ in range(2)]
-            xi = F.pad(xi, pad, mode=mode)
-            padding = 0
-        acc = F.conv2d(xi, self._weight_ints(), None, self.stride, padding, self.dilation, self.groups)
+        acc = self._float_conv(self._reference_input(x, scale, zp), self._weight_ints())
         y = (acc * (scale * self.weight_scale.double()).reshape(1, -1, 1, 1)).float()
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return torch.relu(y) if self.fused_relu else y
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one scale (and zero-point) per row.
+
+    A lookup gathers the int8 rows and dequantizes only those, ``(q - z) * s``: the same
+    float32 arithmetic as the fake-quantized table, so outputs are bit-identical to it.
+    """
+
+    def __init__(self, weight_q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                 padding_idx: int | None):
+        super().__init__()
+        rows = weight_q.shape[0]
+        self.register_buffer("weight", weight_q.contiguous())
+        self.register_buffer("weight_scale", scale.detach().float().reshape(-1).expand(rows).contiguous())
+        self.register_buffer("weight_zero_point", zero_point.detach().float().reshape(-1).expand(rows).contiguous())
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_float(cls, layer: nn.Embedding) -> Int8Embedding:
+        weight_q, scale, zp, _ = _integer_weight(layer)
+        return cls(weight_q, scale, zp, layer.padding_idx)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(indices, self.weight)
+        return (rows.float() - self.weight_zero_point[indices].unsqueeze(-1)) * self.weight_scale[indices].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, int8 rows, one scale per row"
 
 
 class _quantized_engine:
@@ -281,7 +367,7 @@ def _integer_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch
 
     wq = next((p for p in parametrizations(layer) if isinstance(p, WeightFakeQuant)), None)
     if wq is None:
-        raise ValueError(f"{type(layer).__name__} is not quantized; run penjing.quantization first")
+        raise ValueError(f"{type(layer).__name__} is not quantized; run penjing.quantize first")
     if wq.spec.axis not in (None, 0):
         raise ValueError("int8 layers take per-output-channel (axis 0) or per-tensor weight scales")
     with torch.no_grad():
@@ -294,62 +380,114 @@ def _integer_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch
         act if isinstance(act, ActFakeQuant) else None
 
 
+def _weight_quantizer(layer: nn.Module) -> WeightFakeQuant | None:
+    from penjing.core.params import parametrizations
+
+    return next((p for p in parametrizations(layer) if isinstance(p, WeightFakeQuant)), None)
+
+
 def _executable(layer: nn.Module) -> str | None:
-    """Why ``layer`` cannot run as int8 (None when it can)."""
-    wq = next((p for p in getattr(getattr(layer, "parametrizations", None), "weight", [])
-               if isinstance(p, WeightFakeQuant)), None) if hasattr(layer, "parametrizations") else None
-    if wq is None:
-        return "not quantized"
+    """Why ``layer`` cannot run on int8 kernels (None when it can)."""
+    wq = _weight_quantizer(layer)
     if wq.spec.bits > 8:
-        return f"{wq.spec.bits}-bit weights do not fit int8"
+        return f"{wq.spec.bits}-bit weights do not fit int8; it stays fake-quantized (float compute)"
+    if not isinstance(layer, nn.Linear | nn.Conv2d | nn.Embedding):
+        return f"{type_name(layer)} has no int8 kernel; it stays fake-quantized (float compute)"
+    if isinstance(layer, nn.Embedding) and layer.max_norm is not None:
+        return "Embedding with max_norm renormalizes its rows in forward; it stays fake-quantized"
     act = getattr(layer, "input_quant", None)
     if isinstance(act, ActFakeQuant) and (act.spec.qrange[1] - act.spec.qrange[0]) > 255:
-        return f"{act.spec.bits}-bit activations do not fit u8"
+        return (f"{act.spec.bits}-bit activations do not fit the x86 int8 kernels' u8 input; it "
+                "stays fake-quantized (float compute)")
     return None
 
 
-def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True) -> nn.Module:
-    """Swap every fake-quantized Linear / Conv2d of ``model`` for an int8 module (in place).
+def _describe(module: nn.Module) -> str:
+    if isinstance(module, Int8Embedding):
+        return "int8 rows (gather + per-row dequantize)"
+    relu = " + fused ReLU" if module.fused_relu else ""
+    inputs = {"static": "static u8 input", "dynamic": "dynamic per-row input",
+              "weight": "float input (weight-only)"}[module.mode]
+    return f"int8 {module.backend} kernel, {inputs}{relu}"
 
-    Layers that cannot run in int8 (16-bit weights or activations, other layer types) stay
-    fake-quantized, with a warning naming them. With ``fuse_relu`` an ``nn.ReLU`` that only
-    follows an int8 layer runs inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU
-    module becomes ``nn.Identity``). Returns ``model``.
-    """
+
+def _graph_safe(targets: list[tuple[str, nn.Module]]) -> bool:
+    """Full 8-bit activations meet the weights in the graph's kernels: safe with VNNI, or when
+    every weight keeps to 7 bits (AVX2 sums product pairs in int16)."""
+    from penjing.quantization.cpu import has_vnni
+
+    if has_vnni():
+        return True
+    return all(_weight_quantizer(m).spec.reduce_range or _weight_quantizer(m).spec.bits < 8 for _, m in targets)
+
+
+def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_relu: bool = True,
+                 graph: bool = False) -> None:
+    """Swap the fake-quantized layers of ``model`` for int8 modules, recording each in ``report``.
+
+    With ``graph`` (and the ``auto`` backend) a traceable, statically calibrated model gets
+    int8 tensors flowing between its layers (:mod:`.int8_graph`); the layers that graph cannot
+    take are converted one by one after it."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    converted, skipped = 0, []
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            if hasattr(module, "parametrizations") and any(
-                    isinstance(p, WeightFakeQuant) for p in getattr(module.parametrizations, "weight", [])):
-                skipped.append(f"{name} ({type(module).__name__} has no int8 kernel)")
-            continue
+        raise ValueError(f"convert: backend must be one of {list(BACKENDS)}, got {backend!r}")
+    targets = [(n, m) for n, m in model.named_modules() if _weight_quantizer(m) is not None]
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no quantized Linear/Conv2d layers to convert; "
+                         "run penjing.quantize(model, config, data=...) first")
+    if any(not name for name, _ in targets):
+        raise ValueError("convert: cannot convert a bare layer in place; wrap it in a model (nn.Sequential)")
+    graph = backend == "auto" and graph and _graph_safe(targets)
+    if graph:
+        from penjing.quantization.int8_graph import build_int8_graph
+
+        graph = build_int8_graph(model, report)
+        if graph:
+            targets = [(n, m) for n, m in targets if _weight_quantizer(model.get_submodule(n)) is not None
+                       and model.get_submodule(n) is m]
+    converted = []
+    for name, module in targets:
         why = _executable(module)
-        if why == "not quantized":
-            continue
         if why is not None:
-            skipped.append(f"{name} ({why})")
+            report.skip(name, module, why)
             continue
         was_training = module.training
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Embedding):
+            new = Int8Embedding.from_float(module)
+        elif isinstance(module, nn.Linear):
             new = Int8Linear.from_float(module, backend)
         else:
             new = Int8Conv2d.from_float(module, "auto" if backend == "fbgemm" else backend)
         new.train(was_training)
-        if name:
-            swap(model, name, new)
-        else:
-            raise ValueError("cannot convert a bare layer in place; wrap it in a model (nn.Sequential)")
-        converted += 1
-    if converted == 0:
-        raise ValueError(f"{type(model).__name__} has no quantized Linear/Conv2d layers to convert; "
-                         "run penjing.quantize(model, config, calibration) first")
-    if skipped:
-        warnings.warn("left fake-quantized (no int8 execution): " + ", ".join(skipped), stacklevel=2)
-    if fuse_relu:
+        swap(model, name, new)
+        converted.append((name, type_name(module), new))
+    if not converted and not graph:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in report.skipped[:5])
+        raise ValueError(f"convert: no layer of {type(model).__name__} can run on int8 kernels ({reasons})")
+    if fuse_relu and not graph:
         fold_relu(model, (_Int8Base,))
-    return model.eval()
+    for name, kind, new in converted:
+        report.touch(name, kind, "fake-quantized", _describe(new))
+    model.eval()
+
+
+def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True, graph: bool = False) -> nn.Module:
+    """Swap every fake-quantized layer of ``model`` for an int8 module (in place); return it.
+
+    Linear and Conv2d run on x86 int8 kernels (static, dynamic per-row or weight-only input,
+    as quantized), Embedding as int8 rows. Layers that cannot (16-bit weights or
+    activations, other layer types) stay fake-quantized; ``pj.last_report(model)`` names each
+    with the reason. With ``fuse_relu`` an ``nn.ReLU`` that only follows an int8 layer runs
+    inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU module becomes ``nn.Identity``).
+    With ``graph=True`` a statically calibrated model that ``torch.fx`` traces gets int8
+    tensors flowing from layer to layer instead (:mod:`.int8_graph`: the fast path on CNNs;
+    its layers are ``torch.ao.nn.quantized`` modules, which penjing's codec, tracer and
+    summary do not read yet, so it is opt-in). Without it, or with a backend other than
+    ``auto``, layers convert one by one, float in and out.
+    """
+    report = Report("convert")
+    convert_into(model, report, backend, fuse_relu, graph)
+    record(model, report)
+    return model
 
 
 def int8_layers(model: nn.Module) -> list[tuple[str, _Int8Base]]:

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from penjing.quantization.config import QuantConfig
 from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
-from penjing.quantization.ptq import Calibration, quantize
+from penjing.quantization.ptq import quantize
 from penjing.train import Callback, fit
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -58,17 +58,20 @@ class FreezeQuantization(Callback):
         self.frozen = True
 
 
-def qat_fit(model: nn.Module, config: QuantConfig, train: Dataset, *, epochs: int = 3, lr: float = 1e-4,
-        calibration: Calibration | None = None, batch_size: int = 64, seed: int | None = 0,
-        progress: bool = True) -> nn.Module:
+def qat_fit(model: nn.Module, config: QuantConfig, train: Dataset, *, epochs: int | None = None,
+            lr: float | None = None, calibration=None, batch_size: int = 64, seed: int | None = 0,
+            progress: bool = True) -> nn.Module:
     """Prepare ``model`` for QAT, train it with :func:`penjing.fit`, freeze, return it.
 
-    ``calibration`` defaults to ``train`` (it initialises the activation ranges). Without
+    ``epochs`` / ``lr`` default to ``config.qat_epochs`` / ``config.lr``; ``calibration``
+    defaults to ``train`` (it initialises the activation ranges). Without
     ``config.freeze_after`` the observers freeze after 80% of the steps.
     """
     if config.mode != "qat":
         raise ValueError(f"qat_fit() needs QuantConfig(mode='qat'), got mode={config.mode!r}")
-    quantize(model, config, calibration=calibration if calibration is not None else train)
+    epochs = config.qat_epochs if epochs is None else epochs
+    lr = config.lr if lr is None else lr
+    quantize(model, config, data=calibration if calibration is not None else train, progress=progress)
     steps = epochs * -(-len(train) // batch_size)
     after = config.freeze_after if config.freeze_after is not None else int(0.8 * steps)
     fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,

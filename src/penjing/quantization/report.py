@@ -74,7 +74,7 @@ def layer_report(model: nn.Module) -> list[LayerReport]:
             act_grid=act.spec.qrange if act else None))
     for name, module in int8_layers(model):
         rows.append(LayerReport(
-            name=name, type=type(module).__name__, bits=8, act_bits=8 if module.static else None,
+            name=name, type=type(module).__name__, bits=8, act_bits=None if module.mode == "weight" else 8,
             scale_min=float(module.weight_scale.min()), scale_max=float(module.weight_scale.max()),
             sqnr_db=float("nan"), params=module.weight.numel(),
             bytes=module.weight.numel() + 4 * module.weight_scale.numel(),

@@ -4,7 +4,7 @@ For every quantizable layer and every candidate bit width, a copy of the float m
 *only that layer's* weights quantized (PTQ), and its accuracy drop is measured. Layers are
 ranked by the drop at the lowest width; the mixed-precision suggestion gives each layer the
 smallest width whose drop stays within ``tolerance`` (else the largest candidate), which is
-exactly what ``QuantConfig(layer_bits=...)`` takes.
+exactly what ``QuantConfig(layer_bits=...)`` takes (layer names are exact keys).
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def sensitivity(model: nn.Module, test: Dataset, *, bits: tuple[int, ...] = (2, 
         result[name] = {}
         for b in sorted(bits):
             trial = copy.deepcopy(model)
-            cfg = QuantConfig(bits=b, act_bits=None, per_channel=base.per_channel, symmetric=base.symmetric,
-                              observer=base.observer, layers=[name], fold_bn=base.fold_bn, progress=False)
-            quantize(trial, cfg)
+            cfg = QuantConfig(bits=b, activations="none", per_channel=base.per_channel,
+                              symmetric=base.symmetric, observer=base.observer, layers=[name],
+                              fold_bn=base.fold_bn)
+            quantize(trial, cfg, progress=False)
             result[name][b] = evaluate(trial, test)
     suggestion = {}
     for name, accs in result.items():
