@@ -60,7 +60,7 @@ def _recipe(tmp_path, step: str):
 
 def test_recipe_step_validates(tmp_path):
     recipe = _recipe(tmp_path, "{bits: 4, mode: qat, lsq: true, qat_epochs: 1}")
-    assert recipe.steps[0].params.bits == 4 and recipe.steps[0].params.config().qat_epochs == 1
+    assert recipe.steps[0].params.bits == 4 and recipe.steps[0].params.qat_epochs == 1
     with pytest.raises(RecipeError, match="QuantConfig.bits must be one of"):
         _recipe(tmp_path, "{bits: 0}")
     with pytest.raises(RecipeError, match="QuantConfig.calib_samples must be >= 1"):

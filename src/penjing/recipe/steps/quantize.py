@@ -16,50 +16,18 @@ int8 modules for real integer execution.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import model_validator
-
 from penjing.quantization.config import QuantConfig
-from penjing.recipe.schema import StepParams
 
 CONFIG = QuantConfig
 
 
-class Params(StepParams):
-    """Thin adapter until the recipe schema validates steps with ``CONFIG.from_dict``: the
-    step's fields are exactly QuantConfig's recipe fields, checked by QuantConfig itself."""
-
-    model_config = {**StepParams.model_config, "extra": "allow"}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check(cls, raw: Any) -> Any:
-        QuantConfig.from_dict(raw)  # unknown fields and bad values fail here, with QuantConfig's message
-        return raw
-
-    def config(self) -> QuantConfig:
-        return QuantConfig.from_dict(self.model_extra)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return getattr(self.config(), name)
-        except AttributeError:
-            raise AttributeError(name) from None
-
-
-def run(model, config, step=None, ctx=None) -> None:
-    """Run the step; ``run(model, config, step, ctx)``, or ``run(model, params, ctx)`` from the
-    current runner."""
+def run(model, config, step, ctx) -> None:
+    """Quantize (PTQ or QAT, as the config says), then convert to int8 kernels if asked."""
     from penjing.core.report import last_report
     from penjing.quantization import qat_fit, quantize
     from penjing.quantization.report import layer_report, to_markdown
     from penjing.train import evaluate
 
-    if ctx is None:  # the runner's current call: run(model, params, ctx)
-        step, ctx = None, step
-    if isinstance(config, Params):
-        config = config.config()
     before = evaluate(model, ctx.test)
     import dataclasses
 
@@ -68,6 +36,8 @@ def run(model, config, step=None, ctx=None) -> None:
         qat_fit(model, staged, ctx.train, seed=ctx.seed, progress=ctx.progress)
     else:
         quantize(model, staged, data=ctx.train, progress=ctx.progress)
+    if step.finetune_epochs:  # fine-tune the fake-quantized model (STE) before measuring
+        ctx.finetune(model, step.finetune_epochs, step.lr, desc="fine-tune quantized")
     after = evaluate(model, ctx.test)
     rows = layer_report(model)
     accuracy = {"before": before, f"{config.mode} fake-quant": after}
