@@ -108,10 +108,10 @@ def test_inspect_decompress_eval_commands(trained, tmp_path, capsys):
     assert main(["eval", str(path), "--model", "lenet300"]) == 0
     out = capsys.readouterr().out
     assert f"accuracy {100 * evaluate(model, test):.2f}%" in out
-    assert main(["eval", str(path), "--model", "lenet5"]) == 1
+    assert main(["eval", str(path), "--model", "lenet5"]) == 2
     assert "does not fit --model lenet5" in capsys.readouterr().err
     (tmp_path / "bad.pjz").write_bytes(path.read_bytes()[:50])
-    assert main(["inspect", str(tmp_path / "bad.pjz")]) == 1
+    assert main(["inspect", str(tmp_path / "bad.pjz")]) == 2
     assert "penjing inspect: error:" in capsys.readouterr().err
 
 
