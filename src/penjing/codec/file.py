@@ -250,9 +250,12 @@ def _read(path: str | Path, max_elements: int) -> tuple[dict[str, torch.Tensor],
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
+    return _parse(path.read_bytes(), path, max_elements)
+
+
+def _parse(blob: bytes, path: Path | str, max_elements: int) -> tuple[dict[str, torch.Tensor], FileInfo]:
     if max_elements < 0:
         raise ValueError(f"max_elements must be >= 0, got {max_elements}")
-    blob = path.read_bytes()
     r = Reader(blob, str(path))
     if len(blob) < len(MAGIC) + 1 or bytes(r.take(len(MAGIC), "magic")) != MAGIC:
         raise CorruptFileError(f"{path}: not a penjing .pjz file (bad magic bytes)", 0)
@@ -329,7 +332,7 @@ def _read(path: str | Path, max_elements: int) -> tuple[dict[str, torch.Tensor],
         infos.append(TensorInfo(name, dtype, shape, CODEC_NAMES[codec], parts, entry_len,
                                 int(torch.count_nonzero(tensor)) if tensor.numel() else 0))
     overhead = len(blob) - sum(t.total for t in infos)
-    return state, FileInfo(path, len(blob), infos, overhead)
+    return state, FileInfo(Path(path), len(blob), infos, overhead)
 
 
 def load(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> dict[str, torch.Tensor]:
@@ -337,6 +340,11 @@ def load(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> dict[str, tor
     saved). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file, and for
     a file whose tensors hold more than ``max_elements`` elements together (default 2^28)."""
     return _read(path, max_elements)[0]
+
+
+def loads(data: bytes, *, max_elements: int = MAX_ELEMENTS, name: str = "<bytes>") -> dict[str, torch.Tensor]:
+    """:func:`load` from bytes in memory (``name`` appears in error messages)."""
+    return _parse(bytes(data), name, max_elements)[0]
 
 
 def inspect(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> FileInfo:
