@@ -91,6 +91,8 @@ _GLOBALS = {
     ("_codecs", "encode"): "encode",
     ("numpy.core.numeric", "_frombuffer"): "frombuffer",  # protocol 5
     ("numpy._core.numeric", "_frombuffer"): "frombuffer",
+    ("__builtin__", "bytes"): "bytes",  # Python 3 writes b"" as bytes() at protocols 1-2
+    ("builtins", "bytes"): "bytes",
 }
 _NUMERIC_DTYPES = {"b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"}
 
@@ -189,6 +191,10 @@ def _parse_pickle(data: bytes) -> object:
             if not args or not isinstance(args[0], str) or args[0].lstrip("<>|=") not in _NUMERIC_DTYPES:
                 raise fail(f"numpy dtype {args[0]!r} is not a numeric dtype" if args else "numpy dtype()", at)
             return _PendingDType(args[0])
+        if func.kind == "bytes":
+            if args != ():
+                raise fail("bytes() with arguments a data batch never has", at)
+            return b""
         if func.kind == "frombuffer":  # (raw bytes, dtype, shape, order)
             if (len(args) != 4 or not isinstance(args[0], bytes) or not isinstance(args[1], _PendingDType)
                     or args[1].dtype is None or args[3] not in ("C", "F")):
@@ -251,6 +257,8 @@ def _parse_pickle(data: bytes) -> object:
         elif op == b".":  # STOP
             if len(stack) != 1 or marks:
                 raise fail("STOP with an unfinished stack", at)
+            if pos != len(view):
+                raise fail(f"{len(view) - pos} bytes after the end of the pickle", pos)
             return finish(stack[0])
         elif op == b"(":
             marks.append(len(stack))
