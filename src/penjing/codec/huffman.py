@@ -265,8 +265,9 @@ def _decode_steps(data, table, width, block, last, offsets, ends, total_bits, ba
     out = np.empty((block, n_blocks), dtype=np.uint16)
     q = np.empty(n_blocks, dtype=index)
     w = np.empty(n_blocks, dtype=np.uint32)
+    step_bits = np.empty(n_blocks, dtype=np.uint16)
     end_of_last = None
-    for step in range(block):
+    for step in range(block):  # every buffer preallocated: no allocation per step
         if step == last:
             end_of_last = int(pos[-1])
         np.right_shift(pos, 3, out=q)
@@ -275,11 +276,14 @@ def _decode_steps(data, table, width, block, last, offsets, ends, total_bits, ba
         np.left_shift(w, q, out=w, casting="unsafe")
         np.right_shift(w, shift, out=w, casting="unsafe")
         e = np.take(table, w, out=out[step], mode="clip")
-        np.add(pos, e & 15, out=pos, casting="unsafe")
+        np.bitwise_and(e, 15, out=step_bits)
+        np.add(pos, step_bits, out=pos, casting="unsafe")
     if end_of_last is None:
         end_of_last = int(pos[-1])
+    # valid entries are nonzero (length >= 1): check the step-major array row by row
+    if out[:last].min() == 0 or (last < block and out[last:, :-1].min() == 0):
+        _check(out.T, last, base, offsets)  # finds and names the bad block
     entries = out.T
-    _check(entries, last, base, offsets)
     got = pos.astype(np.int64)
     got[-1] = end_of_last
     _check_ends(got, ends, base, offsets)
