@@ -90,11 +90,13 @@ def test_out_of_range_fields_are_refused(tmp_path, change, message):
         load_checkpoint(path)
 
 
-def test_missing_field_is_named(tmp_path):
+@pytest.mark.parametrize("key", ["rng", "history", "sums", "data_seed", "optimizer"])
+def test_missing_field_is_named(tmp_path, key):
+    """A hand-edited checkpoint used to give KeyError tracebacks from inside the loop."""
     state = payload()
-    del state["rng"]
+    del state[key]
     path = save_checkpoint(tmp_path / "run.ckpt", state)
-    with pytest.raises(ValueError, match="checkpoint has no 'rng' entry"):
+    with pytest.raises(ValueError, match=f"checkpoint has no '{key}' entry"):
         load_checkpoint(path)
 
 

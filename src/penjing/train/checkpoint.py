@@ -121,7 +121,7 @@ def _nonnegative_int(path: Path, state: dict, key: str) -> None:
 
 def _check_fields(path: Path, state: dict[str, Any]) -> None:
     """Types and ranges of every field the training loop reads."""
-    for key in ("model", "optimizer", "step", "epoch", "batch", "rng"):
+    for key in ("model", "optimizer", "step", "epoch", "batch", "rng", "sums", "history", "data_seed"):
         if key not in state:
             raise ValueError(f"{path}: checkpoint has no {key!r} entry")
     for key in ("step", "epoch", "batch"):
@@ -145,16 +145,15 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         size = state["batch_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"{path}: checkpoint field 'batch_size' must be a positive integer, got {size!r}")
-    if "data_seed" in state and (isinstance(state["data_seed"], bool) or not isinstance(state["data_seed"], int)):
+    if isinstance(state["data_seed"], bool) or not isinstance(state["data_seed"], int):
         raise ValueError(f"{path}: checkpoint field 'data_seed' must be an integer, got {state['data_seed']!r}")
-    if "sums" in state:
-        sums = state["sums"]
-        if (not isinstance(sums, (list, tuple)) or len(sums) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-                           for v in sums[1:]) or not isinstance(sums[0], (int, float)) or not math.isfinite(sums[0])):
-            raise ValueError(f"{path}: checkpoint field 'sums' must be [loss sum, correct, count] "
-                             f"(finite, counts >= 0), got {sums!r}")
-    if "history" in state and not isinstance(state["history"], dict):
+    sums = state["sums"]  # [loss * n, correct, n] of the epoch so far
+    if (not isinstance(sums, (list, tuple)) or len(sums) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                       for v in sums[1:]) or not isinstance(sums[0], (int, float)) or not math.isfinite(sums[0])):
+        raise ValueError(f"{path}: checkpoint field 'sums' must be [loss sum, correct, count] "
+                         f"(finite, counts >= 0), got {sums!r}")
+    if not isinstance(state["history"], dict):
         raise ValueError(f"{path}: checkpoint field 'history' must be a dict")
     if "callbacks" in state and not isinstance(state["callbacks"], list):
         raise ValueError(f"{path}: checkpoint field 'callbacks' must be a list")
