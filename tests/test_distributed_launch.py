@@ -123,7 +123,13 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
         workers = [p for p in _descendants(proc.pid)]
         time.sleep(0.5)
     assert len(workers) >= 2
-    time.sleep(3)
+    # the workers listen on the loopback interface only (file rendezvous, gloo pinned to lo)
+    ours: list[str] = []
+    while time.monotonic() < deadline + 60 and len(ours) < 2:
+        time.sleep(0.5)
+        listening = subprocess.run(["ss", "-tlnp"], capture_output=True, text=True).stdout.splitlines()
+        ours = [line for line in listening if any(f"pid={p}," in line for p in workers)]
+    assert len(ours) >= 2 and all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
