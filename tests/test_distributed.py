@@ -133,10 +133,10 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "injected failure at step 25" in log
-    # gloo sometimes fails to reconnect on the first restart (stale mesh addresses in the
-    # rendezvous store); torchrun then restarts again. Either way the job resumes, not restarts.
     assert "resuming from" in log and "starting fresh" in log
     summary = json.loads(result.read_text())
-    assert summary["restarts"] >= 1
+    # One restart is enough: init() prefixes the store keys with the attempt, so no rank reads
+    # a gloo address that a killed rank of the previous attempt left in torchrun's store.
+    assert summary["restarts"] == 1
     assert summary["steps"] == 3 * steps_per_epoch
     assert summary["accuracy"] > 0.8

@@ -45,11 +45,13 @@ def to_bits(tensor: torch.Tensor) -> np.ndarray:
     return t.view(signed).numpy().view(unsigned).copy()
 
 
-def from_bits(bits: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`to_bits`."""
+def from_bits(bits: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...], copy: bool = True) -> torch.Tensor:
+    """Inverse of :func:`to_bits`. ``copy=False``: ``bits`` (writable, of the right unsigned
+    type) becomes the tensor's memory, saving a pass over a large decoded tensor."""
     _, unsigned = _UNSIGNED[itemsize(dtype)]
     signed_np = _NUMPY_SIGNED[itemsize(dtype)]  # torch.from_numpy wants a type torch also has
-    arr = np.array(bits, dtype=unsigned, copy=True).view(signed_np)  # writable, owned
+    reuse = not copy and bits.dtype == unsigned and bits.flags.writeable and bits.flags.c_contiguous
+    arr = (bits if reuse else np.array(bits, dtype=unsigned, copy=True)).view(signed_np)
     return torch.from_numpy(arr).view(dtype).reshape(shape)
 
 

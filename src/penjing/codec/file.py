@@ -13,14 +13,18 @@ Layout (varints are unsigned LEB128; u32 little-endian)::
 
 :func:`load` checks, before allocating anything large: the magic and version, that the header
 length fits the file, the header checksum, that the payload lengths add up to the bytes that
-are there, the payload checksum, each tensor's size against ``max_elements`` and, inside each
-codec, every count against the bytes that remain.
+are there, the payload checksum, the elements of all tensors together against the budget
+``max_elements`` (default :data:`MAX_ELEMENTS`, 2^28) and, inside each codec, every count
+against the bytes that remain (no stream decodes to more than 8 symbols per byte; a sparse
+index covers at most ``2^16 - 1`` elements per symbol). Any malformed input raises
+:class:`CorruptFileError`, naming the field, what was wrong, and its byte offset in the file.
 """
 
 from __future__ import annotations
 
 import inspect as _inspect
 import math
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +40,9 @@ from penjing.codec.tensors import CODEC_NAMES, decode_tensor, encode_tensor
 
 MAGIC = b"PJZ"
 VERSION = 1
-#: Default cap on one tensor's elements when loading (a guard against decompression bombs).
-MAX_ELEMENTS = 1 << 32
+#: Default budget of elements in one file, all tensors together, checked from the header before
+#: any tensor is decoded (a guard against decompression bombs; ``load(max_elements=...)``).
+MAX_ELEMENTS = 1 << 28
 MAX_NDIM = 16
 
 
@@ -198,6 +203,7 @@ def save(model_or_state_dict: nn.Module | dict[str, torch.Tensor], path: str | P
             raise ValueError(f"{name}: {len(shape)} dimensions; the format stores at most {MAX_NDIM}")
         enc = encode_tensor(tensor.cpu(), hint=hints.get(name), huffman=huffman,
                             index_bits=_index_bits_for(name, shape, index_bits))
+        _verify(name, tensor, enc)
         raw_name = name.encode()
         entry = (varint(len(raw_name)) + raw_name + bytes([dtype_code(tensor.dtype), len(shape)])
                  + b"".join(varint(d) for d in shape) + bytes([enc.codec]) + varint(len(enc.payload)))
@@ -210,79 +216,135 @@ def save(model_or_state_dict: nn.Module | dict[str, torch.Tensor], path: str | P
     blob = (MAGIC + bytes([VERSION]) + varint(len(header)) + header
             + zlib.crc32(header).to_bytes(4, "little") + body + zlib.crc32(body).to_bytes(4, "little"))
     path = Path(path)
-    path.write_bytes(blob)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # written beside the target and renamed over it: a killed save leaves no half file
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     overhead = len(blob) - sum(t.total for t in infos)
     return FileInfo(path, len(blob), infos, overhead)
+
+
+def _verify(name: str, tensor: torch.Tensor, enc) -> None:
+    """Decode what is about to be written and compare it bit for bit, so that ``save`` can
+    never write a file that ``load`` refuses or that loads different values (the one liberty:
+    an affine ``-0.0`` comes back as ``+0.0``, see :mod:`penjing.codec`)."""
+    from penjing.codec.dtypes import to_bits
+
+    try:
+        back, _ = decode_tensor(enc.codec, enc.payload, tensor.dtype, tuple(tensor.shape), name)
+    except CorruptFileError as exc:
+        raise RuntimeError(f"internal error: {name} was encoded as {enc.name} but does not decode "
+                           f"({exc}); nothing was written") from None
+    original = tensor.detach().cpu()
+    same = to_bits(back) == to_bits(original)
+    if not same.all() and enc.name == "affine":
+        same |= ((back == 0) & (original == 0)).reshape(-1).numpy()
+    if not same.all():
+        raise RuntimeError(f"internal error: {name} encoded as {enc.name} decodes to different values; "
+                           "nothing was written")
 
 
 def _read(path: str | Path, max_elements: int) -> tuple[dict[str, torch.Tensor], FileInfo]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
-    blob = path.read_bytes()
+    return _parse(path.read_bytes(), path, max_elements)
+
+
+def _parse(blob: bytes, path: Path | str, max_elements: int) -> tuple[dict[str, torch.Tensor], FileInfo]:
+    if max_elements < 0:
+        raise ValueError(f"max_elements must be >= 0, got {max_elements}")
     r = Reader(blob, str(path))
     if len(blob) < len(MAGIC) + 1 or bytes(r.take(len(MAGIC), "magic")) != MAGIC:
-        raise CorruptFileError(f"{path}: not a penjing .pjz file (bad magic bytes)")
+        raise CorruptFileError(f"{path}: not a penjing .pjz file (bad magic bytes)", 0)
     version = r.u8("version")
     if version != VERSION:
-        raise CorruptFileError(f"{path}: unsupported .pjz version {version} (this penjing reads version {VERSION})")
+        raise CorruptFileError(f"{path}: unsupported .pjz version {version} (this penjing reads version {VERSION})",
+                               len(MAGIC))
     header_len = r.varint("header length")
+    header_at = r.pos
     header = r.take(header_len, "header")
     if r.u32("header checksum") != zlib.crc32(header):
-        raise CorruptFileError(f"{path}: header checksum mismatch (the file is damaged)")
+        raise CorruptFileError(f"{path}: header checksum mismatch (the file is damaged)", r.pos - 4)
     if r.remaining < 4:
-        raise CorruptFileError(f"{path}: truncated (no payload checksum)")
+        raise CorruptFileError(f"{path}: truncated (no payload checksum)", r.pos)
+    body_at = r.pos
     body = r.take(r.remaining - 4, "payloads")
     if r.u32("payload checksum") != zlib.crc32(body):
-        raise CorruptFileError(f"{path}: payload checksum mismatch (the file is damaged or truncated)")
-    h = Reader(header, f"{path} header")
+        raise CorruptFileError(f"{path}: payload checksum mismatch (the file is damaged or truncated)",
+                               r.pos - 4)
+    h = Reader(header, f"{path} header", base=header_at)
     count = h.varint("tensor count", limit=len(header))
     entries = []
-    total = 0
+    total = budget = 0
+    names: set[str] = set()
     for _ in range(count):
         start = h.pos
+        name_len = h.varint("name length", limit=h.remaining)
+        name_at = h.pos
         try:
-            name = bytes(h.take(h.varint("name length"), "name")).decode("utf-8")
+            name = bytes(h.take(name_len, "name")).decode("utf-8")
         except UnicodeDecodeError:
-            raise CorruptFileError(f"{path}: a tensor name is not valid UTF-8") from None
-        dtype = dtype_of(h.u8("dtype"))
+            raise h.error("a tensor name is not valid UTF-8", name_at) from None
+        if name in names:
+            raise h.error(f"tensor {name} appears twice", name_at)
+        names.add(name)
+        dtype_at = h.pos
+        code = h.u8("dtype")
+        try:
+            dtype = dtype_of(code)
+        except CorruptFileError:
+            raise h.error(f"{name} has unknown dtype code {code}", dtype_at) from None
         ndim = h.u8("ndim")
         if ndim > MAX_NDIM:
-            raise CorruptFileError(f"{path}: {name} claims {ndim} dimensions")
-        shape = tuple(h.varint("dimension") for _ in range(ndim))
+            raise h.error(f"{name} claims {ndim} dimensions (at most {MAX_NDIM})", h.pos - 1)
+        shape_at = h.pos
+        shape = tuple(h.varint("dimension", limit=max_elements) for _ in range(ndim))
+        # Bounded even with a zero dimension: torch multiplies every dimension to check sizes.
+        extent = math.prod(max(d, 1) for d in shape)
         numel = math.prod(shape)
-        if numel > max_elements:
-            raise CorruptFileError(f"{path}: {name} claims {numel} elements, over the limit of {max_elements}")
+        budget += numel
+        if extent > max_elements or budget > max_elements:
+            raise h.error(f"{name} of shape {shape} brings the file to {max(budget, extent)} elements, "
+                          f"over the limit of {max_elements} (load(..., max_elements=N) raises it)", shape_at)
+        codec_at = h.pos
         codec = h.u8("codec")
         if codec not in CODEC_NAMES:
-            raise CorruptFileError(f"{path}: {name} uses unknown codec {codec}")
-        length = h.varint("payload length")
+            raise h.error(f"{name} uses unknown codec {codec}", codec_at)
+        length_at = h.pos
+        length = h.varint("payload length", limit=len(body))
+        if total + length > len(body):
+            raise h.error(f"{name}'s payload runs past the end of the file", length_at)
+        entries.append((name, dtype, shape, codec, total, length, h.pos - start))
         total += length
-        if total > len(body):
-            raise CorruptFileError(f"{path}: {name}'s payload runs past the end of the file")
-        entries.append((name, dtype, shape, codec, length, h.pos - start))
     h.expect_end()
     if total != len(body):
-        raise CorruptFileError(f"{path}: payloads hold {len(body)} bytes but the header accounts for {total}")
+        raise CorruptFileError(f"{path}: payloads hold {len(body)} bytes but the header accounts for {total}",
+                               body_at)
     state: dict[str, torch.Tensor] = {}
     infos = []
-    offset = 0
-    for name, dtype, shape, codec, length, entry_len in entries:
-        if name in state:
-            raise CorruptFileError(f"{path}: tensor {name} appears twice")
-        tensor, parts = decode_tensor(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}")
-        offset += length
+    for name, dtype, shape, codec, offset, length, entry_len in entries:
+        tensor, parts = decode_tensor(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}",
+                                      base=body_at + offset)
         state[name] = tensor
         infos.append(TensorInfo(name, dtype, shape, CODEC_NAMES[codec], parts, entry_len,
                                 int(torch.count_nonzero(tensor)) if tensor.numel() else 0))
     overhead = len(blob) - sum(t.total for t in infos)
-    return state, FileInfo(path, len(blob), infos, overhead)
+    return state, FileInfo(Path(path), len(blob), infos, overhead)
 
 
 def load(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> dict[str, torch.Tensor]:
     """Read a ``.pjz`` file back into a state_dict (plain tensors, bit-identical to what was
-    saved). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file."""
+    saved). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file, and for
+    a file whose tensors hold more than ``max_elements`` elements together (default 2^28)."""
     return _read(path, max_elements)[0]
+
+
+def loads(data: bytes, *, max_elements: int = MAX_ELEMENTS, name: str = "<bytes>") -> dict[str, torch.Tensor]:
+    """:func:`load` from bytes in memory (``name`` appears in error messages)."""
+    return _parse(bytes(data), name, max_elements)[0]
 
 
 def inspect(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> FileInfo:

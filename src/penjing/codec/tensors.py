@@ -85,17 +85,25 @@ def runs_from_positions(positions: np.ndarray, numel: int, width: int) -> np.nda
     return out
 
 
-def positions_from_runs(symbols: np.ndarray, width: int, numel: int, what: str) -> np.ndarray:
-    """Inverse of :func:`runs_from_positions`; checks that the stream covers ``numel``."""
+def positions_from_runs(symbols: np.ndarray, width: int, numel: int, what: str,
+                        at: int | None = None) -> np.ndarray:
+    """Inverse of :func:`runs_from_positions`; checks that the stream covers ``numel``.
+
+    Each entry advances the position by at least one element, so the positions come out
+    strictly increasing by construction; the symbols are checked to be in ``[0, 2^width)``
+    and the elements they cover to end within ``2^width - 1`` of ``numel``."""
     escape = (1 << width) - 1
+    if len(symbols) and not 0 <= int(symbols.min()) <= int(symbols.max()) <= escape:
+        raise CorruptFileError(f"{what}: sparse index symbol out of range [0, {escape}]", at)
     entry = symbols != escape
-    if len(symbols) and int(symbols.max()) > escape:
-        raise CorruptFileError(f"{what}: sparse index symbol out of range")
-    ends = np.cumsum(np.where(entry, symbols + 1, escape))
+    # an entry advances past its zeros and its value (symbol + 1), a filler by ``escape``
+    ends = np.cumsum(np.add(symbols, entry, dtype=np.int64))
     covered = int(ends[-1]) if len(ends) else 0
     if not 0 <= numel - covered < max(escape, 1):
-        raise CorruptFileError(f"{what}: sparse index covers {covered} elements but the tensor claims {numel}")
-    return ends[entry] - 1
+        raise CorruptFileError(f"{what}: sparse index covers {covered} elements but the tensor claims {numel}", at)
+    positions = ends[entry]
+    positions -= 1
+    return positions
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -111,7 +119,12 @@ def _small_tensor(t: torch.Tensor) -> bytes:
 
 
 def _read_small_tensor(r: Reader, limit: int, what: str) -> torch.Tensor:
-    dtype = dtype_of(r.u8(what))
+    at = r.pos
+    code = r.u8(what)
+    try:
+        dtype = dtype_of(code)
+    except CorruptFileError:
+        raise r.error(f"{what} has unknown dtype code {code}", at) from None
     n = r.varint(f"{what} size", limit=limit)
     data = r.take(n * itemsize(dtype), what)
     arr = np.frombuffer(data, dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize(dtype)])
@@ -281,43 +294,52 @@ _NP_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def decode_tensor(codec: int, payload: bytes | memoryview, dtype: torch.dtype, shape: tuple[int, ...],
-                  what: str) -> tuple[torch.Tensor, dict[str, int]]:
-    """Inverse of :func:`encode_tensor`; every count is checked against the payload first."""
+                  what: str, base: int = 0) -> tuple[torch.Tensor, dict[str, int]]:
+    """Inverse of :func:`encode_tensor`; every count is checked against the payload first.
+
+    ``base``: the file offset of ``payload``, so that errors name the byte of the file."""
     numel = math.prod(shape)
     size = itemsize(dtype)
     unsigned = _NP_UNSIGNED[size]
-    r = Reader(payload, what)
+    r = Reader(payload, what, base)
     parts: dict[str, int] = {}
     if codec == RAW:
         if len(payload) != numel * size:
-            raise CorruptFileError(f"{what}: raw tensor of {numel} x {size} bytes but its payload holds {len(payload)}")
-        out = np.frombuffer(r.take(len(payload)), dtype=unsigned)
+            raise r.error(f"raw tensor of {numel} x {size} bytes but its payload holds {len(payload)}")
+        out = np.frombuffer(r.take(len(payload)), dtype=unsigned).copy()
         parts["values"] = len(payload)
     elif codec in (SPARSE_RAW, SPARSE_CODEBOOK):
         width = r.u8("sparse index width")
         if not 1 <= width <= 16:
-            raise CorruptFileError(f"{what}: sparse index width {width} not in [1, 16]")
+            raise r.error(f"sparse index width {width} not in [1, 16]", 0)
         parts["tables"] = 1
+        runs_at = r.pos
         runs, rp = read_stream(r, numel + 1, "sparse index")
         _add(parts, rp, "sparse index")
-        positions = positions_from_runs(runs, width, numel, what)
+        positions = positions_from_runs(runs, width, numel, what, base + runs_at)
+        del runs
         nnz = len(positions)
+        values_at = r.pos
         if codec == SPARSE_RAW:
             data = r.take(nnz * size, "nonzero values")
             values = np.frombuffer(data, dtype=unsigned)
             parts["values"] = len(data)
         else:
             values = _read_codebook_values(r, nnz, size, unsigned, parts, what)
-        out = np.zeros(numel, dtype=unsigned)
+        if nnz and not values.all():  # a stored zero would make the index lie about the zeros
+            raise r.error("a value the sparse index marks as nonzero is zero", values_at)
+        out = np.zeros(numel, dtype=unsigned)  # calloc: zero pages cost no memory until written
         out[positions] = values
     elif codec == CODEBOOK:
         out = _read_codebook_values(r, numel, size, unsigned, parts, what)
     elif codec == AFFINE:
         return _decode_affine(r, dtype, shape, numel, parts, what)
     else:
-        raise CorruptFileError(f"{what}: unknown codec {codec}")
+        raise r.error(f"unknown codec {codec}")
     r.expect_end()
-    return from_bits(np.asarray(out), dtype, shape), parts
+    if dtype == torch.bool and numel and int(out.max()) > 1:
+        raise r.error(f"bool tensor holds the byte {int(out.max()):#04x} (only 0 and 1 are booleans)", 0)
+    return from_bits(out, dtype, shape, copy=False), parts
 
 
 def _read_codebook_values(r: Reader, count: int, size: int, unsigned, parts: dict, what: str) -> np.ndarray:
@@ -326,37 +348,43 @@ def _read_codebook_values(r: Reader, count: int, size: int, unsigned, parts: dic
     parts["tables"] = parts.get("tables", 0) + r.pos - start
     book = np.frombuffer(r.take(k * size, "codebook"), dtype=unsigned)
     parts["codebook"] = book.nbytes
+    index_at = r.pos
     index, sp = read_stream(r, count, "codebook indices")
     _add(parts, sp, "indices")
     if len(index) != count:
-        raise CorruptFileError(f"{what}: {len(index)} codebook indices for {count} values")
+        raise r.error(f"{len(index)} codebook indices for {count} values", index_at)
     if count and int(index.max()) >= k:
-        raise CorruptFileError(f"{what}: codebook index {int(index.max())} past its {k} entries")
-    return book[index]
+        raise r.error(f"codebook index {int(index.max())} past its {k} entries", index_at)
+    return np.take(book, index)
 
 
 def _decode_affine(r: Reader, dtype: torch.dtype, shape: tuple[int, ...], numel: int, parts: dict,
                    what: str) -> tuple[torch.Tensor, dict[str, int]]:
     if not dtype.is_floating_point:
-        raise CorruptFileError(f"{what}: affine codec on a {dtype} tensor")
+        raise r.error(f"affine codec on a {dtype} tensor", 0)
     bits = r.u8("affine bits")
     axis_byte = r.u8("affine axis")
     axis = None if axis_byte == NO_AXIS else axis_byte
     if not 1 <= bits <= 32 or (axis is not None and axis >= len(shape)):
-        raise CorruptFileError(f"{what}: affine bits {bits} / axis {axis_byte} invalid for shape {shape}")
+        raise r.error(f"affine bits {bits} / axis {axis_byte} invalid for shape {shape}", 0)
     channels = shape[axis] if axis is not None else 1
+    params_at = r.pos
     scale = _read_small_tensor(r, channels, "affine scale")
     zero_point = _read_small_tensor(r, channels, "affine zero point")
+    offset_at = r.pos
     qmin = unzigzag(r.varint("affine offset"))
+    if not -(1 << 31) <= qmin < 1 << 31:  # the encoder stores 32-bit integers only
+        raise r.error(f"affine offset {qmin} is not a 32-bit integer", offset_at)
     parts["params"] = r.pos
     if not scale.is_floating_point() or scale.numel() not in (1, channels) or zero_point.numel() not in (1, channels):
-        raise CorruptFileError(f"{what}: affine scale/zero point do not match shape {shape}")
+        raise r.error(f"affine scale/zero point do not match shape {shape}", params_at)
+    values_at = r.pos
     u, sp = read_stream(r, numel, "affine values")
     _add(parts, sp, "indices")
     r.expect_end()
     if len(u) != numel:
-        raise CorruptFileError(f"{what}: {len(u)} affine values for {numel} elements")
+        raise r.error(f"{len(u)} affine values for {numel} elements", values_at)
     if numel and int(u.max()) >= 1 << bits:
-        raise CorruptFileError(f"{what}: affine value past {bits} bits")
-    q = torch.from_numpy(u + qmin).reshape(shape)
+        raise r.error(f"affine value past {bits} bits", values_at)
+    q = torch.from_numpy(u.astype(np.int64) + qmin).reshape(shape)
     return affine_dequant(q, scale, zero_point, axis, dtype), parts

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from penjing.commands import _pjz
+
 EXAMPLES = """\
 examples:
   penjing decompress out/model.pjz -o state.pt
@@ -28,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from penjing.codec import load
-
-    state = load(args.file)
+    try:
+        state = _pjz.read("decompress", args.file)
+    except _pjz.FileProblem as problem:
+        return _pjz.report(problem)
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".pt")
     torch.save(state, out)
     print(f"{out}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} values")

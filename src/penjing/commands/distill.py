@@ -26,7 +26,8 @@ def _hint(text: str) -> tuple[str, str]:
 
 
 def student_model(spec: str, weights: str | None, train, seed: int) -> nn.Module:
-    """``mlp:H1[,H2...]`` (an MLP on the flattened input), a reference model or ``FILE.py:Class``."""
+    """``mlp:H1[,H2...]`` (an MLP on the flattened input), a reference model or ``FILE.py:Class``;
+    ``weights`` (a state_dict) loaded into it, for every kind of student."""
     if not spec.startswith("mlp:"):
         return fresh_model(spec, weights, train, seed)
     import torch
@@ -40,7 +41,9 @@ def student_model(spec: str, weights: str | None, train, seed: int) -> nn.Module
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
         layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
-    return nn.Sequential(*layers)
+    from penjing.models.user import load_user_model
+
+    return load_user_model(None, weights, base=nn.Sequential(*layers))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

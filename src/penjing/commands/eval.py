@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from penjing.commands import _pjz
 from penjing.commands._common import MODEL_HELP
 
 EXAMPLES = """\
@@ -28,13 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from penjing.codec import load
     from penjing.data import get_data
     from penjing.models import MODELS, get_model
     from penjing.models.user import load_user_model
     from penjing.train import evaluate
 
-    state = load(args.file)
+    try:
+        state = _pjz.read("eval", args.file)
+    except _pjz.FileProblem as problem:
+        return _pjz.report(problem)
     train, test = get_data(args.data)
     if args.model in MODELS:
         model = get_model(args.model, train.tensors[0][:1])
@@ -44,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ValueError(f"{args.file} does not fit --model {args.model}: {first[1].strip() if len(first) > 1 else first[0]}") from None
+        return _pjz.report(_pjz.FileProblem(
+            f"penjing eval: error: {args.file} does not fit --model {args.model}: "
+            f"{first[1].strip() if len(first) > 1 else first[0]}"))
     accuracy = evaluate(model, test)
     print(f"{args.file}: {args.model} on {args.data}: accuracy {100 * accuracy:.2f}% "
           f"({len(test):,} test samples)")

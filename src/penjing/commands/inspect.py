@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from penjing.commands import _pjz
+
 EXAMPLES = """\
 examples:
   penjing compress && penjing inspect out/model.pjz
@@ -29,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from penjing.codec import inspect
-
-    info = inspect(args.file)
+    try:
+        info = _pjz.read("inspect", args.file, info=True)
+    except _pjz.FileProblem as problem:
+        return _pjz.report(problem)
     table = Table(title=f"{info.path}: {info.bytes:,} bytes", title_justify="left")
     head = ["tensor", "shape", "dtype", "codec", "nonzeros", *PARTS, "header", "total", "vs fp32"]
     for i, col in enumerate(head):

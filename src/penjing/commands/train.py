@@ -80,36 +80,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="continue from this checkpoint (same seed/data: bit-identical result)")
     p.add_argument("--out", default="out/train/model.pt", help="where to write the trained state_dict")
     p.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes on this machine: starts the same job under torchrun "
-                        "(DDP, gloo on CPU / NCCL on GPU); for many machines run torchrun yourself "
-                        "with -m penjing.distributed.worker (see README)")
+                   help="data-parallel processes on this machine (DDP, gloo on CPU / NCCL on GPU), "
+                        "restarted from --checkpoint when one dies; for many machines run torchrun "
+                        "yourself with -m penjing.distributed.worker (see docs/distributed.md)")
     p.add_argument("--max-restarts", type=int, default=3,
                    help="with --nproc: restarts after a failed worker, resuming from --checkpoint")
     p.set_defaults(func=run)
 
 
+SCHEDULERS = ("cosine", "linear", "onecycle", "constant")
+
+
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """Every ``penjing train`` option as ``penjing.distributed.worker`` flags; options that
+    are wrong on every attempt are refused here, before any process starts."""
+    for name in ("weights", "resume"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"--{name} {value} not found")
+    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown --scheduler {args.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
+    if args.batch_size % args.nproc:
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) must divide by --nproc {args.nproc}")
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise ValueError("--checkpoint-every needs --checkpoint PATH (where to write)")
+    argv = ["--model", args.model, "--data", args.data, "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed),
+            "--precision", args.precision, "--save", args.out]
+    for flag, value in (("--weights", args.weights), ("--steps", args.steps), ("--resume", args.resume),
+                        ("--scheduler", args.scheduler), ("--eval-every", args.eval_every),
+                        ("--device", args.device), ("--checkpoint", args.checkpoint)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.checkpoint:
+        argv += ["--checkpoint-every", str(args.checkpoint_every or 50)]
+    return argv  # --no-progress: workers never draw progress bars
+
+
 def run_distributed(args: argparse.Namespace) -> int:
-    """Start ``penjing.distributed.worker`` under torchrun with the same options."""
-    import subprocess
+    """Run ``penjing.distributed.worker`` in ``--nproc`` processes under penjing's launcher
+    (fresh file rendezvous per attempt, restarts, no orphaned workers)."""
     import sys
 
-    from penjing.distributed.env import free_port
+    from penjing.distributed.launch import LaunchError, run
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
-           "--max-restarts", str(args.max_restarts), "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "-m", "penjing.distributed.worker",
-           "--model", args.model, "--data", args.data, "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
-           "--precision", args.precision, "--save", args.out]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint, "--checkpoint-every", str(args.checkpoint_every or 50)]
-    return subprocess.call(cmd)
+    argv = worker_argv(args)
+    try:
+        return run(argv, args.nproc, max_restarts=args.max_restarts,
+                   log=lambda message: print(message, file=sys.stderr, flush=True))
+    except LaunchError as exc:
+        print(f"penjing train: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:
     from penjing.data import get_data
     from penjing.train import fit
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1:
         return run_distributed(args)
     train, test = get_data(args.data)

@@ -1,15 +1,28 @@
 """Joining a process group, and starting N processes on this machine.
 
 ``init`` reads the standard variables ``torchrun`` sets (``MASTER_ADDR``, ``MASTER_PORT``,
-``RANK``, ``WORLD_SIZE``) and fails within ``timeout_s`` with a message that says what to
-check, instead of hanging on an unreachable address or a world size that never fills up.
+``RANK``, ``WORLD_SIZE``) -- or ``PENJING_STORE``, the file rendezvous of
+:mod:`penjing.distributed.launch` -- and fails within ``timeout_s`` with a message that says
+what to check, instead of hanging on an unreachable address, a busy port or a world size that
+never fills up.
+
+Restarts and stale addresses: under torchrun's c10d rendezvous every attempt's workers reach
+the *same* TCPStore (the agent's, created once per job), and torch creates the workers' store
+client without a per-attempt prefix (``torch.distributed.rendezvous._create_c10d_store``: "We
+create a new TCPStore for every retry so no need to add prefix"). Gloo publishes each rank's
+address under the same keys on every attempt, so a rank of attempt 2 can read the address a
+killed rank of attempt 1 left there and connect to a dead socket. ``init`` therefore builds
+the store itself and prefixes every key with the attempt (``TORCHELASTIC_RESTART_COUNT``).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import socket
+import sys
+import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -17,6 +30,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+#: The loopback interface's name, for GLOO_SOCKET_IFNAME (gloo then binds to 127.0.0.1 only).
+LOOPBACK = "lo" if sys.platform.startswith("linux") else "lo0"
 
 
 class DistributedSetupError(RuntimeError):
@@ -27,19 +43,35 @@ def init(backend: str | None = None, timeout_s: float = 60.0) -> None:
     """Join the process group described by the environment (as set by torchrun)."""
     if dist.is_initialized():
         return
-    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if v not in os.environ]
+    needed = ("RANK", "WORLD_SIZE") + (() if os.environ.get("PENJING_STORE") else ("MASTER_ADDR", "MASTER_PORT"))
+    missing = [v for v in needed if v not in os.environ]
     if missing:
         raise DistributedSetupError(
             f"environment variables {missing} are not set: start the job with torchrun "
             "(e.g. `torchrun --nproc-per-node 2 ...`) or penjing.distributed.spawn"
         )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    addr, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "0")
     world, rank_ = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     if not 0 <= rank_ < world:
         raise DistributedSetupError(f"RANK={rank_} is outside WORLD_SIZE={world}")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    timeout = timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        store = _store(addr, int(port), rank_, world, timeout)
+    except Exception as exc:  # DistNetworkError / RuntimeError from the store
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        busy = "address already in use" in text.lower() or "errno 98" in text.lower()
+        raise DistributedSetupError(
+            f"rank {rank_}: the rendezvous port {addr}:{port} is already in use by another process; "
+            "pick another MASTER_PORT (or let penjing choose: penjing train --nproc N)" if busy else
+            f"rank {rank_} could not reach the rendezvous at {addr}:{port} within {timeout_s:g} s "
+            f"({type(exc).__name__}: {text}). Check that the address is reachable from every node "
+            "and the port is open."
+        ) from None
+    try:
+        dist.init_process_group(backend, store=dist.PrefixStore(f"penjing/attempt-{attempt}", store),
+                                rank=rank_, world_size=world, timeout=timeout)
         # The store can be reached before every rank has arrived; a barrier proves the whole
         # world is here, within the same bounded time.
         dist.barrier()
@@ -52,6 +84,27 @@ def init(backend: str | None = None, timeout_s: float = 60.0) -> None:
             "Check that the address is reachable from every node, the port is open, and exactly "
             f"WORLD_SIZE={world} processes were started."
         ) from None
+
+
+def _store(addr: str, port: int, rank_: int, world: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store: a file (``PENJING_STORE``, from penjing's launcher: no listening
+    socket at all), the torchrun agent's TCPStore, or one that rank 0 hosts on ``addr``."""
+    path = os.environ.get("PENJING_STORE")
+    if path:
+        return dist.FileStore(path, world)
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    is_master = rank_ == 0 and not agent
+    if is_master:
+        # TCPStore's server listens on every interface; refuse a busy port in a second instead
+        # of the clients' long wait, by trying the address that was asked for first.
+        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TCPStore does
+            try:
+                probe.bind((addr, port))
+            except OSError as exc:
+                raise RuntimeError(f"address already in use ({exc})") from None
+    return dist.TCPStore(addr, port, world, is_master=is_master, timeout=timeout,
+                         wait_for_workers=False)
 
 
 def rank() -> int:
@@ -73,10 +126,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(local_rank: int, fn: Callable, world: int, port: int, timeout_s: float,
+def _entry(local_rank: int, fn: Callable, world: int, store: str, timeout_s: float,
            queue: Any, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    # A file rendezvous (no listening socket) and gloo on the loopback interface only.
+    os.environ.update(PENJING_STORE=store, RANK=str(local_rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(local_rank))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK)
     torch.set_num_threads(1)  # one core per process on a small machine
     init(timeout_s=timeout_s)
     try:
@@ -95,7 +150,8 @@ def spawn(fn: Callable, nproc: int, *args: Any, timeout_s: float = 60.0) -> list
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    context = mp.start_processes(_entry, args=(fn, nproc, free_port(), timeout_s, queue, args),
+    folder = tempfile.mkdtemp(prefix="penjing-rdzv-")
+    context = mp.start_processes(_entry, args=(fn, nproc, os.path.join(folder, "store"), timeout_s, queue, args),
                                  nprocs=nproc, join=False, start_method="spawn")
     # Read before joining: a child blocks on a full pipe until its result is taken.
     results = {}
@@ -107,6 +163,7 @@ def spawn(fn: Callable, nproc: int, *args: Any, timeout_s: float = 60.0) -> list
             break
     while not context.join():
         pass
+    shutil.rmtree(folder, ignore_errors=True)
     if len(results) < nproc:
         raise RuntimeError(f"only ranks {sorted(results)} of {nproc} returned a result")
     return [results[r] for r in range(nproc)]
