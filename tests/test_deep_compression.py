@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from penjing.cli import main
+from penjing.models.user import load_state_dict
 
 torch.set_num_threads(1)
 
@@ -102,8 +103,8 @@ def test_inspect_decompress_eval_commands(trained, tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "sparse-codebook" in out and f"{info.bytes:,}" in out and "fc2.weight" in out
-    assert main(["decompress", str(path), "-o", str(tmp_path / "s.pt")]) == 0
-    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert main(["decompress", str(path), "-o", str(tmp_path / "s.safetensors")]) == 0
+    state = load_state_dict(tmp_path / "s.safetensors")
     assert set(state) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
     assert main(["eval", str(path), "--model", "lenet300"]) == 0
     out = capsys.readouterr().out

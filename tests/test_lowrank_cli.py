@@ -11,6 +11,7 @@ from penjing.cli import main
 from penjing.data import digits
 from penjing.low_rank import LowRankConfig, decompose_model
 from penjing.models import LeNet300, pretrained
+from penjing.models.user import load_state_dict
 from penjing.recipe import RecipeContext, run_recipe
 from penjing.recipe.schema import Recipe, RecipeError
 from penjing.train import evaluate, fit
@@ -60,7 +61,7 @@ def test_cli_prints_the_per_layer_table_and_writes_its_files(data, trained_lenet
     # the saved state_dict loads into a model rebuilt from ranks.json
     rebuilt = LeNet300()
     decompose_model(rebuilt, LowRankConfig(rank=ranks["rank"]))
-    rebuilt.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    rebuilt.load_state_dict(load_state_dict(out / "model.safetensors"))
     assert evaluate(rebuilt, data[1]) > 0.9
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from penjing.cli import main
+from penjing.models.user import load_state_dict
 from penjing.recipe import RecipeError, load_recipe
 
 
@@ -21,13 +22,13 @@ def test_cli_ptq_lenet300(tmp_path, capsys, monkeypatch):
         return model.eval()
 
     monkeypatch.setattr(models, "pretrained", quick)
-    out = tmp_path / "int8.pt"
+    out = tmp_path / "int8.safetensors"
     assert main(["quantize", "--model", "lenet300", "--bits", "8", "--mode", "ptq", "--per-channel",
                  "--calib", "200", "--reduce-range", "weights", "--no-progress", "--save", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fc1" in text and "SQNR" in text and "int8 kernels" in text
     assert "8 [0,255]" in text  # full 8-bit activations when the weights take the 7-bit range
-    state = torch.load(out, weights_only=True)
+    state = load_state_dict(out)
     assert state["fc2.weight"].dtype == torch.int8
 
 

@@ -13,7 +13,7 @@ MODEL_HELP = ("a reference model (lenet300, lenet5, resnet), or FILE.py:Class fo
 
 def add_model_args(parser: argparse.ArgumentParser, default: str | None = "lenet300") -> None:
     parser.add_argument("--model", default=default, help=MODEL_HELP + f" (default: {default})")
-    parser.add_argument("--weights", help="a state_dict (.pt) for --model; reference models "
+    parser.add_argument("--weights", help="a state_dict (.safetensors, or .pt read with weights_only) for --model; reference models "
                         "without --weights are trained once on --data and cached")
     parser.add_argument("--data", default="digits",
                         help="digits (bundled), mnist:PATH or cifar10:PATH (default: digits)")

@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.curve:
         return _curve(args, config, model, train, test, folder)
 
-    import torch
     from rich.console import Console
 
     from penjing.low_rank import decompose_model
+    from penjing.models.user import save_state_dict
     from penjing.train import evaluate, fit
 
     dense = evaluate(model, test)
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         f"fine-tuned {100 * tuned:.2f}%\n\n![spectra]({plot.name})\n")
     ranks = {name: list(r) if isinstance(r, tuple) else r for name, r in result.ranks.items()}
     (folder / "ranks.json").write_text(json.dumps({"method": args.method, "rank": ranks}, indent=2))
-    torch.save(model.state_dict(), folder / "model.pt")
-    print(f"wrote {plot}, {folder / 'lowrank.md'}, {folder / 'ranks.json'}, {folder / 'model.pt'}")
+    save_state_dict(model.state_dict(), folder / "model.safetensors")
+    print(f"wrote {plot}, {folder / 'lowrank.md'}, {folder / 'ranks.json'}, {folder / 'model.safetensors'}")
     return 0
 
 

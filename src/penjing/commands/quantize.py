@@ -57,14 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-convert", action="store_true", help="keep fake quantization (no int8 kernels)")
     p.add_argument("--sensitivity", action="store_true",
                    help="also quantize each layer alone at 2/4/8 bits and suggest mixed precision")
-    p.add_argument("--save", help="write the converted int8 state_dict here (.pt, weights_only)")
+    p.add_argument("--save", help="write the converted int8 state_dict here (safetensors)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
+    from penjing.models.user import save_state_dict
     from penjing.quantization import QuantConfig, convert, qat_fit, quantize, sensitivity
     from penjing.quantization.config import reduce_range_flags
     from penjing.quantization.report import layer_report, rich_table, state_bytes
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         line += (f" -> int8 kernels {100 * int8:.2f}% ({100 * (int8 - before):+.2f} points); "
                  f"state_dict {state_bytes(float_model):,} -> {state_bytes(model):,} bytes")
         if args.save:
-            torch.save(model.state_dict(), args.save)
+            save_state_dict(model.state_dict(), args.save)
             line += f"; saved {args.save}"
     print(line)
     return 0

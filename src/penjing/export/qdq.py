@@ -1,0 +1,103 @@
+"""Export-friendly stand-ins for penjing's int8 layers: the same integers as a QDQ graph.
+
+:class:`~penjing.quantization.Int8Linear` / :class:`~penjing.quantization.Int8Conv2d` run
+vendor int8 kernels that ONNX cannot see into. :class:`QDQLinear` / :class:`QDQConv2d` compute
+the same thing with ``torch.fake_quantize_per_tensor_affine`` on the input and
+``torch.fake_quantize_per_channel_affine`` on the weight, which both ONNX exporters write as
+``QuantizeLinear -> DequantizeLinear`` pairs (per-channel weight scales on axis 0). ONNX
+Runtime then fuses ``DQ -> Conv/MatMul -> Q`` groups into its integer kernels (QLinearConv,
+QGemm, MatMulIntegerToFloat...).
+
+ONNX's QuantizeLinear knows only full 8-bit grids (``0..255``, ``-128..127``) and ``0..127``;
+penjing's grids can be narrower (the restricted symmetric ``-127..127``, the 7-bit weights of
+``weight_reduce_range``). The weight is stored already on its grid, so the enclosing int8 grid
+reproduces it exactly; an input grid ONNX lacks is clamped to its float range first, which
+gives the same integers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The (qmin, qmax) pairs torch.onnx writes as QuantizeLinear (uint8 or int8 outputs).
+ONNX_GRIDS = ((0, 255), (-128, 127), (0, 127))
+
+
+def onnx_grid(qmin: int, qmax: int) -> tuple[int, int] | None:
+    """The ONNX grid that contains ``qmin..qmax`` (None when none does: more than 8 bits)."""
+    if (qmin, qmax) in ONNX_GRIDS:
+        return qmin, qmax
+    if qmin >= 0 and qmax <= 255:
+        return (0, 127) if qmax <= 127 else (0, 255)
+    if qmin >= -128 and qmax <= 127:
+        return -128, 127
+    return None
+
+
+class _QDQBase(nn.Module):
+    """Input qparams, dequantized weight on its grid, per-channel scales, bias."""
+
+    def __init__(self, layer: nn.Module, name: str):
+        super().__init__()
+        if not layer.static:
+            raise ValueError(
+                f"layer {name!r} ({type(layer).__name__}) quantizes its input per batch (dynamic, "
+                "weight-only int8); ONNX export needs calibrated input scales: quantize with act_bits=8")
+        grid = onnx_grid(layer.in_qmin, layer.in_qmax)
+        if grid is None:
+            raise ValueError(f"layer {name!r}: input grid {layer.in_qmin}..{layer.in_qmax} has no "
+                             "8-bit ONNX QuantizeLinear form")
+        self.grid = grid
+        self.clamp = grid != (layer.in_qmin, layer.in_qmax)
+        scale, zp = float(layer.input_scale), int(layer.input_zero_point)
+        self.in_scale, self.in_zero_point = scale, zp
+        self.in_lo, self.in_hi = (layer.in_qmin - zp) * scale, (layer.in_qmax - zp) * scale
+        view = [-1] + [1] * (layer.weight.dim() - 1)
+        w_int = layer.weight.float() - layer.weight_zero_point.float().reshape(view)
+        if int(w_int.abs().max()) > 127:
+            raise ValueError(f"layer {name!r}: asymmetric weights reach beyond the int8 grid; "
+                             "ONNX export takes symmetric int8 weights")
+        self.register_buffer("weight", w_int * layer.weight_scale.float().reshape(view))
+        self.register_buffer("weight_scale", layer.weight_scale.float().clone())
+        self.register_buffer("weight_zero_point", torch.zeros(layer.weight.shape[0], dtype=torch.int32))
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.float().clone())
+        self.fused_relu = bool(layer.fused_relu)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.clamp:
+            x = x.clamp(self.in_lo, self.in_hi)
+        return torch.fake_quantize_per_tensor_affine(x, self.in_scale, self.in_zero_point, *self.grid)
+
+    def _weight(self) -> torch.Tensor:
+        return torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale,
+                                                      self.weight_zero_point, 0, -128, 127)
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.relu(y) if self.fused_relu else y
+
+
+class QDQLinear(_QDQBase):
+    """An :class:`~penjing.quantization.Int8Linear` as fake-quant ops (exported as QDQ)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(F.linear(self._input(x), self._weight(), self.bias))
+
+
+class QDQConv2d(_QDQBase):
+    """An :class:`~penjing.quantization.Int8Conv2d` as fake-quant ops (exported as QDQ)."""
+
+    def __init__(self, layer: nn.Module, name: str):
+        super().__init__(layer, name)
+        if getattr(layer, "padding_mode", "zeros") != "zeros":
+            raise ValueError(f"layer {name!r}: padding_mode={layer.padding_mode!r} is not exported "
+                             "for int8 convs (zero padding only)")
+        self.stride, self.dilation, self.groups = tuple(layer.stride), tuple(layer.dilation), layer.groups
+        self.padding = getattr(layer, "padding_arg", tuple(layer.padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(self._input(x), self._weight(), self.bias, self.stride, self.padding,
+                     self.dilation, self.groups)
+        return self._out(y)
