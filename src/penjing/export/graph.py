@@ -22,6 +22,8 @@ def _constants(graph) -> dict[str, np.ndarray]:
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:  # TorchScript dedupes constants
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 
@@ -72,3 +74,11 @@ def store_int8_weights(path: str | Path) -> int:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return folded
+
+
+def int8_weights(path: str | Path) -> int:
+    """How many int8 initializers of at least 2 dimensions (weights) the ONNX file holds."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 for i in graph.initializer)

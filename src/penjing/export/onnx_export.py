@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -57,16 +58,30 @@ def _as_tuple(example_inputs) -> tuple:
 
 
 def _run_exporter(model: nn.Module, args: tuple, path: Path, dynamo: bool, opset: int) -> None:
-    kwargs = dict(input_names=[f"input{i}" if i else "input" for i in range(len(args))],
-                  output_names=["output"], opset_version=opset, dynamo=dynamo)
+    from penjing.export.qdq import _decomposed, _QDQBase
+
+    qdq = [m for m in model.modules() if isinstance(m, _QDQBase)]
+    for module in qdq:
+        module.style = "decomposed" if dynamo else "fake_quant"
+    if qdq and dynamo:
+        _decomposed()  # register the ops before the exporter builds its op table
+    names = [f"input{i}" if i else "input" for i in range(len(args))]
+    # the batch dimension stays free (a graph traced at batch 8 runs at batch 1 too)
+    axes = {n: {0: "batch"} for n, a in zip(names, args, strict=True) if a.dim() > 0}
+    kwargs = dict(input_names=names, output_names=["output"], opset_version=opset, dynamo=dynamo,
+                  dynamic_axes={**axes, "output": {0: "batch"}})
     if dynamo:
         kwargs.update(verbose=False, external_data=False)
-    else:
-        kwargs.update(dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     # both exporters talk a lot (progress lines, deprecation warnings); errors still raise
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), **kwargs)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, str(path), **kwargs)
+    finally:
+        logger.setLevel(level)
 
 
 def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str = "auto",
@@ -100,9 +115,10 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
             used = "torchscript"
         except Exception as exc2:  # noqa: BLE001
             raise ValueError(_explain(ready, args, exc2, "torchscript")) from exc2
-    from penjing.export.graph import store_int8_weights
+    from penjing.export.graph import int8_weights, store_int8_weights
 
-    packed = store_int8_weights(path)
+    store_int8_weights(path)  # TorchScript writes float weights + QuantizeLinear: fold them
+    packed = int8_weights(path)
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -112,8 +128,10 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
     if check:
         from penjing.export.check import max_rel_error, ort_outputs
 
+        was_training = model.training
         with torch.no_grad():
             expected = model.eval()(*args)
+        model.train(was_training)
         result.max_rel_error = max_rel_error(expected, ort_outputs(path, args))
         if rtol is not None and result.max_rel_error > rtol:
             raise ValueError(f"ONNX Runtime's output differs from PyTorch's by {result.max_rel_error:.2e} "
@@ -123,7 +141,7 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
 
 def _explain(ready: nn.Module, args: tuple, exc: Exception, exporter: str) -> str:
     """An error naming the first layer that fails to export on its own."""
-    layer = failing_layer(ready, args, exporter)
+    layer = failing_layer(ready, args)
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if layer is None:
         return f"ONNX export ({exporter}) failed: {first}"
@@ -131,15 +149,16 @@ def _explain(ready: nn.Module, args: tuple, exc: Exception, exporter: str) -> st
     return f"ONNX export failed at layer {name!r} ({kind}): {why}"
 
 
-def failing_layer(model: nn.Module, args: tuple, exporter: str = "torchscript") -> tuple[str, str, str] | None:
+def failing_layer(model: nn.Module, args: tuple) -> tuple[str, str, str] | None:
     """``(name, type, reason)`` of the first leaf module that cannot be exported by itself,
-    fed the inputs it sees on ``args`` (None when every leaf exports alone)."""
+    fed the inputs it sees on ``args`` (None when every leaf exports alone). Each leaf is
+    probed with the TorchScript exporter, whose message names the missing operator."""
     seen: dict[str, tuple] = {}
     hooks = []
     for name, module in model.named_modules():
         if name and not list(module.children()):
             hooks.append(module.register_forward_pre_hook(
-                lambda m, a, name=name: seen.setdefault(name, a)))
+                lambda m, a, name=name: seen.setdefault(name, a) and None))
     try:
         with torch.no_grad():
             model(*args)
@@ -156,7 +175,7 @@ def failing_layer(model: nn.Module, args: tuple, exporter: str = "torchscript") 
             if not all(isinstance(a, torch.Tensor) for a in inputs):
                 continue
             try:
-                _run_exporter(module, inputs, Path(tmp) / "layer.onnx", dynamo=exporter == "dynamo", opset=17)
+                _run_exporter(module, inputs, Path(tmp) / "layer.onnx", dynamo=False, opset=17)
             except Exception as exc:  # noqa: BLE001
                 text = str(exc).strip().splitlines()
                 return name, type(module).__name__, text[0][:300] if text else type(exc).__name__

@@ -62,14 +62,10 @@ def _check_act_quant(name: str, module: nn.Module) -> None:
     if quant is None or not hasattr(quant, "spec") or not getattr(quant, "enabled", False):
         return
     qmin, qmax = quant.spec.qrange
-    if onnx_grid(qmin, qmax) is None or quant.spec.bits > 8:
-        raise ValueError(f"layer {name!r} ({type(module).__name__}): its {quant.spec.bits}-bit input "
-                         f"quantizer (grid {qmin}..{qmax}) has no ONNX QuantizeLinear form (8-bit "
-                         "grids only); quantize activations to 8 bits or export the float model")
     if (qmin, qmax) != onnx_grid(qmin, qmax):
-        raise ValueError(f"layer {name!r} ({type(module).__name__}): input quantizer grid "
-                         f"{qmin}..{qmax} is narrower than ONNX's 8-bit grids; convert the model "
-                         "(penjing.convert) so the export can clamp it")
+        raise ValueError(f"layer {name!r} ({type(module).__name__}): its {quant.spec.bits}-bit input "
+                         f"quantizer (grid {qmin}..{qmax}) has no ONNX QuantizeLinear form (full 8-bit "
+                         "grids only); convert the model first (penjing.convert) or export the float model")
 
 
 def export_ready(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -82,7 +78,10 @@ def export_ready(model: nn.Module) -> tuple[nn.Module, list[str]]:
     from penjing.quantization.int_kernels import Int8Conv2d, Int8Linear
     from penjing.winograd_conv.conv import WinogradConv2d
 
-    ready = bake(copy.deepcopy(model)).eval()
+    # int8 layers cache packed vendor weights that cannot be copied: the copy starts without
+    memo = {id(m._packed): None for m in model.modules() if isinstance(m, (Int8Linear, Int8Conv2d))
+            and m._packed is not None}
+    ready = bake(copy.deepcopy(model, memo)).eval()
     notes: list[str] = []
     kinds: dict[str, int] = {}
     for name, module in list(ready.named_modules()):

@@ -36,8 +36,23 @@ def onnx_grid(qmin: int, qmax: int) -> tuple[int, int] | None:
     return None
 
 
+def _decomposed():
+    """PyTorch 2's quantize/dequantize ops (``quantized_decomposed``), registered on import."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+    return torch.ops.quantized_decomposed
+
+
 class _QDQBase(nn.Module):
-    """Input qparams, dequantized weight on its grid, per-channel scales, bias."""
+    """Input qparams, dequantized weight on its grid, per-channel scales, bias.
+
+    ``style`` picks the ops: "decomposed" (``quantized_decomposed`` quantize/dequantize, which
+    the dynamo exporter writes as QDQ with the int8 weight as initializer, and which trace
+    with a free batch dimension) or "fake_quant" (``torch.fake_quantize_*``, the ops the
+    TorchScript exporter knows). Both compute the same values.
+    """
+
+    style = "fake_quant"
 
     def __init__(self, layer: nn.Module, name: str):
         super().__init__()
@@ -60,18 +75,27 @@ class _QDQBase(nn.Module):
             raise ValueError(f"layer {name!r}: asymmetric weights reach beyond the int8 grid; "
                              "ONNX export takes symmetric int8 weights")
         self.register_buffer("weight", w_int * layer.weight_scale.float().reshape(view))
+        self.register_buffer("weight_int8", w_int.to(torch.int8))
         self.register_buffer("weight_scale", layer.weight_scale.float().clone())
         self.register_buffer("weight_zero_point", torch.zeros(layer.weight.shape[0], dtype=torch.int32))
         self.register_buffer("bias", None if layer.bias is None else layer.bias.float().clone())
         self.fused_relu = bool(layer.fused_relu)
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        if x.dtype != torch.float32:
+            x = x.float()
         if self.clamp:
             x = x.clamp(self.in_lo, self.in_hi)
+        if self.style == "decomposed":
+            dtype = torch.uint8 if self.grid[0] >= 0 else torch.int8
+            q = _decomposed().quantize_per_tensor(x, self.in_scale, self.in_zero_point, *self.grid, dtype)
+            return _decomposed().dequantize_per_tensor(q, self.in_scale, self.in_zero_point, *self.grid, dtype)
         return torch.fake_quantize_per_tensor_affine(x, self.in_scale, self.in_zero_point, *self.grid)
 
     def _weight(self) -> torch.Tensor:
+        if self.style == "decomposed":  # the int8 weight itself is the graph's initializer
+            return _decomposed().dequantize_per_channel(
+                self.weight_int8, self.weight_scale, self.weight_zero_point.long(), 0, -128, 127, torch.int8)
         return torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale,
                                                       self.weight_zero_point, 0, -128, 127)
 
