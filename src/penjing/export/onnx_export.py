@@ -98,6 +98,7 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
+    _require("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
     args = _as_tuple(example_inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,3 +181,11 @@ def failing_layer(model: nn.Module, args: tuple) -> tuple[str, str, str] | None:
                 text = str(exc).strip().splitlines()
                 return name, type(module).__name__, text[0][:300] if text else type(exc).__name__
     return None
+
+
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"ONNX export needs {', '.join(missing)}: pip install 'penjing[export]'")
