@@ -33,4 +33,16 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
         lines += [f"### {title}", "", f"![{title}]({Path(path).name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    _write_html(ctx, dense, model, plots)
     return path
+
+
+def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
+    """``report.json`` (what ``penjing report`` rebuilds from) and ``report.html`` next to
+    ``report.md``."""
+    from penjing.report.html import write_html
+    from penjing.report.run_data import costs, save_run
+
+    example = ctx.test.tensors[0][:1] if hasattr(ctx.test, "tensors") else ctx.test[0:1][0]
+    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), costs(dense, model, example))
+    ctx.artifacts["html"] = write_html(ctx.out_dir)
