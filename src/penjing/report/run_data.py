@@ -74,4 +74,8 @@ def load_run(out_dir: str | Path) -> dict:
         raise ValueError(f"{path} has report version {data.get('version')!r}; this penjing reads {VERSION}")
     if not isinstance(data.get("summaries"), list) or not data["summaries"]:
         raise ValueError(f"{path} holds no step summaries")
+    for plot in data.get("plots", []):  # only PNGs inside the folder may be embedded
+        name = plot.get("file") if isinstance(plot, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+            raise ValueError(f"{path} names a plot {name!r} that is not a PNG file inside {path.parent}")
     return data
