@@ -85,7 +85,8 @@ def _run_exporter(model: nn.Module, args: tuple, path: Path, dynamo: bool, opset
 
 
 def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str = "auto",
-           opset: int = 18, check: bool = True, rtol: float | None = None) -> ExportResult:
+           opset: int = 18, check: bool = True, rtol: float | None = None,
+           quantize_outputs: bool = True, calibration=None) -> ExportResult:
     """Write ``model`` to ``path`` as ONNX, traced on ``example_inputs``; return what ran.
 
     The model is not changed: a copy is baked into plain float layers, Winograd convs become
@@ -95,6 +96,11 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
     is run by ONNX Runtime on the example inputs and compared with the model's own output;
     ``rtol`` turns a larger max relative error into a ``ValueError``. A layer ONNX cannot
     express raises ``ValueError`` naming it.
+
+    int8 models: with ``quantize_outputs`` each int8 layer's output is quantized too (8-bit,
+    range measured on ``calibration``, default the example inputs), so that ONNX Runtime runs
+    every conv / matmul on its integer kernels (see :func:`penjing.export.qdq.calibrate_outputs`);
+    without it only layers whose output feeds another int8 layer directly are fused.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
@@ -103,6 +109,13 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ready, notes = export_ready(model)
+    if quantize_outputs:
+        from penjing.export.qdq import calibrate_outputs
+
+        calib = args if calibration is None else _as_tuple(calibration)
+        if calibrate_outputs(ready, calib):
+            notes.append("int8 outputs quantized (8-bit, range from "
+                         f"{'the example inputs' if calibration is None else 'the calibration batch'})")
     used, reason = exporter, None
     try:
         _run_exporter(ready, args, path, dynamo=exporter != "torchscript", opset=opset)

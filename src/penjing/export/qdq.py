@@ -99,8 +99,55 @@ class _QDQBase(nn.Module):
         return torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale,
                                                       self.weight_zero_point, 0, -128, 127)
 
+    #: (scale, zero_point) of the output on a uint8 grid, set by :func:`calibrate_outputs`
+    out_qparams: tuple[float, int] | None = None
+
     def _out(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.relu(y) if self.fused_relu else y
+        y = torch.relu(y) if self.fused_relu else y
+        if self.out_qparams is None:
+            return y
+        scale, zp = self.out_qparams
+        if self.style == "decomposed":
+            q = _decomposed().quantize_per_tensor(y, scale, zp, 0, 255, torch.uint8)
+            return _decomposed().dequantize_per_tensor(q, scale, zp, 0, 255, torch.uint8)
+        return torch.fake_quantize_per_tensor_affine(y, scale, zp, 0, 255)
+
+
+def calibrate_outputs(model: nn.Module, args: tuple) -> int:
+    """Give every QDQ layer of ``model`` an 8-bit output quantizer whose range is what the
+    layer produces on ``args`` (min/max, widened to contain 0); returns how many.
+
+    ONNX Runtime fuses ``DQ -> Conv -> Q`` into QLinearConv only when the conv's output is
+    quantized; penjing's int8 layers return float (the next layer quantizes), so a conv that
+    feeds an Add (a residual) or the network's output would otherwise run as a float conv on
+    weights dequantized at every call. The price is one more 8-bit rounding of those outputs.
+    """
+    from penjing.quantization.core import QuantSpec, qparams
+
+    layers = [m for m in model.modules() if isinstance(m, _QDQBase)]
+    ranges: dict[int, list[float]] = {}
+
+    def hook(module, _inputs, output):
+        lo, hi = float(output.min()), float(output.max())
+        seen = ranges.setdefault(id(module), [lo, hi])
+        seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m.out_qparams = None
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    spec = QuantSpec(bits=8, symmetric=False, signed=False)
+    for m in layers:
+        if id(m) in ranges:
+            lo, hi = ranges[id(m)]
+            scale, zp = qparams(torch.tensor(lo), torch.tensor(hi), spec)
+            m.out_qparams = (float(scale), int(zp))
+    return len(ranges)
 
 
 class QDQLinear(_QDQBase):
