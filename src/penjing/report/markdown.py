@@ -43,6 +43,7 @@ def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
     from penjing.report.html import write_html
     from penjing.report.run_data import costs, save_run
 
-    example = ctx.test.tensors[0][:1] if hasattr(ctx.test, "tensors") else ctx.test[0:1][0]
-    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), costs(dense, model, example))
+    tensors = getattr(ctx.test, "tensors", None)  # the recipe's data is a TensorDataset
+    cost = costs(dense, model, tensors[0][:1]) if tensors else None
+    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), cost)
     ctx.artifacts["html"] = write_html(ctx.out_dir)
