@@ -184,6 +184,18 @@ def test_int8_file_stores_weights_in_one_byte(tmp_path):
     assert 50_610 < int8_bytes < 0.3 * float_bytes
 
 
+def test_torchscript_int8_weights_are_folded_into_int8_initializers(tmp_path):
+    """TorchScript writes float weight -> QuantizeLinear (with deduplicated zero points behind
+    Identity nodes); the export folds every one into an int8 initializer."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 8, 8)
+    result = pj.export(_int8(small_cnn(), x), tmp_path / "q.onnx", x, exporter="torchscript")
+    assert result.exporter == "torchscript" and result.int8_initializers == 3
+    graph = onnx.load(str(result.path)).graph
+    floats = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
+    assert floats == [] and result.max_rel_error < 3e-2
+
+
 def test_four_bit_activations_name_the_layer(tmp_path):
     model, x = get_model("lenet300").eval(), torch.randn(16, 64)
     pj.quantize(model, pj.QuantConfig(bits=4, act_bits=4), calibration=x)
