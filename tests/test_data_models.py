@@ -83,7 +83,7 @@ def test_cifar10_refuses_code_in_a_pickle(tmp_path):
 def test_get_data_errors():
     with pytest.raises(ValueError, match="unknown data set 'imagenet'"):
         get_data("imagenet")
-    with pytest.raises(ValueError, match="give the folder"):
+    with pytest.raises(ValueError, match="give the location"):
         get_data("mnist")
 
 

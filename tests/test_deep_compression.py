@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from penjing.cli import main
+from penjing.models.user import load_state_dict
 
 torch.set_num_threads(1)
 
@@ -102,8 +103,8 @@ def test_inspect_decompress_eval_commands(trained, tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "sparse-codebook" in out and f"{info.bytes:,}" in out and "fc2.weight" in out
-    assert main(["decompress", str(path), "-o", str(tmp_path / "s.pt")]) == 0
-    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert main(["decompress", str(path), "-o", str(tmp_path / "s.safetensors")]) == 0
+    state = load_state_dict(tmp_path / "s.safetensors")
     assert set(state) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
     assert main(["eval", str(path), "--model", "lenet300"]) == 0
     out = capsys.readouterr().out
@@ -122,7 +123,7 @@ def test_penjing_compress_reaches_the_papers_ratio(model, target, tmp_path, caps
     >= 39x for LeNet-5 on digits, within 0.5 points of the dense accuracy."""
     assert main(["compress", "--model", model, "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    m = re.search(r"([\d.]+)x smaller than dense float32; accuracy ([\d.]+)% -> ([\d.]+)%", out)
+    m = re.search(r"([\d.]+)x smaller than dense float32;\s+accuracy ([\d.]+)% -> ([\d.]+)%", out)
     ratio, dense, final = map(float, m.groups())
     assert ratio >= target
     assert final >= dense - 0.5

@@ -21,7 +21,8 @@ from penjing.distributed.launch import LaunchError, run
 NOT_PASSED = {"nproc": "the number of workers", "max_restarts": "the launcher's own",
               "no_progress": "workers never draw progress bars", "out": "passed as --save",
               "checkpoint_every": "passed (defaults to 50 with --checkpoint)", "func": "argparse",
-              "command": "argparse"}
+              "command": "argparse", "input_shape": "refused (train uses the data's inputs)",
+              "input_dtype": "goes with --input-shape, which train refuses"}
 
 
 def train_args(*extra: str, tmp_path=None):

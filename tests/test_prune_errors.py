@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from penjing.cli import main
+from penjing.models.user import load_state_dict
 from penjing.pruning import PruneConfig, get_mask, prune
 from penjing.recipe import RecipeContext, RecipeError, run_recipe
 from penjing.recipe.schema import Recipe
@@ -130,7 +131,7 @@ def test_cli_prunes_a_user_model_and_prints_the_table(tmp_path, capsys):
                  "--no-progress", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "dense params" in out and "4x1x3x3" in out and "parameters 16,842 -> 4,330 (3.89x fewer)" in out
-    state = torch.load(tmp_path / "out" / "pruned.pt", weights_only=True)
+    state = load_state_dict(tmp_path / "out" / "pruned.safetensors")
     assert tuple(state["0.weight"].shape) == (4, 1, 3, 3)
     assert main(["prune", "--model", f"{path}:Net", "--sparsity", "fc1=0.5", "--no-progress",
                  "--out", str(tmp_path / "o2")]) == 2

@@ -19,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-from penjing import data, models  # noqa: E402
+from penjing import data, export, models  # noqa: E402  (export: a callable module, pj.export(...))
 from penjing.core.config import apply  # noqa: E402
 from penjing.core.params import bake  # noqa: E402
 from penjing.core.report import Report, last_report  # noqa: E402
@@ -46,5 +46,5 @@ for _module_name, _names in _METHODS.items():
     for _name in _names:
         globals()[_name] = getattr(_module, _name)
 
-__all__ = ["Report", "apply", "bake", "data", "evaluate", "fit", "last_report", "load_recipe",
+__all__ = ["Report", "apply", "bake", "data", "evaluate", "export", "fit", "last_report", "load_recipe",
            "models", "run_recipe", "select", "summary", "swap", *(n for names in _METHODS.values() for n in names)]

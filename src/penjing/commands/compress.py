@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                         seed=args.seed)
     result = run_recipe(recipe, model, ctx)
     first, last = result.summaries[0], result.final
-    print(f"\n{args.model}: {last.ratio:.1f}x smaller than dense float32; accuracy "
+    print(f"\n{args.model}: {last.ratio:.1f}x smaller than dense float32;\naccuracy "  # fits 80 columns
           f"{100 * first.accuracy:.2f}% -> {100 * last.accuracy:.2f}% "
           f"({100 * (last.accuracy - first.accuracy):+.2f} points)")
     print(f"report: {result.report_path}")

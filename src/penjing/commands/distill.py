@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="STUDENT_LAYER=TEACHER_LAYER feature loss (repeatable)")
     p.add_argument("--hint-weight", type=float, default=1.0, help="weight of the hint losses (default: 1)")
     p.add_argument("--baseline", action="store_true", help="also train the student on labels alone and compare")
-    p.add_argument("--out", default="out/distill/student.pt", help="where to write the student's state_dict")
+    p.add_argument("--out", default="out/distill/student.safetensors", help="where to write the student's state_dict")
     p.set_defaults(func=run)
 
 

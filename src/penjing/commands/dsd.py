@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redense-lr-scale", type=float, default=0.1, help="re-dense lr factor (default: 0.1)")
     p.add_argument("--layers", help="comma-separated layer globs or types (default: every Linear/Conv)")
     p.add_argument("--baseline", action="store_true", help="also train the same model dense for the same budget")
-    p.add_argument("--out", default="out/dsd/model.pt", help="where to write the DSD-trained state_dict")
+    p.add_argument("--out", default="out/dsd/model.safetensors", help="where to write the DSD-trained state_dict")
     p.set_defaults(func=run)
 
 

@@ -84,9 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         return _sensitivity(args)
-    import torch
 
     from penjing.core.params import bake
+    from penjing.models.user import save_state_dict
     from penjing.pruning import PruneConfig, prune
     from penjing.pruning.report import rounds_plot
     from penjing.report.plots import sparsity_per_layer
@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
     out = out_dir(args.out)
     rounds_plot(rounds, out / "prune_rounds.png", before)
     sparsity_per_layer(model, out / "sparsity_per_layer.png")
-    bake(model)  # plain tensors: loads with torch.load(weights_only=True) into the (smaller) model
-    torch.save(model.state_dict(), out / "pruned.pt")
-    print(f"wrote {out / 'pruned.pt'}, {out / 'prune_rounds.png'}, {out / 'sparsity_per_layer.png'}")
+    bake(model)  # plain tensors (safetensors) that load into the (smaller) model
+    save_state_dict(model.state_dict(), out / "pruned.safetensors")
+    print(f"wrote {out / 'pruned.safetensors'}, {out / 'prune_rounds.png'}, {out / 'sparsity_per_layer.png'}")
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from torch import nn
@@ -17,7 +16,7 @@ examples:
   penjing train --precision bf16 --scheduler cosine --eval-every 100
   penjing train --epochs 60 --checkpoint out/train/run.ckpt --checkpoint-every 200
   penjing train --epochs 60 --checkpoint out/train/run.ckpt --resume out/train/run.ckpt   # continue
-  penjing train --model my.py:MyNet --data mnist:~/data/mnist --out my.pt
+  penjing train --model my.py:MyNet --data mnist:~/data/mnist --out my.safetensors
 """
 
 
@@ -54,15 +53,10 @@ def fresh_model(spec: str, weights: str | None, train, seed: int) -> nn.Module:
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """The trained state_dict, written atomically (loads with ``--weights``)."""
-    import torch
+    """The trained state_dict as safetensors, written atomically (loads with ``--weights``)."""
+    from penjing.models.user import save_state_dict
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    return save_state_dict(model.state_dict(), path)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint file, written atomically at --checkpoint-every and at the end")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--resume", help="continue from this checkpoint (same seed/data: bit-identical result)")
-    p.add_argument("--out", default="out/train/model.pt", help="where to write the trained state_dict")
+    p.add_argument("--out", default="out/train/model.safetensors", help="where to write the trained state_dict")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (DDP, gloo on CPU / NCCL on GPU), "
                         "restarted from --checkpoint when one dies; for many machines run torchrun "
@@ -104,6 +98,8 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--batch-size {args.batch_size} (the global batch) must divide by --nproc {args.nproc}")
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise ValueError("--checkpoint-every needs --checkpoint PATH (where to write)")
+    if getattr(args, "input_shape", None) is not None:
+        raise ValueError("--input-shape does not apply to penjing train: the data's inputs are used")
     argv = ["--model", args.model, "--data", args.data, "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed),
             "--precision", args.precision, "--save", args.out]

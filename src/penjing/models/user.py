@@ -26,11 +26,41 @@ def load_class(spec: str) -> type[nn.Module]:
     return cls
 
 
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` starts like a safetensors file (u64 header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100_000_000
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a plain state_dict as safetensors (no pickle; any suffix), atomically."""
+    import os
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    # safetensors refuses tensors sharing storage (tied weights): give each its own copy
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items() if v is not None}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict without unpickling code (``weights_only=True``)."""
+    """Read a state_dict without unpickling code: safetensors (told by its header, whatever
+    the suffix), or a ``torch.save`` file read with ``weights_only=True``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} not found")
+    if is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # the library checks every offset against the file's size
+            raise ValueError(f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint

@@ -60,6 +60,5 @@ class RecipeContext:
             from rich.console import Console
 
             console = Console()
-            console.print(result.rich_table())
-            console.print(result.totals())
+            console.print(result.rich_table())  # table and totals, fitted to the terminal
         return result

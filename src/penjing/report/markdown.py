@@ -33,4 +33,17 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
         lines += [f"### {title}", "", f"![{title}]({Path(path).name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    _write_html(ctx, dense, model, plots)
     return path
+
+
+def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
+    """``report.json`` (what ``penjing report`` rebuilds from) and ``report.html`` next to
+    ``report.md``."""
+    from penjing.report.html import write_html
+    from penjing.report.run_data import costs, save_run
+
+    tensors = getattr(ctx.test, "tensors", None)  # the recipe's data is a TensorDataset
+    cost = costs(dense, model, tensors[0][:1]) if tensors else None
+    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), cost)
+    ctx.artifacts["html"] = write_html(ctx.out_dir)

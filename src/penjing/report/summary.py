@@ -73,22 +73,22 @@ class Summary:
             parts.append(f"accuracy {100 * self.accuracy:.2f}%")
         return " | ".join(parts)
 
-    def __str__(self) -> str:
-        from rich.console import Console
+    def to_text(self, width: int = 80) -> str:
+        """The table and totals as plain text no wider than ``width`` (see
+        :mod:`penjing.report.text_table`); the totals wrap between fields, never inside one."""
+        from penjing.report.text_table import pack, render
 
-        console = Console(width=140, record=True, file=_Null())
-        console.print(self.rich_table())
-        return console.export_text().rstrip() + "\n" + self.totals()
+        table = render(self.header(), self.table_rows(), width, left=3, short_header=SHORT_HEADERS,
+                       short_cell=_short_cell, title=self.title)
+        return table + "\n" + "\n".join(pack(self.totals().split(" | "), width))
+
+    def __str__(self) -> str:
+        return self.to_text(80)
 
     def rich_table(self):
-        from rich.table import Table
-
-        table = Table(title=self.title, title_justify="left")
-        for i, col in enumerate(self.header()):
-            table.add_column(col, justify="left" if i < 3 else "right")
-        for row in self.table_rows():
-            table.add_row(*row)
-        return table
+        """A rich renderable of :meth:`to_text` at the console's width (a narrow terminal gets
+        the abbreviated or vertical layout instead of wrapped cells)."""
+        return _FitText(self)
 
     def to_markdown(self) -> str:
         head = self.header()
@@ -99,12 +99,29 @@ class Summary:
         return "\n".join(lines)
 
 
-class _Null:
-    def write(self, _):
-        return 0
+SHORT_HEADERS = {"nonzeros": "nnz", "kept %": "kept%", "params": "params", "energy": "energy"}
+SHORT_TYPES = {"Conv2d": "Conv", "Linear": "Lin", "WinogradConv2d": "WinoConv", "Int8Linear": "i8Lin",
+               "Int8Conv2d": "i8Conv", "TernaryLinear": "TerLin", "ConvTranspose2d": "ConvT"}
 
-    def flush(self):
-        pass
+
+def _short_cell(column: str, text: str) -> str:
+    if column == "type":
+        return SHORT_TYPES.get(text, text)
+    if column == "bytes":  # "5.6 KiB" -> "5.6K"
+        return text.replace(" KiB", "K").replace(" MiB", "M").replace(" GiB", "G").replace(" B", "")
+    return text
+
+
+class _FitText:
+    """Rich renderable: the summary as text at whatever width the console offers."""
+
+    def __init__(self, summary: Summary):
+        self.summary = summary
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        yield Text(self.summary.to_text(options.max_width), no_wrap=True, overflow="ignore")
 
 
 def summary(model: nn.Module, test: Dataset | None = None, *, title: str = "model",

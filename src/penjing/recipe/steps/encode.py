@@ -97,11 +97,10 @@ def _stages(ctx) -> list[tuple[str, float | None]]:
 
 def stage_table(model: nn.Module, info, ctx):
     """The Deep Compression table (per layer: weights, kept %, bits, file bytes, ratio) as
-    Markdown and as a rich table, plus the accuracy after every stage."""
-    from rich.table import Table
-
+    Markdown and as a rich renderable fitting the terminal, plus the accuracy after every stage."""
     from penjing.core.stats import layer_stats
     from penjing.report.summary import human_bytes
+    from penjing.report.text_table import FitText, render
 
     names = {t.name: t for t in info.tensors}
     head = ["layer", "weights", "kept %", "bits", "codec", "file bytes", "ratio"]
@@ -129,13 +128,8 @@ def stage_table(model: nn.Module, info, ctx):
     lines += ["", "| stage | test accuracy |", "|---|---:|"]
     stages = _stages(ctx)
     lines += [f"| {label} | {100 * acc:.2f}% |" for label, acc in stages if acc is not None]
-    table = Table(title=f"Deep Compression: {dense_bytes / info.bytes:.1f}x ({info.bytes:,} bytes)",
-                  title_justify="left")
-    for i, col in enumerate(head):
-        table.add_column(col, justify="left" if i in (0, 4) else "right")
-    for row in rows:
-        table.add_row(*row)
-    for label, acc in stages:
-        if acc is not None:
-            table.add_row(f"acc: {label}", "", "", "", "", "", f"{100 * acc:.2f}%")
+    title = f"Deep Compression: {dense_bytes / info.bytes:.1f}x ({info.bytes:,} bytes)"
+    accuracies = [[label, f"{100 * acc:.2f}%"] for label, acc in stages if acc is not None]
+    table = FitText(lambda width: render(head, rows, width, short_header={"file bytes": "bytes"}, title=title)
+                    + "\n" + render(["stage", "test accuracy"], accuracies, width))
     return "\n".join(lines) + "\n", table
