@@ -15,7 +15,7 @@
 
 from penjing.pruning.api import RoundInfo, prune
 from penjing.pruning.config import PruneConfig
-from penjing.pruning.mask import Mask, get_mask
+from penjing.core.mask import Mask, get_mask
 from penjing.pruning.schedule import PolynomialPruning, polynomial_sparsity, round_sparsity
 from penjing.pruning.sensitivity import SensitivityResult, sensitivity
 from penjing.pruning.structured import resize_like

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from penjing.pruning.config import PruneConfig
-from penjing.pruning.mask import apply_mask, current_mask
+from penjing.core.mask import apply_mask, current_mask
 from penjing.pruning.masks import global_masks, n_m_mask, quality_mask, sparsity_mask
 from penjing.pruning.targets import Target, n_m_targets, select_targets
 from penjing.train import Callback
