@@ -77,10 +77,16 @@ def test_share_then_encode_steps(trained, tmp_path):
 def test_step_params_are_validated():
     from penjing.recipe import Recipe, RecipeError
 
-    with pytest.raises(RecipeError, match="step 1 \\(share\\): field 'bits'.*bits must be in \\[1, 16\\]"):
+    with pytest.raises(RecipeError, match="step 1 \\(share\\): .*ShareConfig.bits must be integers in "
+                                          "\\[1, 16\\], got 0"):
         Recipe.from_dict({"steps": [{"share": {"bits": 0}}]})
-    with pytest.raises(RecipeError, match="step 1 \\(share\\): field 'init'"):
+    with pytest.raises(RecipeError, match="step 1 \\(share\\): .*ShareConfig.init must be one of"):
         Recipe.from_dict({"steps": [{"share": {"init": "kmeans++"}}]})
+    with pytest.raises(RecipeError, match="step 1 \\(share\\): .*unknown field\\(s\\) \\['bitz'\\] for "
+                                          "ShareConfig"):
+        Recipe.from_dict({"steps": [{"share": {"bitz": 4}}]})
+    with pytest.raises(RecipeError, match="step 1 \\(share\\): .*finetune_epochs must be an integer >= 0"):
+        Recipe.from_dict({"steps": [{"share": {"finetune_epochs": -1}}]})
     with pytest.raises(RecipeError, match="step 1 \\(encode\\): field 'index_bits'.*index_bits must be in \\[1, 16\\]"):
         Recipe.from_dict({"steps": [{"encode": {"index_bits": 40}}]})
     with pytest.raises(RecipeError, match="step 1 \\(encode\\): field 'huffmann'"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import penjing as pj
 from penjing.models import LeNet5, SmallResNet
 from penjing.pruning import PruneConfig, prune, resize_like
 
@@ -112,9 +113,14 @@ def test_iterative_structured_fine_tunes_between_rounds(digits_data):
     train, test = digits_data
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
     sizes = []
+
+    def log(m, r):
+        r.accuracy = pj.evaluate(m, test)
+        sizes.append((r.params, r.accuracy))
+
     prune(model, PruneConfig(sparsity=0.5, granularity="channel", schedule="iterative", rounds=2,
-                             finetune_epochs=1), torch.utils.data.Subset(train, range(256)),
-          test=test, progress=False, log=lambda r: sizes.append((r.params, r.accuracy)))
+                             finetune_epochs=1, on_round=log),
+          data=torch.utils.data.Subset(train, range(256)), progress=False)
     assert [p for p, _ in sizes] == [6 * 9, 4 * 9]  # 8 -> 6 -> 4 filters (tp's linear steps)
     assert all(a is not None for _, a in sizes)
 
@@ -122,7 +128,7 @@ def test_iterative_structured_fine_tunes_between_rounds(digits_data):
 def test_structured_pruning_refuses_a_masked_model():
     model = LeNet5()
     prune(model, PruneConfig(sparsity=0.5))
-    with pytest.raises(ValueError, match=r"^structured pruning rebuilds layers, but this model has "
+    with pytest.raises(ValueError, match=r"^prune: structured pruning rebuilds layers, but this model has "
                        r"parametrizations \(masks, quantizers\.\.\.\) attached: bake them first"):
         prune(model, PruneConfig(sparsity=0.5, granularity="channel"), example_inputs=X[:1])
 
