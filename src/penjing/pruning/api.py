@@ -82,8 +82,14 @@ def prune(model: nn.Module, config: PruneConfig, run: Run) -> None:
     if config.sparsity == "auto":
         config = _auto(model, config, run)
     targets = select_targets(model, config, run.report)
-    for t in targets:
-        _check_keeps_one(t)
+    if config.scope == "global" and isinstance(config.sparsity, float):
+        total = sum(int(prunable(t.module).sum()) for t in targets)
+        if total and round(config.sparsity * total) >= total:
+            raise ValueError(f"prune: sparsity {config.sparsity:g} would remove every weight "
+                             f"({total} weights); a layer keeps at least one weight")
+    elif config.scope != "global":
+        for t in targets:
+            _check_keeps_one(t)
     rounds_log: list[RoundInfo] = []
     run.report.extra["rounds"] = rounds_log
 
