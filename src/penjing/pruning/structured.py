@@ -145,17 +145,33 @@ def prune_structurally(model: nn.Module, config, targets: list, example: Any, ro
             raise ValueError("prune: no layer left to prune structurally: every selected layer "
                              "feeds the model's output, is an attention projection or has "
                              "sparsity 0")
+        ignored = [*outputs, *heads]
+        for name, reason in _blockers(model, example, chosen, ignored, config, run.forward_fn):
+            module = model.get_submodule(name)
+            run.report.skip(name, module, f"kept whole: pruning the channels it emits breaks the "
+                            f"model's forward ({reason})")
+            ignored.append(module)
+            if module in chosen:
+                del chosen[module]
+                kept = [t for t in kept if t.module is not module]
+        if not chosen:
+            raise ValueError("prune: no layer left to prune structurally: pruning the selected "
+                             "layers' channels breaks the model (see the skipped layers)")
         before = _shapes(model)
         targets[:] = kept
-        pruner = structured_pruner(model, example, targets=chosen, ignored=[*outputs, *heads],
+        pruner = structured_pruner(model, example, targets=chosen, ignored=ignored,
                                    criterion=config.criterion, global_scope=config.scope == "global",
                                    rounds=rounds, forward_fn=run.forward_fn)
-        for i in range(1, rounds + 1):
-            pruner.step()
-            model.eval()
-            finish_round(i, rounds)
-            model.eval()
-        verify(model, dense, example, run.forward_fn)
+        try:
+            for i in range(1, rounds + 1):
+                pruner.step()
+                model.eval()
+                finish_round(i, rounds)
+                model.eval()
+            verify(model, dense, example, run.forward_fn)
+        except Exception:
+            _restore(model, dense)  # refused: the user's model is left as it was
+            raise
         after = _shapes(model)
         for name, shape in after.items():
             if shape != before.get(name):
@@ -165,6 +181,59 @@ def prune_structurally(model: nn.Module, config, targets: list, example: Any, ro
                                  detail="pruned" if selected else "shrunk with a pruned layer")
     finally:
         model.train(was_training)
+
+
+def _restore(model: nn.Module, dense: nn.Module) -> None:
+    """Put ``dense``'s modules and tensors back into ``model`` (in place)."""
+    for name, child in list(dense.named_children()):
+        setattr(model, name, child)
+    model._parameters.update(dense._parameters)
+    model._buffers.update(dense._buffers)
+    model.__dict__.update({k: v for k, v in dense.__dict__.items()
+                           if k not in ("_parameters", "_buffers", "_modules")})
+
+
+class LayerError(ValueError):
+    """A structured-pruning check failed at one layer (``layer``: its name)."""
+
+    def __init__(self, message: str, layer: str | None, reason: str = ""):
+        super().__init__(message)
+        self.layer, self.reason = layer, reason
+
+
+#: how many layers a probe may find whose channels the model's own code fixes
+MAX_BLOCKERS = 8
+
+
+def _blockers(model: nn.Module, example: Any, chosen: dict[nn.Module, float],
+              ignored: list[nn.Module], config, forward_fn: Callable | None) -> list[tuple[str, str]]:
+    """Layers whose output channels cannot be removed although DepGraph couples them (the
+    model's code fixes a width: a reshape to a stored ``hidden_dim``, an attribute...): found
+    by pruning a copy once and checking it, until the copy is right. Returns ``(name, why)``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: list[tuple[str, str]] = []
+    for _ in range(MAX_BLOCKERS + 1):
+        trial = copy.deepcopy(model)
+        modules = dict(trial.named_modules())
+        skip = {n for n, _ in found}
+        targets = {modules[names[id(m)]]: r for m, r in chosen.items() if names[id(m)] not in skip}
+        if not targets:
+            return found
+        keep = [modules[names[id(m)]] for m in ignored] + [modules[n] for n in skip]
+        pruner = structured_pruner(trial, example, targets=targets, ignored=keep,
+                                   criterion=config.criterion, global_scope=config.scope == "global",
+                                   rounds=1, forward_fn=forward_fn)
+        pruner.step()
+        trial.eval()
+        try:
+            verify(trial, model, example, forward_fn)
+            return found
+        except LayerError as exc:
+            if exc.layer is None or exc.layer in skip or exc.layer not in modules:
+                raise ValueError(str(exc)) from None
+            found.append((exc.layer, exc.reason))
+    raise ValueError(f"prune: structured pruning breaks this model at more than {MAX_BLOCKERS} "
+                     f"layers ({', '.join(n for n, _ in found)}); select fewer layers")
 
 
 def _as_inputs(example: Any) -> Any:
@@ -183,7 +252,7 @@ def verify(model: nn.Module, dense: nn.Module, example: Any, forward_fn: Callabl
         outputs = _module_outputs(model, lambda: call(model, example), "the pruned model")
         state = model.state_dict()
         try:
-            rebuilt = resize_like(dense, state)
+            rebuilt = resize_like(copy.deepcopy(dense), state)
             rebuilt.load_state_dict(state)
         except (ValueError, RuntimeError) as exc:
             raise ValueError(f"prune: the pruned state_dict does not load into the architecture "
@@ -194,10 +263,11 @@ def verify(model: nn.Module, dense: nn.Module, example: Any, forward_fn: Callabl
         other = again.get(name)
         if other is None or other.shape != out.shape or not torch.allclose(other, out, atol=1e-5, rtol=1e-4):
             module = model.get_submodule(name)
-            raise ValueError(f"prune: after structured pruning, layer {name} ({type_name(module)}) "
+            raise LayerError(f"prune: after structured pruning, layer {name} ({type_name(module)}) "
                              "computes differently in the pruned model and in the architecture "
                              "rebuilt from its state_dict: penjing cannot rebuild this layer type; "
-                             "add it (or the layers feeding it) to exclude=")
+                             "add it (or the layers feeding it) to exclude=", name,
+                             "the architecture rebuilt from its state_dict computes differently")
 
 
 def _module_outputs(model: nn.Module, call: Callable[[], Any], what: str) -> dict[str, torch.Tensor]:
@@ -223,7 +293,8 @@ def _module_outputs(model: nn.Module, call: Callable[[], Any], what: str) -> dic
         where = entered[-1] if entered else "(before the first layer)"
         layer = model.get_submodule(where) if entered else None
         kind = f" ({type_name(layer)})" if layer is not None else ""
-        raise ValueError(f"prune: {what} fails at layer {where}{kind} after structured pruning: "
+        raise LayerError(f"prune: {what} fails at layer {where}{kind} after structured pruning: "
+                         f"{type(exc).__name__}: {exc}", where if entered else None,
                          f"{type(exc).__name__}: {exc}") from None
     finally:
         for h in hooks:
