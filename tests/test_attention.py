@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from penjing.core.attention import SplitMultiheadAttention, packed_state, split_attention, split_state
+from penjing.core.attention import (
+    SplitMultiheadAttention,
+    packed_state,
+    split_attention,
+    split_state,
+)
 
 E, H, L, S, N = 8, 2, 3, 4, 2
 

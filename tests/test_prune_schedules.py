@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import penjing as pj
+from penjing.core.report import last_report
 from penjing.models import LeNet300
 from penjing.pruning import (
     PolynomialPruning,
@@ -19,7 +20,6 @@ from penjing.pruning import (
     round_sparsity,
     sensitivity_scan,
 )
-from penjing.core.report import last_report
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_polynomial_callback_prunes_during_fit():
 
 
 def test_iterative_rounds_only_add_to_the_mask(trained):
-    model, train, test = copy.deepcopy(trained[0]), trained[1], trained[2]
+    model, train, _test = copy.deepcopy(trained[0]), trained[1], trained[2]
     seen = []
 
     def log(m, info):
