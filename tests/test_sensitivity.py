@@ -88,5 +88,5 @@ def test_dict_batches_with_a_custom_forward_and_metric():
     base = measure(net, data, metric=neg_mse)
     result = sensitivity_scan(net, ["lin"], [1.0, 0.0], scale, data, metric=neg_mse)
     assert result.baseline == base == result.curves["lin"][0][1]
-    zeroed = -float(((net.lin.bias - data[0]["target"]) ** 2).mean())
+    zeroed = -float(((net.lin.bias.detach() - data[0]["target"]) ** 2).mean())
     assert result.curves["lin"][1][1] == pytest.approx(zeroed)
