@@ -83,7 +83,7 @@ def test_dict_batches_with_a_custom_forward_and_metric():
     data = [{"features": torch.randn(8, 4), "target": torch.randn(8)}]
 
     def neg_mse(outputs, batches):
-        return -float(sum(((o - b["target"]) ** 2).mean() for o, b in zip(outputs, batches)))
+        return -float(sum(((o - b["target"]) ** 2).mean() for o, b in zip(outputs, batches, strict=True)))
 
     base = measure(net, data, metric=neg_mse)
     result = sensitivity_scan(net, ["lin"], [1.0, 0.0], scale, data, metric=neg_mse)
