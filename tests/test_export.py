@@ -62,7 +62,7 @@ def _compressed(kind: str) -> tuple[nn.Module, torch.Tensor]:
     if kind == "pruned":
         pj.prune(model, pj.PruneConfig(sparsity=0.9), example_inputs=x[:1], progress=False)
     elif kind == "2:4":
-        pj.prune(model, pj.PruneConfig(sparsity=0.5, granularity="2:4"), example_inputs=x[:1], progress=False)
+        pj.prune(model, pj.PruneConfig(granularity="2:4"), example_inputs=x[:1], progress=False)
     elif kind == "shared":
         pj.prune(model, pj.PruneConfig(sparsity=0.8), example_inputs=x[:1], progress=False)
         pj.share(model, pj.ShareConfig(bits=4))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import penjing as pj
+from penjing.core.attention import split_attention
 from penjing.core.layers import weight_layout
 from penjing.core.report import last_report
 from penjing.low_rank import LowRankEmbedding
@@ -91,13 +92,14 @@ def test_lowrank_on_a_user_model_factorises_what_it_can_and_says_why_not_the_res
     _assert_planned_drop(model, before, 0.5)
     skips = _skips(model)
     assert skips["depthwise"] == "depthwise conv (groups=16): a split would mix the groups"
-    assert skips["attn"] == "its q/k/v projections are one packed in_proj_weight, not a layer to swap"
-    assert skips["attn.out_proj"].startswith("a projection of nn.MultiheadAttention")
+    # attention was split into q/k/v/out Linear first, so its projections are candidates too
+    assert "split 1 MultiheadAttention into q/k/v/out Linear" in last_report(model).notes
+    assert "attn" not in skips and skips["attn.q_proj"] == "kept dense by the budget"
     touched = {c.name for c in last_report(model).touched}
     assert "embed" in touched and isinstance(model.embed, LowRankEmbedding)
-    # the budget counts only what lowrank can act on: embedding, conv, mlp, head
+    # the budget counts only what lowrank can act on: embedding, conv, q/k/v/out, mlp, head
     plan = last_report(model).extra["plan"]
-    assert plan.budget_before == 200 * 16 + 16 * 16 * 9 + 16 * 64 + 64 * 5
+    assert plan.budget_before == 200 * 16 + 16 * 16 * 9 + 4 * 16 * 16 + 16 * 64 + 64 * 5
     assert model(ids).shape == (4, 5)
     # the same structure rebuilt from the ranks loads the state_dict strictly
     rebuilt, _ = user_net()
@@ -113,7 +115,7 @@ def test_the_budget_ignores_what_lowrank_cannot_touch():
     before = sum(p.numel() for p in model.parameters())
     pj.lowrank(model, pj.LowRankConfig(params=0.3, exclude="Embedding"), example_inputs=ids)
     plan = last_report(model).extra["plan"]
-    assert plan.budget_before == 16 * 16 * 9 + 16 * 64 + 64 * 5  # conv, mlp, head only
+    assert plan.budget_before == 16 * 16 * 9 + 4 * 16 * 16 + 16 * 64 + 64 * 5  # conv, q/k/v/out, mlp, head
     _assert_planned_drop(model, before, 0.3)
     assert type(model.embed) is nn.Embedding and "embed" not in _skips(model)  # excluded, not skipped
 
@@ -146,13 +148,14 @@ def test_ternarize_on_a_user_model_and_its_file(tmp_path):
     model, ids = user_net()
     pj.ternarize(model, pj.TernaryConfig(algorithm="twn", keep_first_last=False))
     touched = {c.name for c in last_report(model).touched}
-    assert touched == {"embed", "conv", "depthwise", "attn.out_proj", "mlp", "head"}
-    assert _skips(model) == {"attn": "its q/k/v projections are one packed in_proj_weight; its "
-                                     "out_proj Linear is converted on its own"}
-    assert _assert_three_values_per_channel(model) == 6
+    assert touched == {"embed", "conv", "depthwise", "attn.q_proj", "attn.k_proj", "attn.v_proj",
+                       "attn.out_proj", "mlp", "head"}
+    assert _skips(model) == {}
+    assert _assert_three_values_per_channel(model) == 9
     out = model(ids)  # MultiheadAttention runs on its parametrized out_proj
     info = pj.save(model, tmp_path / "user.pjz")
     fresh, _ = user_net()
+    split_attention(fresh)  # the file holds the split attention's q/k/v/out weights
     fresh.load_state_dict(pj.load(tmp_path / "user.pjz"))
     assert torch.equal(fresh(ids), out)
     for name in ("embed", "conv", "mlp"):  # a 3-value codebook: at most 2 bits per weight

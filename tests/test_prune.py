@@ -10,6 +10,7 @@ from torch import nn
 
 import penjing as pj
 from penjing.core.params import bake, original, parametrizations
+from penjing.core.report import last_report
 from penjing.core.stats import layer_stats
 from penjing.pruning import Mask, PruneConfig, get_mask, prune
 
@@ -74,6 +75,20 @@ def test_quality_threshold_is_quality_times_std():
         assert torch.equal(model[i].weight != 0, expected)
 
 
+def test_global_quality_is_one_threshold_over_all_layers():
+    """Han's rule with scope='global': |w| >= quality x the std of every selected weight pooled."""
+    model = mlp()
+    dense = copy.deepcopy(model)
+    prune(model, PruneConfig(quality=0.7, scope="global"))
+    pooled = torch.cat([dense[i].weight.detach().flatten() for i in (1, 3, 5)])
+    threshold = 0.7 * pooled.std()
+    for i in (1, 3, 5):
+        assert torch.equal(model[i].weight != 0, dense[i].weight.detach().abs() >= threshold)
+    # not the per-layer rule: some layer's mask differs from its own-std threshold
+    assert any(not torch.equal(model[i].weight != 0, dense[i].weight.abs() >= 0.7 * dense[i].weight.std())
+               for i in (1, 3, 5))
+
+
 def test_per_layer_dict_prunes_matched_layers_and_leaves_the_rest_dense():
     model = mlp()
     prune(model, PruneConfig(sparsity={"1": 0.9, "Linear": 0.5}))  # first matching key wins
@@ -83,6 +98,19 @@ def test_per_layer_dict_prunes_matched_layers_and_leaves_the_rest_dense():
     prune(model, PruneConfig(sparsity={"3": 0.5}))
     assert get_mask(model[1]) is None and get_mask(model[5]) is None
     assert zeros(model[3]) == round(0.5 * 48 * 24)
+    skipped = {s.name: s.reason for s in last_report(model).skipped}
+    assert skipped == {"1": "no key of PruneConfig.sparsity matches it",
+                       "5": "no key of PruneConfig.sparsity matches it"}
+
+
+def test_per_layer_roles_first_last_and_star():
+    model = mlp()
+    prune(model, PruneConfig(sparsity={"first": 0.9, "last": 0.5, "*": 0.7}))
+    assert [zeros(model[i]) for i in (1, 3, 5)] == [round(0.9 * 64 * 48), round(0.7 * 48 * 24),
+                                                    round(0.5 * 24 * 10)]
+    with pytest.raises(ValueError, match=r"^PruneConfig.sparsity: key 'fc9' matches no layer; the "
+                                         r"layers are 1, 3, 5$"):
+        prune(mlp(), PruneConfig(sparsity={"fc9": 0.5, "*": 0.5}))
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (2, 8)])
@@ -108,9 +136,22 @@ def test_two_four_is_along_inputs_not_outputs():
 
 def test_n_m_skips_layers_whose_input_is_not_a_multiple_of_m():
     model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
-    with pytest.warns(UserWarning, match=r"skipping 0: its input dimension 6 is not a multiple of M=4"):
-        prune(model, PruneConfig(granularity="2:4"))
+    prune(model, PruneConfig(granularity="2:4"))
     assert get_mask(model[0]) is None and get_mask(model[1]) is not None
+    [skip] = last_report(model).skipped
+    assert (skip.name, skip.reason) == ("0", "its input dimension 6 is not a multiple of M=4")
+    with pytest.raises(ValueError, match=r"^prune: layer 0 \(Linear\) was selected but its input "
+                                         r"dimension 6 is not a multiple of M=4"):
+        prune(nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4)), PruneConfig(granularity="2:4", layers="0"))
+
+
+def test_n_m_on_conv_transpose_groups_its_input_axis_zero():
+    """ConvTranspose2d keeps its weight as (in, out, kh, kw): groups of M run along axis 0."""
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(8, 3, 2)
+    prune(layer, PruneConfig(granularity="2:4"))
+    w = layer.weight.detach()
+    assert torch.all((w.movedim(0, -1) == 0).reshape(-1, 4).sum(-1) == 2)
 
 
 def test_fit_keeps_pruned_weights_zero_and_bake_gives_plain_tensors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,6 +31,10 @@ def test_per_layer_sparsity_removes_exactly_the_smallest(rows, cols, sparsity, s
     torch.manual_seed(seed)
     layer = nn.Linear(cols, rows)
     dense = layer.weight.detach().clone()
+    if round(sparsity * rows * cols) >= rows * cols:  # every weight: refused (a layer keeps one)
+        with pytest.raises(ValueError, match=r"would remove every weight of layer \(root\)"):
+            prune(layer, PruneConfig(sparsity=sparsity))
+        return
     prune(layer, PruneConfig(sparsity=sparsity))
     pruned = layer.weight.detach() == 0
     assert int(pruned.sum()) == round(sparsity * rows * cols)

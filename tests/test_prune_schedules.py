@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import penjing as pj
+from penjing.core.report import last_report
 from penjing.models import LeNet300
 from penjing.pruning import (
     PolynomialPruning,
@@ -17,7 +18,7 @@ from penjing.pruning import (
     polynomial_sparsity,
     prune,
     round_sparsity,
-    sensitivity,
+    sensitivity_scan,
 )
 
 
@@ -62,14 +63,14 @@ def test_polynomial_callback_prunes_during_fit():
 
 
 def test_iterative_rounds_only_add_to_the_mask(trained):
-    model, train, test = copy.deepcopy(trained[0]), trained[1], trained[2]
+    model, train, _test = copy.deepcopy(trained[0]), trained[1], trained[2]
     seen = []
 
-    def log(info):
-        seen.append((info.kept, (model.fc2.weight == 0).clone()))
+    def log(m, info):
+        seen.append((info.kept, (m.fc2.weight == 0).clone()))
 
-    prune(model, PruneConfig(sparsity=0.9, schedule="iterative", rounds=3, finetune_epochs=1), train,
-          test=test, progress=False, log=log)
+    prune(model, PruneConfig(sparsity=0.9, schedule="iterative", rounds=3, finetune_epochs=1,
+                             on_round=log), data=train, progress=False)
     assert [round(k, 3) for k, _ in seen] == [round(1 - round_sparsity(0.9, r / 3), 3) for r in (1, 2, 3)]
     for (_, before), (_, after) in zip(seen, seen[1:], strict=False):
         assert torch.all(after[before])
@@ -82,7 +83,7 @@ def test_iterative_pruning_keeps_accuracy_on_digits(trained):
     model = copy.deepcopy(dense)
     before = pj.evaluate(dense, test)
     prune(model, PruneConfig(sparsity=0.85, scope="global", schedule="iterative", rounds=3,
-                             finetune_epochs=3), train, progress=False)
+                             finetune_epochs=3), data=train, progress=False)
     stats = pj.summary(model, test)
     assert stats.nonzeros / stats.params == pytest.approx(0.15, abs=1e-4)
     assert stats.accuracy >= before - 0.015, (before, stats.accuracy)
@@ -94,7 +95,7 @@ def test_iterative_pruning_keeps_accuracy_on_digits(trained):
 def test_sensitivity_curves_and_suggestions(trained, tmp_path):
     model, _, test = trained
     state = copy.deepcopy(model.state_dict())
-    result = sensitivity(model, test, sparsities=[0.5, 0.9, 0.99], plot=tmp_path / "s.png")
+    result = sensitivity_scan(model, test, sparsities=[0.5, 0.9, 0.99], plot=tmp_path / "s.png")
     assert list(result.curves) == ["fc1", "fc2", "fc3"]
     assert all([s for s, _ in c] == [0.5, 0.9, 0.99] for c in result.curves.values())
     assert (tmp_path / "s.png").stat().st_size > 1000
@@ -114,8 +115,9 @@ def test_sensitivity_curves_and_suggestions(trained, tmp_path):
 
 def test_structured_sensitivity_stops_at_the_classifier(trained):
     model, _, test = trained
-    result = sensitivity(model, test, sparsities=[0.5], granularity="channel")
+    result = sensitivity_scan(model, test, sparsities=[0.5], granularity="channel")
     assert list(result.curves) == ["fc1", "fc2"]  # fc3's outputs are the model's outputs
+    assert "fc3" in result.skipped
 
 
 @pytest.mark.slow
@@ -136,11 +138,11 @@ def test_han_lenet300_keeps_8_percent_within_half_a_point(digits_data, tmp_path)
 
 def test_polynomial_schedule_through_prune(trained):
     model, train, test = copy.deepcopy(trained[0]), trained[1], trained[2]
-    seen = []
-    prune(model, PruneConfig(sparsity=0.8, schedule="polynomial", finetune_epochs=2, frequency=5), train,
-          test=test, progress=False, log=seen.append)
+    prune(model, PruneConfig(sparsity=0.8, schedule="polynomial", finetune_epochs=2, frequency=5),
+          data=train, progress=False)
+    seen = last_report(model).extra["rounds"]
     assert len(seen) == 1 and seen[0].kept == pytest.approx(0.2, abs=1e-4)
-    assert seen[0].accuracy >= pj.evaluate(trained[0], test) - 0.03
+    assert pj.evaluate(model, test) >= pj.evaluate(trained[0], test) - 0.03
 
 
 def test_recipe_step_sparsity_auto_uses_the_sensitivity_suggestions(trained, tmp_path):
@@ -151,7 +153,8 @@ def test_recipe_step_sparsity_auto_uses_the_sensitivity_suggestions(trained, tmp
     recipe = Recipe.from_dict({"steps": [{"prune": {"sparsity": "auto", "tolerance": 1.0}}]})
     ctx = RecipeContext(train=train, test=test, out_dir=tmp_path, progress=False, echo=False)
     result = run_recipe(recipe, model, ctx)
-    expected = sensitivity(trained[0], test).suggest(1.0)
+    # the choice is made on the validation split carved from train, never on test
+    expected = sensitivity_scan(trained[0], ctx.val).suggest(1.0)
     kept = {r.name: r.kept for r in result.final.rows}
     for layer, s in expected.items():
         assert kept[layer] == pytest.approx(1 - s, abs=1e-3)

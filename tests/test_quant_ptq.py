@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import penjing as pj
+from penjing.core.mask import Mask
 from penjing.core.report import last_report
 from penjing.models import LeNet5, LeNet300, SmallResNet
-from penjing.pruning.mask import Mask
 from penjing.quantization import (
     Int8Conv2d,
     Int8Linear,

@@ -86,14 +86,11 @@ def test_unsupported_layers_are_reported_or_refused_when_selected():
     model = Mixed().eval()
     quantize(model, QuantConfig(activations="none"))
     report = last_report(model)
-    assert [t.name for t in report.touched] == ["emb", "fc"]
-    assert [(s.name, s.reason.split(";")[0]) for s in report.skipped] == [
-        ("attn", "nn.MultiheadAttention keeps its q/k/v projections packed in one in_proj_weight"),
-        ("attn.out_proj", "the out_proj of an nn.MultiheadAttention is applied inside the attention's own "
-                          "functional forward, never called as a layer")]
-    with pytest.raises(ValueError, match=r"quantize: layer attn \(MultiheadAttention\) was selected but "
-                                         r"nn.MultiheadAttention keeps"):
-        quantize(Mixed(), QuantConfig(layers=["attn", "fc"], activations="none"))
+    # the attention is split into q/k/v/out Linear first (exactly equivalent), so they quantize too
+    assert [t.name for t in report.touched] == ["emb", "attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                                "attn.out_proj", "fc"]
+    assert "split 1 MultiheadAttention into q/k/v/out Linear" in report.notes
+    assert report.skipped == []
     with pytest.raises(ValueError, match=r"quantize: layers entry 'fc9' matches no layer with weights"):
         quantize(Mixed(), QuantConfig(layers=["fc9"], activations="none"))
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from penjing.core.params import parametrizations
+from penjing.core.report import last_report
 from penjing.sharing import ShareConfig, SharedWeight, init_centroids, kmeans_1d, share, share_layer
 
 torch.set_num_threads(1)
@@ -111,22 +112,58 @@ def test_zeros_stay_zero_through_fine_tuning():
     assert after[after != 0].unique().numel() <= 8
 
 
+def _bits(model):
+    return {n: [p.bits for p in parametrizations(m)] for n, m in model.named_children()
+            if parametrizations(m)}
+
+
 def test_share_config_validation_and_lookup():
-    with pytest.raises(ValueError, match="ShareConfig.bits must be integers in \\[1, 16\\], got 0"):
+    with pytest.raises(ValueError, match="^ShareConfig.bits must be integers in \\[1, 16\\], got 0$"):
         ShareConfig(bits=0)
-    with pytest.raises(ValueError, match="ShareConfig.init must be one of linear, density, random"):
+    with pytest.raises(ValueError, match="^ShareConfig.bias_bits must be integers in \\[1, 16\\], got 17$"):
+        ShareConfig(bias_bits=17)
+    with pytest.raises(ValueError, match="^ShareConfig.init must be one of linear, density, random"):
         ShareConfig(init="kmeans++")
-    cfg = ShareConfig(bits={"fc3": 2, "Linear": 4, "conv": 7})
-    assert cfg.bits_for("fc3", nn.Linear(2, 2)) == 2
-    assert cfg.bits_for("fc1", nn.Linear(2, 2)) == 4
-    assert cfg.bits_for("c", nn.Conv1d(1, 1, 1)) == 7
-    assert ShareConfig(bits={"conv": 8}).bits_for("fc1", nn.Linear(2, 2)) is None
+    def fresh():
+        model = nn.Sequential()
+        model.add_module("fc1", nn.Linear(4, 4))
+        model.add_module("fc3", nn.Linear(4, 4))
+        model.add_module("conv", nn.Conv1d(1, 1, 1))
+        return model
+
+    model = fresh()
+    share(model, ShareConfig(bits={"fc3": 2, "Linear": 4, "conv": 7}))  # first match wins
+    assert _bits(model) == {"fc1": [4], "fc3": [2], "conv": [7]}
     layer = nn.Linear(3, 3)
     share_layer(layer, 2)
     with pytest.raises(ValueError, match="already shared"):
         share_layer(layer, 2)
-    with pytest.raises(ValueError, match="picked no Linear/Conv layer"):
+    with pytest.raises(ValueError, match="^share: layer \\(root\\) \\(Linear\\) was selected but its "
+                                         "weight is already shared"):
+        share(layer, ShareConfig(layers="Linear"))
+    with pytest.raises(ValueError, match="^share: the model has no layer with a weight matrix"):
         share(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="^ShareConfig.bits: key 'fc9' matches no layer; the layers "
+                                         "are fc1, fc3, conv$"):
+        share(fresh(), ShareConfig(bits={"fc9": 3, "*": 4}))
+
+
+def test_default_bits_are_the_papers_and_unmatched_layers_are_reported():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(1, 2, 3))
+    model.add_module("lin", nn.Linear(4, 4))
+    model.add_module("emb", nn.Embedding(10, 4))
+    share(model)
+    assert _bits(model) == {"conv": [8], "lin": [5], "emb": [5]}
+    model = nn.Sequential()
+    model.add_module("lin", nn.Linear(4, 4))
+    model.add_module("conv", nn.Conv2d(1, 2, 3))
+    share(model, ShareConfig(bits={"fc": 4}))  # the role "fc": any Linear, whatever its name
+    assert _bits(model) == {"lin": [4]}
+    [skip] = last_report(model).skipped
+    assert (skip.name, skip.reason) == ("conv", "no key of ShareConfig.bits matches it")
+    assert [c.after for c in last_report(model).touched] == ["4-bit codebook"]
 
 
 def test_sharing_a_trained_lenet300_keeps_accuracy(lenet300_digits):
@@ -140,18 +177,21 @@ def test_sharing_a_trained_lenet300_keeps_accuracy(lenet300_digits):
     assert evaluate(model, test) >= dense - 0.01
 
 
-def test_bits_by_type_name_on_an_already_parametrized_layer():
-    """A pruned layer's class is torch's ``ParametrizedLinear``: the type lookup still works."""
+def test_bits_by_type_name_and_role_on_an_already_parametrized_layer():
+    """A pruned layer's class is torch's ``ParametrizedLinear``: the type and role lookups still
+    work (the layer is named "lin", so only the type or the role can match it)."""
     from torch.nn.utils import parametrize
 
     class Keep(nn.Module):
         def forward(self, w):
             return w
 
-    layer = nn.Linear(4, 4)
-    parametrize.register_parametrization(layer, "weight", Keep())
-    assert ShareConfig(bits={"Linear": 3}).bits_for("fc", layer) == 3
-    assert ShareConfig(bits={"fc": 4}).bits_for("fc", layer) == 4
+    for key, bits in (("Linear", 3), ("fc", 4)):
+        model = nn.Sequential()
+        model.add_module("lin", nn.Linear(4, 4))
+        parametrize.register_parametrization(model.lin, "weight", Keep())
+        share(model, ShareConfig(bits={key: bits}))
+        assert [p.bits for p in parametrizations(model.lin) if isinstance(p, SharedWeight)] == [bits]
 
 
 def test_kmeans_uses_every_centroid_across_the_pruning_gap():

@@ -30,7 +30,7 @@ from penjing.train import evaluate, fit  # noqa: E402
 
 # method package -> the public names it provides
 _METHODS = {
-    "penjing.pruning": ["prune", "PruneConfig", "sensitivity"],
+    "penjing.pruning": ["prune", "PruneConfig", "sensitivity_scan"],
     "penjing.sharing": ["share", "ShareConfig"],
     "penjing.codec": ["save", "load"],
     "penjing.quantization": ["quantize", "QuantConfig", "convert"],

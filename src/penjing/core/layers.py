@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from penjing.core.attention import split_attention
 from penjing.core.report import Report
 from penjing.core.select import LayerSelector, _direct_tensors, _matches, type_name
 
@@ -61,6 +62,10 @@ def pick_layers(model: nn.Module, layers: LayerSelector, exclude: LayerSelector,
 
     Skips (default selector, unsupported layer) are recorded in ``report``.
     """
+    # Packed attention projections are invisible to weight methods: split them into Linears.
+    split = split_attention(model)
+    if split:
+        report.note(f"split {len(split)} MultiheadAttention into q/k/v/out Linear")
     candidates = weighted_layers(model)
     if not candidates:
         raise ValueError(f"{verb}: the model has no layer with a weight matrix or kernel "

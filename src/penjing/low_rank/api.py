@@ -159,10 +159,9 @@ def lowrank(model: nn.Module, config: LowRankConfig, run: Run) -> None:
     metric = "flops" if rule == "flops" else "params"
     params_before = sum(p.numel() for p in model.parameters())
     example = _example(run)
-    modules = dict(model.named_modules())
-
     def supports(name: str, module: nn.Module) -> str | None:
-        parent = modules.get(name.rpartition(".")[0]) if name else None
+        # looked up now, not before pick_layers: it may have split attention into new modules
+        parent = model.get_submodule(name.rpartition(".")[0]) if name else None
         return skip_reason(module, parent, rule)
 
     chosen = pick_layers(model, config.layers, config.exclude, verb="lowrank", supports=supports,

@@ -3,12 +3,16 @@ and the gradual polynomial schedule as a training callback."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
+from penjing.core.mask import apply_mask, current_mask
+from penjing.core.params import parametrizations
+from penjing.core.report import Report
 from penjing.pruning.config import PruneConfig
-from penjing.pruning.mask import apply_mask, current_mask
 from penjing.pruning.masks import global_masks, n_m_mask, quality_mask, sparsity_mask
-from penjing.pruning.targets import Target, n_m_targets, select_targets
+from penjing.pruning.targets import Target, select_targets
 from penjing.train import Callback
 
 
@@ -29,14 +33,23 @@ def polynomial_sparsity(step: int, final: float, initial: float, begin: int, end
     return final + (initial - final) * (1 - progress) ** 3
 
 
+def _apply(target: Target, mask: torch.Tensor) -> None:
+    """Mask ``target`` and share the very same :class:`Mask` with every module tied to it, so a
+    tied weight stays one tensor (one mask, one gradient)."""
+    found = apply_mask(target.module, mask)
+    for _, other in target.tied:
+        if not any(p is found for p in parametrizations(other)):
+            parametrize.register_parametrization(other, "weight", found)
+
+
 def mask_round(targets: list[Target], config: PruneConfig, fraction: float = 1.0,
                sparsity: float | None = None) -> None:
     """Prune every target once: to ``sparsity`` if given, else to its sparsity (or quality) of
     round ``fraction`` of the schedule. Masks only ever lose weights."""
     nm = config.n_m
     if nm is not None:
-        for t in n_m_targets(targets, nm[1]):
-            apply_mask(t.module, n_m_mask(t.module, *nm))
+        for t in targets:
+            _apply(t, n_m_mask(t.module, *nm))
         return
     if config.scope == "global":
         modules = {t.name: t.module for t in targets}
@@ -47,15 +60,15 @@ def mask_round(targets: list[Target], config: PruneConfig, fraction: float = 1.0
             level = sparsity if sparsity is not None else round_sparsity(config.sparsity, fraction)
             masks = global_masks(modules, level, None, alive)
         for t in targets:
-            apply_mask(t.module, masks[t.name])
+            _apply(t, masks[t.name])
         return
     for t in targets:
         if t.sparsity is None:
-            mask = quality_mask(t.module, config.quality * fraction, current_mask(t.module))
+            mask = quality_mask(t.module, config.quality * fraction, current_mask(t.module), t.name)
         else:
             level = sparsity if sparsity is not None else round_sparsity(t.sparsity, fraction)
-            mask = sparsity_mask(t.module, level)
-        apply_mask(t.module, mask)
+            mask = sparsity_mask(t.module, level, t.name)
+        _apply(t, mask)
 
 
 class PolynomialPruning(Callback):
@@ -67,13 +80,14 @@ class PolynomialPruning(Callback):
     ``config.frequency`` steps, and the training in between lets the network recover.
     """
 
-    def __init__(self, model: nn.Module, config: PruneConfig, total_steps: int):
+    def __init__(self, model: nn.Module, config: PruneConfig, total_steps: int,
+                 targets: list[Target] | None = None):
         if config.schedule != "polynomial":
             raise ValueError(f"PolynomialPruning needs schedule='polynomial', got {config.schedule!r}")
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.config = config
-        self.targets = select_targets(model, config)
+        self.targets = targets if targets is not None else select_targets(model, config, Report("prune"))
         self.begin = round(config.begin * total_steps)
         self.end = max(round(config.end * total_steps), self.begin + 1)
         self.history: list[tuple[int, float]] = []

@@ -8,19 +8,20 @@ largest one whose accuracy drop stays within a tolerance), ready for
 
 from __future__ import annotations
 
-import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
+from penjing.core.report import last_report
 from penjing.core.select import LayerSelector
-from penjing.pruning.config import PruneConfig
+from penjing.core.sensitivity import Unsupported
+from penjing.core.sensitivity import sensitivity_scan as run_scan
+from penjing.pruning.config import PruneConfig, check_sparsity
 from penjing.pruning.targets import select_targets
-from penjing.train import evaluate
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -36,6 +37,8 @@ class SensitivityResult:
     baseline: float
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     granularity: str = "unstructured"
+    #: layers with no (or a shortened) curve, and why
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def suggest(self, tolerance: float = 1.0) -> dict[str, float]:
         """Per layer, the largest tested sparsity whose accuracy drop is at most ``tolerance``
@@ -87,59 +90,64 @@ class SensitivityResult:
         return path
 
 
-def sensitivity(
+def sensitivity_scan(
     model: nn.Module,
-    test: Dataset | DataLoader,
+    data: Any,
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     layers: LayerSelector = None,
     *,
     exclude: LayerSelector = (),
     criterion: str = "magnitude",
     granularity: str = "unstructured",
-    example_inputs=None,
+    example_inputs: Any = None,
+    forward_fn: Callable | None = None,
+    metric: Callable | None = None,
     plot: str | Path | None = None,
     tolerance: float = 1.0,
 ) -> SensitivityResult:
-    """Prune each selected layer of a copy of ``model``, alone, at each of ``sparsities`` (no
-    fine-tuning) and measure accuracy on ``test``. ``model`` itself is not changed.
+    """Prune each selected layer alone, at each of ``sparsities`` (no fine-tuning), and
+    measure the metric on ``data`` (default: top-1 accuracy; see :mod:`penjing.core.batch`).
+    ``model`` itself is not changed (the one runner, :func:`penjing.core.sensitivity.sensitivity_scan`).
 
     ``granularity`` may be ``unstructured`` or ``channel``/``filter`` (then each layer loses
-    that fraction of its filters; needs ``example_inputs`` or uses a sample of ``test``).
+    that fraction of its filters; needs ``example_inputs`` or uses the first batch of
+    ``data``; the classifier's curve is left out: its filters are the model's outputs).
     With ``plot``, the curves are written there as a PNG (the tolerance line drawn in).
     """
+    from penjing.core.batch import example_from
+    from penjing.core.report import Report
+    from penjing.pruning.api import prune
+
     sparsities = sorted(set(sparsities))
     if not sparsities:
         raise ValueError("give at least one sparsity to test")
     for s in sparsities:
-        PruneConfig(sparsity=s)  # the same range checks and messages as prune()
-    names = [t.name for t in select_targets(model, PruneConfig(sparsity=0.5, layers=layers,
-                                                               exclude=exclude))]
-    from penjing.pruning.api import prune
-
-    result = SensitivityResult(baseline=evaluate(model, test), granularity=granularity)
+        check_sparsity(s, "sensitivity sparsity")
+    probe = PruneConfig(sparsity=0.5, layers=layers, exclude=exclude, granularity=granularity
+                        if granularity in ("channel", "filter") else "unstructured")
+    names = [t.name for t in select_targets(model, probe, Report("prune"))]
     structured = granularity in ("channel", "filter")
-    if structured and example_inputs is None:
-        example_inputs = (next(iter(test))[0] if isinstance(test, DataLoader)
-                          else test[0][0].unsqueeze(0))
-    for name in names:
-        curve = []
-        for s in sparsities:
-            trial = copy.deepcopy(model)
-            layer = trial.get_submodule(name) if name else trial
-            config = PruneConfig(sparsity=s, criterion=criterion, granularity=granularity,
-                                 layers=lambda _n, m, layer=layer: m is layer)
-            try:
-                with warnings.catch_warnings():
-                    # a structured trial on the classifier warns, then refuses: we skip it below
-                    warnings.simplefilter("ignore" if structured else "default")
-                    prune(trial, config, example_inputs=example_inputs, progress=False)
-            except ValueError:
-                if structured:  # e.g. the classifier: its filters are the model's outputs
-                    break
-                raise
-            curve.append((s, evaluate(trial, test)))
-        if curve:
-            result.curves[name or "(root)"] = curve
+    if structured:
+        example_inputs = example_from(example_inputs, data, "structured sensitivity")
+
+    def apply(trial: nn.Module, name: str, s: float) -> None:
+        layer = trial.get_submodule(name) if name else trial
+        config = PruneConfig(sparsity=s, criterion=criterion, granularity=granularity,
+                             layers=lambda _n, m, layer=layer: m is layer)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no layer was changed" when refused below
+                prune(trial, config, example_inputs=example_inputs, forward_fn=forward_fn,
+                      progress=False)
+        except ValueError as exc:
+            raise Unsupported(str(exc)) from None
+        if structured and not any(c.name == name for c in last_report(trial).touched):
+            raise Unsupported(f"{name}: its filters cannot be removed (they are the model's outputs)")
+
+    scan = run_scan(model, names, sparsities, apply, data, forward_fn=forward_fn, metric=metric,
+                    restore="model" if structured else "layer")
+    result = SensitivityResult(baseline=scan.baseline, curves=scan.curves, granularity=granularity,
+                               skipped=scan.skipped)
     if plot is not None:
         result.plot(plot, tolerance)
     return result

@@ -1,82 +1,91 @@
-"""Which layers a :class:`PruneConfig` prunes, and at which sparsity each."""
+"""Which layers a :class:`PruneConfig` prunes, and at which sparsity each (the one layer rule of
+:func:`penjing.core.layers.pick_layers` and the one override rule of :func:`per_layer`)."""
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
-from penjing.core.select import select
+from penjing.core.layers import pick_layers, weight_layout
+from penjing.core.override import per_layer
+from penjing.core.report import Report
+from penjing.core.select import type_name
+from penjing.core.validate import check_model, tied_groups
 from penjing.pruning.config import PruneConfig
+
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 
 @dataclass
 class Target:
-    """One layer to prune: its name, the module and its final sparsity (``None``: quality)."""
+    """One layer to prune: its name, the module, its final sparsity (``None``: quality) and
+    the other modules holding the same (tied) weight, which the mask is shared with."""
 
     name: str
     module: nn.Module
     sparsity: float | None
+    tied: tuple[tuple[str, nn.Module], ...] = ()
 
     @property
     def label(self) -> str:
         return self.name or "(root)"
 
 
-def _warn(message: str) -> None:
-    warnings.warn(f"penjing.prune: {message}", UserWarning, stacklevel=4)
+def supports(config: PruneConfig):
+    """``supports(name, module)`` for :func:`pick_layers`: the reason a layer cannot be pruned
+    as ``config`` says, or ``None``."""
+    nm = config.n_m
+
+    def check(name: str, module: nn.Module) -> str | None:
+        if config.structured:
+            if isinstance(module, _EMBEDDINGS):
+                return ("structured pruning removes output channels of conv/Linear layers; an "
+                        "embedding table is kept (prune it unstructured or N:M)")
+            if not isinstance(module, _ConvNd | nn.Linear):
+                return f"structured pruning handles conv and Linear layers, not {type_name(module)}"
+            return None
+        if nm is not None:
+            size = module.weight.shape[weight_layout(module).in_axis]
+            if size % nm[1]:
+                return f"its input dimension {size} is not a multiple of M={nm[1]}"
+        return None
+
+    return check
 
 
-def select_targets(model: nn.Module, config: PruneConfig) -> list[Target]:
-    """The selected layers that have a prunable weight, each with its target sparsity.
-
-    A selected leaf module without a weight (ReLU, pooling...) or with a 1-D one (BatchNorm's
-    per-channel scale) is skipped with a warning; containers are passed over silently (their
-    weighted children are selected on their own).
-    """
-    weighted: list[tuple[str, nn.Module]] = []
-    for name, module in select(model, config.layers, exclude=config.exclude):
-        label = name or "(root)"
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            if not any(True for _ in module.children()):
-                _warn(f"skipping {label} ({type(module).__name__}): it has no weight to prune")
-            continue
-        if weight.dim() < 2:
-            _warn(f"skipping {label} ({type(module).__name__}): its weight is 1-D (one scale per "
-                  "channel); prune the layer before it with granularity='channel' instead")
-            continue
-        weighted.append((name, module))
-    if not weighted:
-        raise ValueError(f"no layer to prune: layers={config.layers!r} (exclude={config.exclude!r}) "
-                         f"selects no module with a weight in {type(model).__name__}")
-    if not isinstance(config.sparsity, dict):
-        return [Target(n, m, config.sparsity) for n, m in weighted]
-    # Per-layer sparsities: each key is a selector (glob, type name...); the first key that
-    # selects a layer gives its sparsity, and layers no key selects stay dense.
-    by_key = [(set(n for n, _ in select(model, key)), value) for key, value in config.sparsity.items()]
+def select_targets(model: nn.Module, config: PruneConfig, report: Report) -> list[Target]:
+    """The layers ``config`` prunes, each once (a weight tied between modules is one target),
+    with its sparsity; skips recorded in ``report``."""
+    check_model(model, "prune")
+    layers = pick_layers(model, config.layers, config.exclude, verb="prune",
+                         supports=supports(config), report=report)
+    check_model(model, "prune", layers)
+    groups = tied_groups(model, layers)
+    if isinstance(config.sparsity, Mapping):
+        amounts = per_layer(config.sparsity, layers, "PruneConfig.sparsity")
+    else:
+        sparsity = None if config.quality is not None or config.sparsity == "auto" else config.sparsity
+        amounts = {name: sparsity for name, _ in layers}
     targets = []
-    for name, module in weighted:
-        value = next((v for names, v in by_key if name in names), None)
-        if value is not None:
-            targets.append(Target(name, module, value))
+    for (name, module), tied in groups:
+        if name not in amounts:
+            report.skip(name, module, "no key of PruneConfig.sparsity matches it")
+            continue
+        for other, _ in tied:
+            report.note(f"{other} holds the same weight as {name}: pruned once, with one mask")
+        targets.append(Target(name, module, amounts[name], tuple(tied)))
     if not targets:
-        raise ValueError(f"no key of the per-layer sparsity dict {sorted(config.sparsity)} matches a "
-                         f"selected layer ({', '.join(n or '(root)' for n, _ in weighted)})")
+        raise ValueError("prune: no layer to prune: no key of PruneConfig.sparsity "
+                         f"{sorted(map(str, config.sparsity))} matches a selected layer")
     return targets
 
 
-def n_m_targets(targets: list[Target], m: int) -> list[Target]:
-    """Drop (with a warning) layers whose input dimension is not a multiple of ``m``."""
-    kept = []
-    for t in targets:
-        size = t.module.weight.shape[1]
-        if size % m:
-            _warn(f"skipping {t.label}: its input dimension {size} is not a multiple of M={m}")
-        else:
-            kept.append(t)
-    if not kept:
-        raise ValueError(f"no selected layer has an input dimension that is a multiple of M={m}")
-    return kept
+def count(targets: list[Target]) -> tuple[int, int]:
+    """``(weights, nonzero weights)`` over the targets (a tied weight counted once)."""
+    params = sum(t.module.weight.numel() for t in targets)
+    nonzeros = sum(int(torch.count_nonzero(t.module.weight.detach())) for t in targets)
+    return params, nonzeros

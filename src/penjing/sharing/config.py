@@ -2,63 +2,74 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from penjing.core.config import MethodConfig, option
+from penjing.core.select import LayerSelector
 from penjing.sharing.kmeans import INITS
 
-#: Deep Compression's widths: 8 bits (256 centroids) for conv layers, 5 bits (32) for fc.
-DEFAULT_BITS: dict[str, int] = {"conv": 8, "Linear": 5}
+#: Deep Compression's widths (Han et al. 2016): 8 bits (256 centroids) for conv layers, 5 bits
+#: (32) for fully connected ones; embedding tables, matrices like fc layers', get 5 too.
+CONV_BITS, OTHER_BITS = 8, 5
+DEFAULT_BITS = {"conv": CONV_BITS, "fc": OTHER_BITS, "embedding": OTHER_BITS}
+
+
+def default_bits(module: nn.Module) -> int:
+    """The Deep Compression width of ``module`` (``ShareConfig.bits=None``)."""
+    return CONV_BITS if isinstance(module, _ConvNd) else OTHER_BITS
+
+
+def _check_widths(value: Any, where: str, *, optional: bool = False) -> None:
+    values = list(value.values()) if isinstance(value, Mapping) else [value]
+    if isinstance(value, Mapping) and not value:
+        raise ValueError(f"{where} is an empty mapping: give one width, or selector -> width pairs")
+    for b in values:
+        if optional and b is None:
+            continue
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
+            raise ValueError(f"{where} must be integers in [1, 16], got {b!r}")
 
 
 @dataclass
-class ShareConfig:
-    """Weight sharing settings.
+class ShareConfig(MethodConfig):
+    """Weight sharing settings (Deep Compression's k-means codebooks).
 
-    ``bits``: one int for every layer, or a dict whose keys are layer names (exact), module type
-    names (``"Linear"``, ``"Conv2d"``), ``"conv"`` (any ConvNd) or ``"*"`` (anything else);
-    looked up in that order. ``init``: ``linear`` (default, the paper's best), ``density`` or
-    ``random``. ``layers``/``exclude``: a selector (see :func:`penjing.core.select.select`).
-    ``bias_bits``: share biases too (off by default, as in the paper).
+    ``bits``: one width for every layer, or per layer ``{selector: bits}`` by the one override
+    rule (first matching key wins; keys are globs, type names or the roles
+    ``conv``/``fc``/``embedding``/``first``/``last``/``*``; layers no key matches are left
+    unshared and reported); default: 8 bits for conv layers, 5 for the rest (the paper's).
+    ``bias_bits``: share biases too, at this many bits (one value or per layer; not in the
+    paper, where biases are negligible; in small models they are not).
     """
 
-    bits: int | dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BITS))
-    init: str = "linear"
-    layers: Any = None
-    exclude: Any = ()
-    max_iter: int = 100
-    seed: int = 0
-    #: also share each layer's bias at this many bits (``None``: biases stay float). Not in the
-    #: paper, where biases are a negligible part of the model; in small models they are not.
-    bias_bits: int | None = None
-    #: move centroids whose cluster runs empty onto the worst-fitting values, so all 2^b
-    #: entries are used (linear init on a pruned layer puts some in the empty gap around
-    #: zero). ``False`` leaves them unused: fewer distinct values, a lower index entropy and a
-    #: smaller file, at a coarser fit (the shipped Deep Compression recipes measured both).
-    relocate_empty: bool = True
+    method: ClassVar[str] = "share"
+
+    bits: int | Mapping[Any, int] | None = option(
+        None, "bits per weight index (2^bits centroids): one width, or selector=bits pairs "
+        "(conv=8,fc=5; first match wins); default 8 for conv, 5 for the rest")
+    init: Literal["linear", "density", "random"] = option("linear", "centroid initialization "
+                                                          "(linear: the paper's best)")
+    layers: LayerSelector = option(None, "layers to share: globs, type names (default: every "
+                                   "layer with a weight matrix)")
+    exclude: LayerSelector = option((), "layers to leave alone")
+    max_iter: int = option(100, "k-means iterations at most")
+    seed: int = option(0, "seed of the random init")
+    bias_bits: int | Mapping[Any, int] | None = option(None, "also share each layer's bias at this "
+                                                       "many bits (default: biases stay float)")
+    relocate_empty: bool = option(True, "move centroids whose cluster runs empty onto the worst-"
+                                  "fitting values (no: fewer distinct values, smaller file)")
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"ShareConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
-        widths = [*(self.bits.values() if isinstance(self.bits, dict) else [self.bits]),
-                  *([self.bias_bits] if self.bias_bits is not None else [])]
-        for b in widths:
-            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
-                raise ValueError(f"ShareConfig.bits must be integers in [1, 16], got {b!r}")
-        if self.max_iter < 1:
-            raise ValueError(f"ShareConfig.max_iter must be >= 1, got {self.max_iter}")
-
-    def bits_for(self, name: str, module: nn.Module) -> int | None:
-        """Bits for layer ``name``; ``None`` when the dict names nothing that matches."""
-        if not isinstance(self.bits, dict):
-            return self.bits
-        # a parametrized module's class is torch's "Parametrized<Type>" subclass: use the base
-        kind = next(c.__name__ for c in type(module).__mro__ if not c.__name__.startswith("Parametrized"))
-        family = "conv" if isinstance(module, _ConvNd) else "fc" if isinstance(module, nn.Linear) else None
-        for key in (name, kind, family, "*"):
-            if key is not None and key in self.bits:
-                return self.bits[key]
-        return None
+        if self.bits is not None:
+            _check_widths(self.bits, "ShareConfig.bits")
+        if self.bias_bits is not None:
+            _check_widths(self.bias_bits, "ShareConfig.bias_bits", optional=True)
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"ShareConfig.max_iter must be an integer >= 1, got {self.max_iter!r}")

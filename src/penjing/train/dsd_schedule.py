@@ -6,8 +6,8 @@
 3. *Re-dense*: drop the mask (:func:`penjing.core.params.remove`), restore the pruned
    connections *at zero*, and retrain everything at ``lr * redense_lr_scale`` (the paper: 1/10).
 
-The magnitude mask lives here rather than in ``penjing.pruning``: method packages do not import
-each other, and DSD only needs the simplest criterion (per-layer magnitude).
+The mask is the one in :mod:`penjing.core.mask` (owner ``"dsd"``), so a pruning mask already
+on a layer is kept when DSD drops its own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from penjing.core.params import attach, original, parametrizations, remove
+from penjing.core.mask import Mask, get_mask, remove_mask
+from penjing.core.params import attach, original, parametrizations
 from penjing.core.select import WEIGHTED_TYPES, LayerSelector, select
 from penjing.train.callbacks import Callback
 
@@ -63,17 +64,6 @@ class DSDConfig:
         return first, min(max(second, first + 1), total_steps - 1)
 
 
-class MagnitudeMask(nn.Module):
-    """``W = M * V``: a fixed 0/1 mask (a buffer, saved with the model's state)."""
-
-    def __init__(self, mask: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mask", mask)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
-
-
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """0/1 mask zeroing the ``round(sparsity * numel)`` smallest-magnitude entries."""
     k = round(sparsity * weight.numel())
@@ -100,7 +90,7 @@ def sparsify(model: nn.Module, config: DSDConfig) -> list[str]:
         if not parametrizations(module):
             with torch.no_grad():
                 module.weight.mul_(mask)  # the dense tensor itself: zero now, zero when restored
-        attach(module, MagnitudeMask(mask))
+        attach(module, Mask(mask, owner="dsd"))
         names.append(name)
     return names
 
@@ -108,13 +98,12 @@ def sparsify(model: nn.Module, config: DSDConfig) -> list[str]:
 def densify(model: nn.Module) -> None:
     """Remove the DSD masks; the pruned connections come back at zero."""
     for module in model.modules():
-        for p in parametrizations(module):
-            if isinstance(p, MagnitudeMask):
-                with torch.no_grad():
-                    # The optimizer's momentum may have moved the hidden entries while masked.
-                    original(module).mul_(p.mask)
-                remove(module, MagnitudeMask)
-                break
+        p = get_mask(module, owner="dsd")
+        if p is not None:
+            with torch.no_grad():
+                # The optimizer's momentum may have moved the hidden entries while masked.
+                original(module).mul_(p.mask)
+            remove_mask(module, "dsd")
 
 
 def weight_sparsity(model: nn.Module, config: DSDConfig) -> float:
@@ -193,4 +182,4 @@ class DSDSchedule(Callback):
         if self.phase == 1:
             modules = dict(model.named_modules())
             for name in self.layers:
-                attach(modules[name], MagnitudeMask(torch.ones_like(modules[name].weight)))
+                attach(modules[name], Mask(torch.ones_like(modules[name].weight), owner="dsd"))
