@@ -107,8 +107,18 @@ def mapping(M: int, K: int, N: int, dataflow: str) -> tuple[int, int, int]:
     return {"os": (M, N, K), "ws": (K, N, M), "is": (K, M, N)}[dataflow]
 
 
-def gemm_cost(M: int, K: int, N: int, rows: int, cols: int, dataflow: str, count: int = 1) -> GemmCost:
-    """Closed-form cycles, utilisation and buffer reads of ``count`` GEMMs on an array."""
+def gemm_cost(M: int, K: int, N: int, rows: int, cols: int, dataflow: str, count: int = 1,
+              counting: str = "scalesim") -> GemmCost:
+    """Closed-form cycles, utilisation and buffer reads of ``count`` GEMMs on an array.
+
+    ``counting="scalesim"`` (default): SCALE-Sim 3.0.0's CALC-mode cycles exactly (every fold
+    padded to the full array, the 0-based index of the last cycle; see
+    :mod:`penjing.hw.memory`). ``counting="penjing"``: charge only the rows and columns a
+    partial fold uses (the formula below), what an array that clock-gates idle PEs and starts
+    the next fold as soon as the used ones drain would take."""
+    check_counting(counting)
+    if counting == "scalesim":
+        return _scalesim_gemm_cost(M, K, N, rows, cols, dataflow, count)
     if rows < 1 or cols < 1:
         raise ValueError(f"the array needs at least 1x1 PEs, got {rows}x{cols}")
     if min(M, K, N) < 1 or count < 1:
@@ -127,6 +137,32 @@ def gemm_cost(M: int, K: int, N: int, rows: int, cols: int, dataflow: str, count
                     utilisation=macs / (rows * cols * cycles),
                     mapping_efficiency=Sr * Sc / (Fr * rows * Fc * cols),
                     a_reads=count * a, b_reads=count * b, o_writes=count * o, psum_reads=count * p)
+
+
+COUNTINGS = ("scalesim", "penjing")
+
+
+def check_counting(counting: str) -> str:
+    if counting not in COUNTINGS:
+        raise ValueError(f"unknown counting {counting!r}; choose scalesim (SCALE-Sim 3.0.0 "
+                         "compatible, the default) or penjing (partial folds charge only the PEs they use)")
+    return counting
+
+
+def _scalesim_gemm_cost(M, K, N, rows, cols, dataflow, count) -> GemmCost:
+    from penjing.hw.memory import array_counts
+
+    check_dataflow(dataflow)
+    if count < 1:
+        raise ValueError(f"GEMM dimensions must be >= 1, got M={M}, K={K}, N={N}, count={count}")
+    c = array_counts(M, K, N, rows, cols, dataflow)
+    cycles = count * c.demand_cycles - 1
+    macs = count * M * K * N
+    return GemmCost(Sr=c.Sr, Sc=c.Sc, T=c.T, fold_rows=c.fold_rows, fold_cols=c.fold_cols,
+                    cycles=cycles, macs=macs, utilisation=macs / (rows * cols * cycles),
+                    mapping_efficiency=c.mapping_efficiency, a_reads=count * c.ifmap_reads,
+                    b_reads=count * c.filter_reads, o_writes=count * c.ofmap_writes,
+                    psum_reads=count * (c.ofmap_elements - M * N))
 
 
 @dataclass
@@ -149,13 +185,27 @@ class LayerSim:
     sram_pj: float
     dram_pj: float
     reg_pj: float = 0.0
+    #: per-operand counts (SCALE-Sim counting): elements for SRAM, bytes for DRAM
+    stall: float | None = None
+    mapping_efficiency: float = 0.0
+    fold_utilisation: float = 0.0
+    sram_ifmap_reads: float = 0.0
+    sram_filter_reads: float = 0.0
+    sram_ofmap_writes: float = 0.0
+    dram_ifmap_read_bytes: float = 0.0
+    dram_filter_read_bytes: float = 0.0
+    dram_ofmap_write_bytes: float = 0.0
 
     @property
     def cycles(self) -> float:
+        if self.stall is not None:
+            return self.compute_cycles + self.stall
         return max(self.compute_cycles, self.dram_cycles)
 
     @property
     def stall_cycles(self) -> float:
+        if self.stall is not None:
+            return self.stall
         return max(0.0, self.dram_cycles - self.compute_cycles)
 
     @property
@@ -173,7 +223,7 @@ class LayerSim:
 
     @property
     def bound(self) -> str:
-        return "memory" if self.dram_cycles > self.compute_cycles else "compute"
+        return "memory" if self.stall_cycles > 0 or self.dram_cycles > self.compute_cycles else "compute"
 
     @property
     def intensity(self) -> float:
@@ -294,10 +344,22 @@ def _weight_dram_bytes(layer: Layer, bits: int) -> float:
 
 
 def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | None = None,
-                    table: EnergyTable | None = None, batch: int = 1) -> SimReport:
-    """Simulate traced ``layers`` on ``hw`` (the module docstring gives every formula)."""
+                    table: EnergyTable | None = None, batch: int = 1, counting: str = "scalesim",
+                    geometry: dict | None = None) -> SimReport:
+    """Simulate traced ``layers`` on ``hw``.
+
+    ``counting="scalesim"`` (default): SCALE-Sim 3.0.0's cycles and memory model
+    (:mod:`penjing.hw.scalesim_layers`), fed by each layer's sparsity and bit widths;
+    ``geometry`` (from :func:`penjing.hw.geometry.geometry`) adds conv window overlap and zero
+    patterns. ``counting="penjing"``: the model of this module's docstring."""
     dataflow = check_dataflow(dataflow or hw.dataflow)
+    check_counting(counting)
     table = table or load_table()
+    if counting == "scalesim":
+        from penjing.hw.scalesim_layers import simulate_layers_scalesim
+
+        return simulate_layers_scalesim(layers, hw, dataflow=dataflow, table=table, batch=batch,
+                                        geometry=geometry or {})
     report = SimReport(hw=hw, dataflow=dataflow, batch=batch, table=table.name)
     abytes, accbytes = hw.bits / 8, hw.acc_bits / 8
     in_buf, w_buf, out_buf = hw.ifmap_kib * 1024, hw.weight_kib * 1024, hw.ofmap_kib * 1024
@@ -323,7 +385,7 @@ def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | 
             report.rows.append(row)
             continue
         M, K, N, g = layer.M, layer.K, layer.N, layer.count
-        cost = gemm_cost(M, K, N, hw.rows, hw.cols, dataflow, g)
+        cost = gemm_cost(M, K, N, hw.rows, hw.cols, dataflow, g, counting="penjing")
         Fr, Fc = cost.fold_rows, cost.fold_cols
         a_unique = in_dram  # the first operand is the layer input
         b_unique = _weight_dram_bytes(layer, hw.bits)
@@ -377,12 +439,14 @@ def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | 
 
 
 def simulate(model: nn.Module, example: torch.Tensor | tuple, hw: str | Path | dict | HardwareConfig = "tpu-v1",
-             *, dataflow: str | None = None, table: str | Path | dict | EnergyTable | None = None) -> SimReport:
+             *, dataflow: str | None = None, table: str | Path | dict | EnergyTable | None = None,
+             counting: str = "scalesim") -> SimReport:
     """Simulate one forward pass of ``model`` on ``example`` (a batch) on a systolic array.
 
     ``hw``: ``"tpu-v1"``, ``"edge"``, a YAML file or a :class:`HardwareConfig`.
     ``dataflow``: ``"os"``, ``"ws"`` or ``"is"`` (default: the hardware's).
-    ``table``: energy table (default 45 nm). Returns a :class:`SimReport` (print it, or call
+    ``table``: energy table (default 45 nm). ``counting``: ``"scalesim"`` (default, SCALE-Sim
+    3.0.0's cycles and memory model) or ``"penjing"`` (see :func:`gemm_cost`). Returns a :class:`SimReport` (print it, or call
     ``.roofline("roofline.png")``).
     """
     config = load_hw(hw)
@@ -390,4 +454,10 @@ def simulate(model: nn.Module, example: torch.Tensor | tuple, hw: str | Path | d
     first = example[0] if isinstance(example, tuple) else example
     layers = trace(model, example)
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
-    return simulate_layers(layers, config, dataflow=dataflow, table=load_table(table), batch=batch)
+    geom = None
+    if check_counting(counting) == "scalesim":
+        from penjing.hw.geometry import geometry
+
+        geom = geometry(model, example)
+    return simulate_layers(layers, config, dataflow=dataflow, table=load_table(table), batch=batch,
+                           counting=counting, geometry=geom)
