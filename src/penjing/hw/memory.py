@@ -229,72 +229,138 @@ class _IfmapGeometry:
         return boxes
 
 
+def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, timeline: list,
+                  cycle: int) -> None:
+    """Walk ``addresses`` (in stream order) exactly: SCALE-Sim's epoch rule, address by address."""
+    pos = 0
+    while pos < len(addresses):
+        rest = addresses[pos:]
+        outside = ~flat_mask[rest]
+        fresh = rest[outside]
+        _, first = np.unique(fresh, return_index=True)
+        need = state.E - state.n
+        if len(first) < need:
+            state.reads += len(first)
+            state.n += len(first)
+            flat_mask[fresh] = True
+            return
+        first.sort()
+        cut = np.flatnonzero(outside)[first[need - 1]]  # the address that completes the epoch
+        state.reads += need
+        state.flushes += 1
+        state.n = 0
+        flat_mask[...] = False
+        timeline.append(cycle)
+        pos += int(cut) + 1
+
+
 def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: int, unit_cycles: int,
                        timeline: list) -> None:
-    """os / is ifmap: units of ``block`` output pixels by one window row (all columns and
-    channels: the order both dataflows stream a fold in), ``passes`` times over the image (os:
-    once per column fold)."""
+    """os / is ifmap: units of ``block`` output pixels by one window row (all its columns and
+    channels, the order both dataflows stream a fold in), ``passes`` times over the image (os:
+    once per column fold). A unit that stays inside the epoch is counted with set operations; a
+    unit that completes an epoch is walked address by address in its stream order (window
+    position major, pixel minor: the systolic skew), so the flush falls where SCALE-Sim's does."""
     x = geo.x
-    M = x.M
-    mask2d = np.zeros((x.ifmap_h, x.ifmap_w), dtype=bool)  # channels travel together here
-    state.mask = None
-    C = x.channels
+    M, C, S = x.M, x.channels, x.filter_w
+    mask = np.zeros((x.ifmap_h, x.ifmap_w, C), dtype=bool)
+    flat = mask.reshape(-1)
     units = math.ceil(M / block)
+    step = max(1, unit_cycles // x.filter_h)
     cycle = 0
     for _ in range(passes):
-        flushes_before = state.flushes
-        reads_before = state.reads
+        flushes_before, reads_before = state.flushes, state.reads
         for u in range(units * x.filter_h):
             u, r = divmod(u, x.filter_h)
-            boxes = geo.pixels_window_row(u * block, min(M, (u + 1) * block), r)
-            unit = np.zeros_like(mask2d)
-            for rows, cols in boxes:
-                unit[rows, cols] = True
-            unique = int(unit.sum()) * C
-            new = int((unit & ~mask2d).sum()) * C
-
-            def mark(unit=unit):
-                np.logical_or(mask2d, unit, out=mask2d)
-
-            f0 = state.flushes
-            state.add(new, unique, mark)
-            if state.flushes != f0:
-                mask2d[...] = False
-                timeline.append(cycle + unit_cycles // 2)
-            cycle += unit_cycles // x.filter_h
+            p0, p1 = u * block, min(M, (u + 1) * block)
+            boxes = geo.pixels_window_row(p0, p1, r)
+            new = sum(int((~mask[rows, cols]).sum()) for rows, cols in boxes)
+            if state.n + new < state.E:
+                state.reads += new
+                state.n += new
+                for rows, cols in boxes:
+                    mask[rows, cols] = True
+            else:
+                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2)
+            cycle += step
         if state.flushes == flushes_before and state.reads == reads_before:
             break  # a pass that read nothing: the rest hit too
+
+
+def _unit_addresses(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> np.ndarray:
+    """Ifmap addresses of window row ``r`` of pixels ``[p0, p1)`` in stream order (skewed:
+    pixel ``j`` of the block reaches window position ``k`` at step ``k + j``)."""
+    x = geo.x
+    C, S, W = x.channels, x.filter_w, x.ifmap_w
+    p = np.arange(p0, p1)
+    oy, ox = np.divmod(p, geo.Ew)
+    k = np.arange(S * C)
+    s, c = np.divmod(k, C)
+    y = (oy * x.stride_h + r)[None, :]
+    col = (ox * x.stride_w)[None, :] + s[:, None]
+    addr = (y * W + col) * C + c[:, None]
+    valid = (y < x.ifmap_h) & (col < W)
+    j = np.arange(len(p))[None, :]
+    order = ((k[:, None] + j) * len(p) + j)[valid]
+    return addr[valid][np.argsort(order, kind="stable")]
 
 
 def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: int,
                         unit_cycles: int, timeline: list) -> None:
     """ws ifmap: folds of ``block`` window columns over all output pixels, ``passes`` times
-    (once per column fold). A fold overflowing the epoch is a scan over the pixels."""
+    (once per column fold), each fold cut into chunks of whole output rows (a fold streams
+    pixel by pixel). Chunks inside the epoch are counted with set operations; a chunk that
+    completes an epoch is walked address by address in stream order."""
     x = geo.x
     K = x.K
     mask = np.zeros((x.ifmap_h, x.ifmap_w, x.channels), dtype=bool)
+    flat = mask.reshape(-1)
     units = math.ceil(K / block)
     cycle = 0
     for _ in range(passes):
         flushes_before, reads_before = state.flushes, state.reads
         for u in range(units):
-            unit = np.zeros_like(mask)
-            for r, s, c0, c1 in geo.window_groups(u * block, min(K, (u + 1) * block)):
-                unit[geo._rows_slice(0, geo.Eh, r), geo._cols_slice(0, geo.Ew, s), c0:c1] = True
-            unique = int(unit.sum())
-            new = int((unit & ~mask).sum())
-
-            def mark(unit=unit):
-                np.logical_or(mask, unit, out=mask)
-
-            f0 = state.flushes
-            state.add(new, unique, mark)
-            if state.flushes != f0:
-                mask[...] = False
-                timeline.append(cycle + unit_cycles // 2)
+            j0, j1 = u * block, min(K, (u + 1) * block)
+            groups = geo.window_groups(j0, j1)
+            per_row = sum(c1 - c0 for _, _, c0, c1 in groups) * geo.Ew
+            # chunks of at least 8 skews of the fold (its ``block`` columns lag by up to
+            # block - 1 steps, so a chunk's edges mix with its neighbours'), else ~E/4 addresses
+            rows_per_chunk = max(1, math.ceil(8 * block / geo.Ew), state.E // (4 * max(per_row, 1)))
+            for oy0 in range(0, geo.Eh, rows_per_chunk):
+                oy1 = min(geo.Eh, oy0 + rows_per_chunk)
+                views = [mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
+                         for r, s_, c0, c1 in groups]
+                new = sum(int((~v).sum()) for v in views)
+                if state.n + new < state.E:
+                    state.reads += new
+                    state.n += new
+                    for v in views:
+                        v[...] = True
+                else:
+                    chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
+                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle)
             cycle += unit_cycles
         if state.flushes == flushes_before and state.reads == reads_before:
             break
+
+
+def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) -> np.ndarray:
+    """Ifmap addresses of output rows ``[oy0, oy1)`` x window columns ``[j0, j1)`` in ws stream
+    order (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``)."""
+    x = geo.x
+    C, S, W = x.channels, x.filter_w, x.ifmap_w
+    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew)
+    oy, ox = np.divmod(p, geo.Ew)
+    k = np.arange(j0, j1)
+    r, rest = np.divmod(k, S * C)
+    s, c = np.divmod(rest, C)
+    y = (oy * x.stride_h)[:, None] + r[None, :]
+    col = (ox * x.stride_w)[:, None] + s[None, :]
+    addr = (y * W + col) * C + c[None, :]
+    valid = (y < x.ifmap_h) & (col < W)
+    j = np.arange(len(k))[None, :]
+    order = (((p - p[0])[:, None] + j) * len(k) + j)[valid]
+    return addr[valid][np.argsort(order, kind="stable")]
 
 
 def _is_gemm_form(x: ConvShape) -> bool:
@@ -350,6 +416,11 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
             _pixel_block_reads(ifm, geo, C, 1, counts.fold_cycles * Fr, i_timeline)
         else:
             _window_block_reads(ifm, geo, R, Fc, counts.fold_cycles, i_timeline)
+    # cyclic scans keep no timeline: place their last flush by the share of reads before it
+    for state, timeline in ((filt, f_timeline), (ifm, i_timeline)):
+        if state.flushes and not timeline:
+            before = state.reads - state.n if state.n else state.reads
+            timeline.append(round(counts.demand_cycles * before / max(state.reads, 1)))
     return DramCounts(ifmap_reads=ifm.reads, filter_reads=filt.reads,
                       ofmap_writes=counts.ofmap_elements, ifmap_flush_cycles=i_timeline,
                       filter_flush_cycles=f_timeline)
@@ -419,25 +490,20 @@ class LayerResult:
 
 
 def _sram_windows(config: ScaleSimConfig, c: ArrayCounts) -> tuple:
-    """First and last cycles each SRAM sees a request (reads answer one cycle later)."""
+    """First and last cycles each SRAM sees a request (reads answer one cycle later): from the
+    layout of SCALE-Sim's demand matrices (prefix gaps, flipped stationary blocks, skews)."""
     R, C, T, L = config.rows, config.cols, c.T, c.demand_cycles
     last = L - c.fold_cycles  # first cycle of the last fold
-    r_used = c.Sr - (c.fold_rows - 1) * R
-    c_used = c.Sc - (c.fold_cols - 1) * C
+    r_first, c_first = min(R, c.Sr), min(C, c.Sc)
+    r_last = c.Sr - (c.fold_rows - 1) * R
+    c_last = c.Sc - (c.fold_cols - 1) * C
     if config.dataflow == "os":
-        i0, i1 = 1, last + T - 1 + r_used - 1 + 1
-        f0, f1 = 1, last + T - 1 + c_used - 1 + 1
-        o0, o1 = T - 1 + R - r_used, L - 1
-        return i0, i1, f0, f1, o0, o1
+        return (1, last + T - 1 + r_last, 1, last + T - 1 + c_last,
+                T - 1 + R - r_first, last + T - 1 + R - 1 + c_last - 1)
+    ofmap = (2 * R - 1, last + 2 * R - 1 + T - 1 + c_last - 1)
     if config.dataflow == "ws":
-        i0, i1 = R + 1, last + R + T - 1 + r_used - 1 + 1
-        f0, f1 = 1, last + R - 1 + 1
-        o0, o1 = 2 * R - 1, last + 2 * R - 1 + T - 1 + c_used - 1
-        return i0, i1, f0, f1, o0, o1
-    i0, i1 = 1, last + R - 1 + 1
-    f0, f1 = R + 1, last + R + T - 1 + r_used - 1 + 1
-    o0, o1 = 2 * R - 1, last + 2 * R - 1 + T - 1 + c_used - 1
-    return i0, i1, f0, f1, o0, o1
+        return (R + 1, last + R + T - 1 + r_last, R - r_first + 1, last + R, *ofmap)
+    return (R - r_first + 1, last + R, R + 1, last + R + T - 1 + r_last, *ofmap)
 
 
 def _read_window(reads: int, flushes: list, kb: float, first_request: int, bw: int) -> tuple[float, float]:
