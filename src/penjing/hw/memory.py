@@ -235,23 +235,37 @@ def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, 
     pos = 0
     while pos < len(addresses):
         rest = addresses[pos:]
-        outside = ~flat_mask[rest]
+        outside = np.flatnonzero(~flat_mask[rest])
         fresh = rest[outside]
-        _, first = np.unique(fresh, return_index=True)
+        first = _first_occurrences(fresh, flat_mask.size)
         need = state.E - state.n
         if len(first) < need:
             state.reads += len(first)
             state.n += len(first)
             flat_mask[fresh] = True
             return
-        first.sort()
-        cut = np.flatnonzero(outside)[first[need - 1]]  # the address that completes the epoch
+        cut = outside[first[need - 1]]  # the address that completes the epoch
         state.reads += need
         state.flushes += 1
         state.n = 0
         flat_mask[...] = False
         timeline.append(cycle)
         pos += int(cut) + 1
+
+
+_STAMP = np.zeros(0, dtype=np.int64)
+
+
+def _first_occurrences(values: np.ndarray, space: int) -> np.ndarray:
+    """Sorted positions of the first occurrence of each value (values in ``[0, space)``)."""
+    global _STAMP
+    if _STAMP.size < space:
+        _STAMP = np.full(space, np.iinfo(np.int64).max, dtype=np.int64)
+    idx = np.arange(len(values))
+    np.minimum.at(_STAMP, values, idx)
+    first = np.flatnonzero(_STAMP[values] == idx)
+    _STAMP[values] = np.iinfo(np.int64).max
+    return first
 
 
 def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: int, unit_cycles: int,
@@ -299,10 +313,11 @@ def _unit_addresses(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> np.ndarray
     y = (oy * x.stride_h + r)[None, :]
     col = (ox * x.stride_w)[None, :] + s[:, None]
     addr = (y * W + col) * C + c[:, None]
-    valid = (y < x.ifmap_h) & (col < W)
-    j = np.arange(len(p))[None, :]
-    order = ((k[:, None] + j) * len(p) + j)[valid]
-    return addr[valid][np.argsort(order, kind="stable")]
+    addr[(y >= x.ifmap_h) | (col >= W)] = -1
+    return _skewed(addr)
+
+
+SKEWS = 2
 
 
 def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: int,
@@ -325,18 +340,24 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
             per_row = sum(c1 - c0 for _, _, c0, c1 in groups) * geo.Ew
             # chunks of at least 8 skews of the fold (its ``block`` columns lag by up to
             # block - 1 steps, so a chunk's edges mix with its neighbours'), else ~E/4 addresses
-            rows_per_chunk = max(1, math.ceil(8 * block / geo.Ew), state.E // (4 * max(per_row, 1)))
+            rows_per_chunk = max(1, math.ceil(SKEWS * block / geo.Ew), state.E // (16 * max(per_row, 1)))
             for oy0 in range(0, geo.Eh, rows_per_chunk):
                 oy1 = min(geo.Eh, oy0 + rows_per_chunk)
                 views = [mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
                          for r, s_, c0, c1 in groups]
-                new = sum(int((~v).sum()) for v in views)
+                # the views of a fold's window positions overlap (strided windows): count the
+                # union by marking as we go, and undo the marks if the chunk completes an epoch
+                saved, new = [], 0
+                for v in views:
+                    saved.append(v.copy())
+                    new += int((~v).sum())
+                    v[...] = True
                 if state.n + new < state.E:
                     state.reads += new
                     state.n += new
-                    for v in views:
-                        v[...] = True
                 else:
+                    for v, old in zip(reversed(views), reversed(saved)):
+                        v[...] = old
                     chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
                     _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle)
             cycle += unit_cycles
@@ -357,10 +378,19 @@ def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) 
     y = (oy * x.stride_h)[:, None] + r[None, :]
     col = (ox * x.stride_w)[:, None] + s[None, :]
     addr = (y * W + col) * C + c[None, :]
-    valid = (y < x.ifmap_h) & (col < W)
-    j = np.arange(len(k))[None, :]
-    order = (((p - p[0])[:, None] + j) * len(k) + j)[valid]
-    return addr[valid][np.argsort(order, kind="stable")]
+    addr[(y >= x.ifmap_h) | (col >= W)] = -1
+    return _skewed(addr)
+
+
+def _skewed(matrix: np.ndarray) -> np.ndarray:
+    """The valid entries of ``matrix`` (time x array edge, -1 = no request) in the order the
+    array requests them: column ``j`` delayed by ``j`` steps, read row by row."""
+    steps, width = matrix.shape
+    out = np.full((steps + width - 1, width), -1, dtype=matrix.dtype)
+    for j in range(width):
+        out[j:j + steps, j] = matrix[:, j]
+    flat = out.reshape(-1)
+    return flat[flat >= 0]
 
 
 def _is_gemm_form(x: ConvShape) -> bool:
