@@ -35,10 +35,10 @@ from torch import nn
 # (inside penjing.hw.scalesim_ref) finds the SCALE-Sim package, not this script
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from penjing.hw.memory import simulate_layer, simulate_topology
-from penjing.hw.resnet_shapes import gemm_shapes, resnet18_convs, resnet18_fc
-from penjing.hw.scalesim_io import ScaleSimConfig
-from penjing.hw.scalesim_ref import available, run_scalesim
+from penjing.hw.memory import simulate_layer, simulate_topology  # noqa: E402
+from penjing.hw.resnet_shapes import gemm_shapes, resnet18_convs, resnet18_fc  # noqa: E402
+from penjing.hw.scalesim_io import ScaleSimConfig  # noqa: E402
+from penjing.hw.scalesim_ref import available, run_scalesim  # noqa: E402
 
 ARRAYS = (32, 128)
 DATAFLOWS = ("os", "ws", "is")

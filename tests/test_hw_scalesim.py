@@ -14,9 +14,16 @@ from torch import nn
 
 from penjing.core.params import attach
 from penjing.hw import load_hw, simulate
-from penjing.hw.memory import array_counts, cyclic_scan, epoch_size, simulate_layer, _Epochs
+from penjing.hw.memory import _Epochs, array_counts, cyclic_scan, epoch_size, simulate_layer
 from penjing.hw.resnet_shapes import resnet18_convs
-from penjing.hw.scalesim_io import ConvShape, ScaleSimConfig, read_config, read_report, read_topology, write_reports
+from penjing.hw.scalesim_io import (
+    ConvShape,
+    ScaleSimConfig,
+    read_config,
+    read_report,
+    read_topology,
+    write_reports,
+)
 from penjing.hw.scalesim_ref import available, run_scalesim
 
 REASON = available()
@@ -76,13 +83,13 @@ def test_fold_cycles_by_hand():
 def test_epoch_model_of_cyclic_scans_by_hand():
     E = epoch_size(64)
     assert E == 50 * 655
-    s = _Epochs(E, None)
+    s = _Epochs(E)
     cyclic_scan(s, 1000, 5)  # fits: read once
     assert s.reads == 1000
-    s = _Epochs(E, None)
+    s = _Epochs(E)
     cyclic_scan(s, E + 1, 3)  # never fits: every access misses
     assert s.reads == 3 * (E + 1)
-    s = _Epochs(1000, None)
+    s = _Epochs(1000)
     s.n = 600
     cyclic_scan(s, 800, 4)  # flush after 400 of pass 1; pass 2 re-reads those 400, then all hit
     assert s.reads == 800 + 400

@@ -4,6 +4,7 @@ in test_hw_scalesim.py."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -11,8 +12,6 @@ import time
 import pytest
 import torch
 from torch import nn
-
-import functools
 
 from penjing.hw import TPU_V1, HardwareConfig, load_hw, trace
 from penjing.hw import gemm_cost as _gemm_cost

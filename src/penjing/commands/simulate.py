@@ -137,7 +137,7 @@ def run_scalesim_files(args) -> int:
           f"{config.ifmap_kb}/{config.filter_kb}/{config.ofmap_kb} KiB, {config.bandwidth_mode} bandwidth")
     head = ["layer", "MxKxN", "cycles", "stall", "util %", "map eff %", "SRAM I/F/O", "DRAM I/F/O (words)"]
     print(" | ".join(head))
-    for layer, r in zip(layers, results):
+    for layer, r in zip(layers, results, strict=True):
         c, d = r.counts, r.dram
         print(f"{layer.name} | {layer.M}x{layer.K}x{layer.N} | {r.total_cycles:,} | {r.stall_cycles:,} | "
               f"{100 * r.overall_utilisation:.2f} | {100 * c.mapping_efficiency:.2f} | "

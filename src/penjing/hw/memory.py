@@ -23,9 +23,10 @@ byte per word) is double buffered: SCALE-Sim fills "epochs" of ``E = 50 * floor(
 distinct addresses (the active half), then forgets them all and starts the next. An address
 costs a DRAM read when it is not yet in the current epoch, so the DRAM reads of an operand are
 the distinct addresses per epoch of its demand stream. Here the stream is walked unit by unit
-(a fold, or for os/is a block of output pixels) with the epoch kept as a mask over the
-operand's addresses; when a unit overflows an epoch its stream is treated as a scan (the part
-after the flush reads its share of the unit again). Filters and GEMM operands (all addresses
+(ws: a chunk of output rows of a fold; os/is: a block of output pixels by one window row) with
+the epoch kept as a mask over the ifmap: a unit that stays inside the epoch is counted with
+set operations, the unit where an epoch completes is walked address by address in SCALE-Sim's
+skewed order, so the flush falls where SCALE-Sim's does. Filters and GEMM operands (all addresses
 distinct, re-streamed whole) are cyclic scans and come out exact. Every ofmap element a fold
 writes goes to DRAM (partial sums included): no de-duplication, as in SCALE-Sim.
 
@@ -115,32 +116,11 @@ def epoch_size(buffer_kb: float) -> int:
 class _Epochs:
     """The state of one read buffer: distinct addresses in the current epoch, reads so far."""
 
-    def __init__(self, capacity: int, space: tuple[int, ...] | None):
+    def __init__(self, capacity: int):
         self.E = max(capacity, 1)
         self.n = 0
         self.reads = 0
         self.flushes = 0
-        self.mask = np.zeros(space, dtype=bool) if space is not None else None
-
-    def _overflow(self, new: int, unique: int) -> None:
-        """A unit with ``new`` addresses not in the epoch (``unique`` in all) overflows it: the
-        first ``E - n`` fill the epoch; the rest of the unit's stream (a scan) starts afresh."""
-        fill = self.E - self.n
-        rest = round(unique * (1 - fill / new))
-        self.reads += fill + rest
-        self.flushes += 1 + rest // self.E
-        self.n = rest % self.E
-        if self.mask is not None:
-            self.mask[...] = False
-
-    def add(self, new: int, unique: int, mark) -> None:
-        """Account a unit with ``new`` addresses outside the epoch; ``mark()`` adds it to the mask."""
-        if self.n + new < self.E:
-            self.reads += new
-            self.n += new
-            mark()
-        else:
-            self._overflow(new, unique)
 
 
 def cyclic_scan(state: _Epochs, unique: int, repeats: int) -> None:
@@ -276,7 +256,7 @@ def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: 
     unit that completes an epoch is walked address by address in its stream order (window
     position major, pixel minor: the systolic skew), so the flush falls where SCALE-Sim's does."""
     x = geo.x
-    M, C, S = x.M, x.channels, x.filter_w
+    M, C = x.M, x.channels
     mask = np.zeros((x.ifmap_h, x.ifmap_w, C), dtype=bool)
     flat = mask.reshape(-1)
     units = math.ceil(M / block)
@@ -356,7 +336,7 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
                     state.reads += new
                     state.n += new
                 else:
-                    for v, old in zip(reversed(views), reversed(saved)):
+                    for v, old in zip(reversed(views), reversed(saved), strict=True):
                         v[...] = old
                     chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
                     _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle)
@@ -420,7 +400,7 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
     Fr, Fc = counts.fold_rows, counts.fold_cols
     M, K, N = layer.M, layer.K, layer.N
     # ---- filter: distinct addresses, re-streamed whole (exact cyclic scans)
-    filt = _Epochs(epoch_size(config.filter_kb / filter_words), None)
+    filt = _Epochs(epoch_size(config.filter_kb / filter_words))
     f_timeline: list = []
     if df == "ws":
         cyclic_scan(filt, K * N, 1)
@@ -430,7 +410,7 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
         for fc in range(Fc):
             cyclic_scan(filt, K * min(C, N - fc * C), Fr)
     # ---- ifmap
-    ifm = _Epochs(epoch_size(config.ifmap_kb / ifmap_words), None)
+    ifm = _Epochs(epoch_size(config.ifmap_kb / ifmap_words))
     i_timeline: list = []
     if _is_gemm_form(layer):
         touched = M * K
@@ -524,7 +504,7 @@ def _sram_windows(config: ScaleSimConfig, c: ArrayCounts) -> tuple:
     layout of SCALE-Sim's demand matrices (prefix gaps, flipped stationary blocks, skews)."""
     R, C, T, L = config.rows, config.cols, c.T, c.demand_cycles
     last = L - c.fold_cycles  # first cycle of the last fold
-    r_first, c_first = min(R, c.Sr), min(C, c.Sc)
+    r_first = min(R, c.Sr)
     r_last = c.Sr - (c.fold_rows - 1) * R
     c_last = c.Sc - (c.fold_cols - 1) * C
     if config.dataflow == "os":

@@ -1,5 +1,11 @@
 """An analytical systolic-array simulator (TPU-like): cycles, utilisation, traffic, energy.
 
+**Default counting: SCALE-Sim 3.0.0's** (``counting="scalesim"``): identical cycles, its
+double-buffered SRAM / DRAM model and per-operand counts, fed by each layer's sparsity and bit
+widths; see :mod:`penjing.hw.memory` and :mod:`penjing.hw.scalesim_layers`. What follows is
+the model behind ``counting="penjing"``, kept as an option (a partial fold charges only the
+PEs it uses; activations stay in the input buffer between layers).
+
 Every layer is a GEMM ``O[M x N] = A[M x K] @ B[K x N]`` (a convolution in its im2col view:
 ``M = batch * output pixels``, ``K = in_channels/groups * kernel volume``,
 ``N = out_channels/groups``, repeated once per group; see :mod:`penjing.hw.trace`). The array
