@@ -10,7 +10,9 @@ itself says about the layer:
   rows/steps, the compressed form of SCALE-Sim's N:M support; an unstructured sparse weight
   is paced by its densest filter, ``K' = max_n nnz(W[:, n])`` (a column of PEs cannot finish
   before its own filter; load balance across columns is not modelled). The ifmap elements
-  still stream for the kept weights, so ifmap DRAM traffic is the dense layer's.
+  still stream for the kept weights, so ifmap DRAM traffic is the dense layer's. Window
+  overlap (conv geometry) is used for ungrouped Conv2d layers at batch 1, as SCALE-Sim has no
+  batch; otherwise the ifmap is the plain ``M x K`` GEMM operand (no reuse between windows).
 * **Sub-word packing.** A PE ``bits`` wide does ``floor(bits / b)`` MACs of ``b``-bit operands
   per cycle (``b`` = the wider of the layer's weight and activation bits), folded into ``K``:
   an int8 layer on a 32-bit array needs a quarter of the steps. Operands wider than the array

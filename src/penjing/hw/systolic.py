@@ -289,13 +289,30 @@ class SimReport:
         """Inferences per second."""
         return self.batch / self.time_s if self.time_s else math.inf
 
+    @property
+    def per_operand(self) -> bool:
+        """Rows carry SCALE-Sim's per-operand counts (``counting="scalesim"``)."""
+        return any(r.stall is not None for r in self.rows)
+
     def header(self) -> list[str]:
-        return ["layer", "op", "GEMM MxKxN", "cycles", "stall", "util %", "DRAM bytes", "energy", "bound"]
+        head = ["layer", "op", "GEMM MxKxN", "cycles", "stall", "util %"]
+        if self.per_operand:
+            head += ["map eff %", "SRAM I/F/O (elements)", "DRAM I/F/O (bytes)"]
+        return head + ["DRAM bytes", "energy", "bound"]
 
     def table_rows(self) -> list[list[str]]:
-        return [[r.name, r.op, r.gemm, f"{r.cycles:,.0f}", f"{r.stall_cycles:,.0f}",
-                 f"{100 * r.overall_utilisation:.1f}" if r.kind == "gemm" else "-",
-                 f"{r.dram_bytes:,.0f}", format_pj(r.energy_pj), r.bound] for r in self.rows]
+        rows = []
+        for r in self.rows:
+            gemm = r.kind == "gemm"
+            row = [r.name, r.op, r.gemm, f"{r.cycles:,.0f}", f"{r.stall_cycles:,.0f}",
+                   f"{100 * r.overall_utilisation:.1f}" if gemm else "-"]
+            if self.per_operand:
+                row += [f"{100 * r.mapping_efficiency:.1f}" if gemm else "-",
+                        f"{r.sram_ifmap_reads:,.0f}/{r.sram_filter_reads:,.0f}/{r.sram_ofmap_writes:,.0f}" if gemm else "-",
+                        f"{r.dram_ifmap_read_bytes:,.0f}/{r.dram_filter_read_bytes:,.0f}/{r.dram_ofmap_write_bytes:,.0f}"
+                        if gemm else "-"]
+            rows.append(row + [f"{r.dram_bytes:,.0f}", format_pj(r.energy_pj), r.bound])
+        return rows
 
     def totals(self) -> str:
         return (f"{self.hw.name} ({self.hw.rows}x{self.hw.cols}, {self.dataflow}, "
@@ -320,7 +337,7 @@ class SimReport:
             table.add_column(col, justify="left" if i < 3 else "right")
         for row in self.table_rows():
             table.add_row(*row)
-        console = Console(width=150, record=True, file=_Null())
+        console = Console(width=210, record=True, file=_Null())
         console.print(table)
         return console.export_text().rstrip() + "\n" + self.totals()
 
