@@ -234,7 +234,21 @@ def main() -> int:
     parser.add_argument("--user-cache", type=Path, default=None, help="JSON of SCALE-Sim USER runs (read)")
     parser.add_argument("--speed-config", default="ws", choices=DATAFLOWS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scalesim.md"))
+    parser.add_argument("--compression-only", action="store_true",
+                        help="only section 4 (no SCALE-Sim), to benchmarks/results/scalesim_compression.md")
     args = parser.parse_args()
+    if args.compression_only:
+        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        text = [f"Command: `python {' '.join(sys.argv)}` (repository root, venv active)",
+                f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+                f"Machine: {cpu_name()}, 2 cores shared; load at start: `{load}`. Model outputs "
+                "(deterministic), no timings.", "",
+                "# Compression in the cycle model (ResNet-18, 224x224, WS, edge array with fp32 PEs)", "",
+                *compression(), ""]
+        out = args.out.with_name("scalesim_compression.md")
+        out.write_text("\n".join(text))
+        print("\n".join(text))
+        return 0
     reason = available()
     if reason:
         print(f"cannot run: {reason}")

@@ -159,11 +159,15 @@ def test_2_4_pruning_and_int8_simulate_fewer_cycles_and_dram_bytes():
     with torch.no_grad():
         for m in pruned:
             if isinstance(m, nn.Conv2d):
-                w = m.weight.reshape(m.out_channels, -1, 4)
+                w = m.weight.permute(0, 2, 3, 1).reshape(m.out_channels, -1, 4)  # along channels
                 keep = w.abs().topk(2, dim=-1).indices
-                m.weight.copy_((w * torch.zeros_like(w).scatter_(-1, keep, 1.0)).reshape_as(m.weight))
+                pruned_w = (w * torch.zeros_like(w).scatter_(-1, keep, 1.0)).reshape(m.out_channels, 3, 3, -1)
+                m.weight.copy_(pruned_w.permute(0, 3, 1, 2))
     sparse = simulate(pruned, x, hw)
     assert sparse.rows[0].gemm.endswith("(K'=72)")  # 144 -> 72 rows: the 2:4 mapping
+    dense_w = next(r for r in dense.rows if r.kind == "gemm").dram_filter_read_bytes
+    # 72 x 32 nonzeros at 32 bits + 2 index bits each, against 144 x 32 dense words
+    assert sparse.rows[0].dram_filter_read_bytes == 72 * 32 * (32 + 2) / 8 and dense_w == 144 * 32 * 4
     assert sparse.compute_cycles < dense.compute_cycles
     assert sparse.dram_bytes < dense.dram_bytes
     int8 = _conv_net()

@@ -29,8 +29,13 @@ class LayerGeometry:
 
 def nm_pattern(weight: torch.Tensor, candidates=((1, 2), (2, 4), (1, 4), (4, 8), (2, 8))) -> tuple[int, int] | None:
     """The tightest N:M pattern the weight obeys along its input dimension (groups of ``M``
-    consecutive weights of one output), or ``None``; only patterns that skip zeros count."""
-    w = weight.detach().reshape(weight.shape[0], -1)
+    consecutive weights of one output along ``K``), or ``None``. A conv weight is read in
+    SCALE-Sim's ``K`` order, ``(r, s, c)`` with the input channel innermost, so its groups run
+    along input channels (the layout of N:M sparse tensor cores)."""
+    w = weight.detach()
+    if w.dim() > 2:
+        w = w.movedim(1, -1)
+    w = w.reshape(w.shape[0], -1)
     best = None
     for n, m in candidates:
         if w.shape[1] % m:

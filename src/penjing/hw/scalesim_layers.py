@@ -9,7 +9,8 @@ itself says about the layer:
   filter has at most ``N`` nonzeros, read from the weight itself) needs ``ceil(K N / M)``
   rows/steps, the compressed form of SCALE-Sim's N:M support; an unstructured sparse weight
   is paced by its densest filter, ``K' = max_n nnz(W[:, n])`` (a column of PEs cannot finish
-  before its own filter; load balance across columns is not modelled). The ifmap elements
+  before its own filter; load balance across columns is not modelled), when it is stored
+  sparse: values + index bits smaller than dense, the tracer's rule. The ifmap elements
   still stream for the kept weights, so ifmap DRAM traffic is the dense layer's. Window
   overlap (conv geometry) is used for ungrouped Conv2d layers at batch 1, as SCALE-Sim has no
   batch; otherwise the ifmap is the plain ``M x K`` GEMM operand (no reuse between windows).
@@ -45,18 +46,21 @@ def _operand_bits(layer: Layer, hw: HardwareConfig) -> float:
     return float(min(max(wb, layer.act_bits), hw.bits))
 
 
-def effective_k(layer: Layer, geom, hw: HardwareConfig) -> tuple[int, tuple[int, int] | None]:
-    """Rows/steps of ``K`` the array spends after zero skipping and sub-word packing."""
+def effective_k(layer: Layer, geom, hw: HardwareConfig) -> tuple[int, int, tuple[int, int] | None]:
+    """``(K kept after zero skipping, rows/steps the array spends after sub-word packing too,
+    the N:M pattern or None)``."""
     K = layer.K
     nm = None
     if layer.has_weight and geom is not None:
         if geom.nm is not None:
             nm = geom.nm
             K = math.ceil(K * nm[0] / nm[1])
-        elif layer.w_nonzeros < layer.w_elems:
+        elif layer.w_nonzeros * (layer.weight_bits + layer.index_bits) < layer.w_elems * layer.weight_bits:
+            # stored sparse only when that is smaller (the tracer's rule): a quantized layer
+            # with a few weights rounded to zero stays dense
             K = max(1, min(K, geom.max_column_nonzeros))
     pack = max(1, int(hw.bits // _operand_bits(layer, hw)))
-    return max(1, math.ceil(K / pack)), nm
+    return K, max(1, math.ceil(K / pack)), nm
 
 
 def simulate_layers_scalesim(layers: list[Layer], hw: HardwareConfig, *, dataflow: str,
@@ -86,7 +90,7 @@ def simulate_layers_scalesim(layers: list[Layer], hw: HardwareConfig, *, dataflo
         geom = geometry.get(layer.name)
         g = layer.count
         M, K, N = layer.M, layer.K, layer.N
-        k_eff, nm = effective_k(layer, geom, hw)
+        k_kept, k_eff, nm = effective_k(layer, geom, hw)
         b = _operand_bits(layer, hw)
         words = b / 8
         counts = array_counts(M, k_eff, N, hw.rows, hw.cols, dataflow)
@@ -95,11 +99,12 @@ def simulate_layers_scalesim(layers: list[Layer], hw: HardwareConfig, *, dataflo
                                and geom.shape.M == M and geom.shape.K == K) else ConvShape.gemm(layer.name, M, N, K)
         dense_counts = counts if k_eff == K else array_counts(M, K, N, hw.rows, hw.cols, dataflow)
         ifmap_reads = dram_counts(shape, cfg, dense_counts, ifmap_words=words).ifmap_reads
-        # weights: the compressed K' x N matrix, distinct addresses re-streamed per dataflow
-        filt = dram_counts(ConvShape.gemm(layer.name, M, N, k_eff), cfg, counts, filter_words=words)
+        # weights: the kept K x N values (packing changes the folds, not the count), distinct
+        # addresses re-streamed per dataflow
+        filt = dram_counts(ConvShape.gemm(layer.name, M, N, k_kept), cfg, counts, filter_words=words)
         if layer.has_weight:
             wbits = min(layer.weight_bits, b)
-            index = math.ceil(math.log2(nm[1])) if nm else (layer.index_bits if k_eff < K else 0)
+            index = math.ceil(math.log2(nm[1])) if nm else (layer.index_bits if k_kept < K else 0)
             w_bytes_per = (wbits + index) / 8
         else:
             w_bytes_per = words
