@@ -13,10 +13,16 @@ Every model starts from :func:`trace`, one forward pass of the model on an examp
 """
 
 from penjing.hw.energy import EnergyReport, EnergyTable, energy, load_table
-from penjing.hw.presets import EDGE, PRESETS, TPU_V1, HardwareConfig, load_hw
 from penjing.hw.memory import simulate_layer, simulate_topology
+from penjing.hw.presets import EDGE, PRESETS, TPU_V1, HardwareConfig, load_hw
 from penjing.hw.roofline import plot_roofline, ridges, roofline_points
-from penjing.hw.scalesim_io import ConvShape, ScaleSimConfig, read_config, read_topology, write_reports
+from penjing.hw.scalesim_io import (
+           ConvShape,
+           ScaleSimConfig,
+           read_config,
+           read_topology,
+           write_reports,
+)
 from penjing.hw.systolic import SimReport, gemm_cost, simulate, simulate_layers
 from penjing.hw.trace import Layer, trace
 from penjing.hw.training import TrainingCost, training_step
