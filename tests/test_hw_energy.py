@@ -257,3 +257,11 @@ def test_models_from_penjing_methods_trace():
     assert energy(base, x).total_pj > fake_e.total_pj
     wino = pj.winograd(copy.deepcopy(base))
     assert any(lay.kind == "gemm" for lay in trace(wino, x))
+
+
+def test_both_roofline_ridges_for_tpu_v1():
+    from penjing.hw import TPU_V1, ridges
+
+    r = ridges(TPU_V1)  # 256 x 256 MACs at 700 MHz, 34 GB/s
+    assert r["williams_ops_per_dram_byte"] == pytest.approx(2 * 256 * 256 * 700e6 / 34e9)
+    assert r["jouppi_macs_per_weight_byte"] == pytest.approx(1349.27, abs=0.01)  # the paper's ~1,350

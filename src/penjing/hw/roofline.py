@@ -8,8 +8,9 @@ and both are reported, named:
 * :func:`ridge` (**Williams et al.**): operations (2 per MAC) per DRAM byte, all DRAM bytes;
   the TPU v1 (91.75 TOPS, 34 GB/s) has its ridge at 2,699 ops/byte;
 * :func:`ridge_jouppi` (**Jouppi et al. 2017**, the TPU paper's Figure 5): MACs per *weight*
-  byte read from DRAM; the same TPU is at 1,349 MACs/weight-byte (the paper's ~1,350). Each GEMM layer of a
-:class:`~penjing.hw.systolic.SimReport` is placed at its intensity (its DRAM bytes after the
+  byte read from DRAM; the same TPU is at 1,349 MACs/weight-byte (the paper's ~1,350).
+
+Each GEMM layer of a :class:`~penjing.hw.systolic.SimReport` is placed at its intensity (its DRAM bytes after the
 buffer reuse of the simulation) and its *achieved* performance (ops / simulated time), which
 is below the roof by the array's utilisation. The TPU paper (Jouppi et al. 2017, Fig. 5-8)
 draws the same plot: its MLPs and LSTMs sit on the slanted, memory-bound part.
