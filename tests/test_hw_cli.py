@@ -67,3 +67,35 @@ def test_recipe_tables_get_an_energy_column(tmp_path, digits_data):
     assert result.extra_columns == {}
     assert result.accuracy is not None
     torch.manual_seed(0)
+
+
+def test_simulate_scalesim_files_and_gemm(tmp_path, capsys):
+    from penjing.hw.scalesim_io import ScaleSimConfig, read_report
+
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text(ScaleSimConfig(rows=8, cols=8, ifmap_kb=4, filter_kb=4, ofmap_kb=4, dataflow="os").to_cfg())
+    topo = tmp_path / "t.csv"
+    topo.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, "
+                    "Strides,\nc1, 16, 16, 3, 3, 8, 16, 1,\n")
+    assert main(["simulate", "--scalesim-config", str(cfg), "--topology", str(topo),
+                 "--reports", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    # 14x14 ofmap, K = 72, N = 16 on 8x8 os: 25 x 2 folds of 72 + 8 + 8 - 2 = 86 cycles, minus 1
+    assert "c1 | 196x72x16 | 4,299 | 0 |" in out
+    rows = read_report(tmp_path / "rep" / "COMPUTE_REPORT.csv")
+    assert rows[0][2] == 4299.0
+    assert (tmp_path / "rep" / "DETAILED_ACCESS_REPORT.csv").read_text().startswith("LayerID, SRAM IFMAP Start Cycle")
+    assert main(["simulate", "--gemm", "4,32,10", "--hw", "edge", "--dataflow", "ws"]) == 0
+    # ws: S_R = K = 32 (1 fold), S_C = N = 10 (1 fold), T = M = 4: 2*32 + 32 + 4 - 2 - 1 = 97
+    assert "gemm | 4x32x10 | 97 |" in capsys.readouterr().out
+
+
+def test_simulate_scalesim_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["simulate", "--gemm", "4,x,10"]) != 0
+    assert "--gemm needs three positive integers M,K,N, got '4,x,10'" in capsys.readouterr().err
+    assert main(["simulate", "--scalesim-config", str(tmp_path / "none.cfg"), "--gemm", "1,2,3"]) != 0
+    assert "not found" in capsys.readouterr().err
+    topo = tmp_path / "t.csv"
+    topo.write_text("Layer,\nc1, 1, 2,\n")
+    assert main(["simulate", "--topology", str(topo)]) != 0
+    assert "expected 8 fields" in capsys.readouterr().err

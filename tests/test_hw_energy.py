@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -79,8 +80,17 @@ def test_dram_access_costs_6400_int_adds_and_128_sram_accesses():
     assert t.dram_32b / t.op("int_add", 32) == pytest.approx(6400)
     assert t.dram_32b / t.sram_32b == pytest.approx(128)
     assert (t.op("float_mult", 32), t.op("int_mult", 8), t.op("float_add", 16)) == (3.7, 0.2, 0.4)
-    # a 5-bit integer op costs the smallest tabulated width that holds it (8 bits)
-    assert t.op("int_mult", 5) == 0.2
+    # a width the table lacks is interpolated on a power law between its neighbours (8 and 32
+    # bits), extrapolated below 8 with that segment's exponent
+    slope = math.log(3.1 / 0.2) / math.log(32 / 8)
+    assert t.op("int_mult", 5) == pytest.approx(0.2 * (5 / 8) ** slope)
+    assert t.op("int_mult", 16) == pytest.approx(0.2 * 2 ** slope)
+    assert 0.2 < t.op("int_mult", 16) < 3.1
+    assert t.op("int_add", 16) == pytest.approx(0.03 * 2 ** (math.log(0.1 / 0.03) / math.log(4)))
+    # SRAM by size: the 8 KB / 32 KB / 1 MB points exactly, power law in between
+    assert (t.sram(8), t.sram(32), t.sram(1024)) == (5.0, 10.0, 50.0)
+    assert t.sram(16) == pytest.approx(5.0 * 2 ** 0.5)
+    assert 10.0 < t.sram(256) < 50.0 < t.sram(24 * 1024)
 
 
 def test_dense_lenet300_energy_is_counted_by_hand():
@@ -222,8 +232,11 @@ def test_user_energy_table(tmp_path):
     bad.write_text("int_add: {32: 0.1}\n")
     with pytest.raises(ValueError, match="missing int_mult, float_add, float_mult, sram_32b, dram_32b"):
         energy(model, torch.rand(1, 8), table=str(bad))
-    with pytest.raises(ValueError, match="no float_mult entry for 64-bit operands"):
-        energy(model.double(), torch.rand(1, 8, dtype=torch.float64))
+    # one tabulated width: every width costs it (nothing to interpolate between)
+    assert load_table(path).op("float_mult", 64) == 1.3
+    bad.write_text(path.read_text() + "sram_32b_by_kib: {0: 1.0}\n")
+    with pytest.raises(ValueError, match="sram_32b_by_kib must map positive KiB to pJ >= 0"):
+        load_table(bad)
 
 
 def test_models_from_penjing_methods_trace():
@@ -248,3 +261,11 @@ def test_models_from_penjing_methods_trace():
     assert energy(base, x).total_pj > fake_e.total_pj
     wino = pj.winograd(copy.deepcopy(base))
     assert any(lay.kind == "gemm" for lay in trace(wino, x))
+
+
+def test_both_roofline_ridges_for_tpu_v1():
+    from penjing.hw import TPU_V1, ridges
+
+    r = ridges(TPU_V1)  # 256 x 256 MACs at 700 MHz, 34 GB/s
+    assert r["williams_ops_per_dram_byte"] == pytest.approx(2 * 256 * 256 * 700e6 / 34e9)
+    assert r["jouppi_macs_per_weight_byte"] == pytest.approx(1349.27, abs=0.01)  # the paper's ~1,350

@@ -1,7 +1,10 @@
-"""Systolic-array simulator: hand-computed cases, dataflow consistency, monotonicity, errors."""
+"""Systolic-array simulator, penjing's own counting (``counting="penjing"``): hand-computed
+cases, dataflow consistency, monotonicity, errors. SCALE-Sim counting (the default) is tested
+in test_hw_scalesim.py."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -10,8 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from penjing.hw import TPU_V1, HardwareConfig, gemm_cost, load_hw, simulate, trace
+from penjing.hw import TPU_V1, HardwareConfig, load_hw, trace
+from penjing.hw import gemm_cost as _gemm_cost
+from penjing.hw import simulate as _simulate
 from penjing.hw.systolic import mapping
+
+gemm_cost = functools.partial(_gemm_cost, counting="penjing")
+simulate = functools.partial(_simulate, counting="penjing")
 
 
 def fold_by_fold(M, K, N, R, C, dataflow):

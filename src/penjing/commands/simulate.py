@@ -12,6 +12,8 @@ examples:
   penjing simulate --model lenet5 --hw edge --dataflow os --batch 64 --out out/
   penjing simulate --model my.py:MyNet --weights my.pt --hw my_npu.yaml
   penjing simulate --model lenet300 --train --workers 64 --bandwidth 10Gbit
+  penjing simulate --scalesim-config scale.cfg --topology resnet18.csv --reports out/
+  penjing simulate --gemm 128,256,768 --hw edge --dataflow os
 """
 
 
@@ -25,6 +27,15 @@ def register(subparsers) -> None:
                     "memory-bound; writes the roofline plot.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
+    p.add_argument("--scalesim-config", default=None,
+                   help="a SCALE-Sim .cfg file: simulate --topology under it, SCALE-Sim counting")
+    p.add_argument("--topology", default=None, help="a SCALE-Sim topology CSV (conv form; --gemm-topology for M,N,K rows)")
+    p.add_argument("--gemm-topology", action="store_true", help="--topology rows are GEMMs: name, M, N, K")
+    p.add_argument("--gemm", default=None, metavar="M,K,N", help="simulate one bare GEMM M x K by K x N")
+    p.add_argument("--reports", default=None,
+                   help="folder for SCALE-Sim's COMPUTE/BANDWIDTH/DETAILED_ACCESS report CSVs")
+    p.add_argument("--counting", choices=["scalesim", "penjing"], default="scalesim",
+                   help="cycle counting: scalesim (SCALE-Sim 3.0.0 compatible, default) or penjing")
     p.add_argument("--hw", default="tpu-v1", help="tpu-v1, edge or a hardware YAML file (default: tpu-v1)")
     p.add_argument("--dataflow", choices=["os", "ws", "is"], default=None,
                    help="output/weight/input stationary (default: the hardware's)")
@@ -83,8 +94,68 @@ def measure_step_seconds(model, example, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def _parse_gemm(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--gemm needs three positive integers M,K,N, got {text!r}")
+    M, K, N = (int(p) for p in parts)
+    return M, K, N
+
+
+def _config_from_hw(hw, dataflow):
+    import math
+
+    from penjing.hw.scalesim_io import ScaleSimConfig
+
+    return ScaleSimConfig(rows=hw.rows, cols=hw.cols, ifmap_kb=max(1, math.ceil(hw.ifmap_kib)),
+                          filter_kb=max(1, math.ceil(hw.weight_kib)), ofmap_kb=max(1, math.ceil(hw.ofmap_kib)),
+                          dataflow=dataflow or hw.dataflow)
+
+
+def run_scalesim_files(args) -> int:
+    """``--scalesim-config`` / ``--topology`` / ``--gemm``: SCALE-Sim inputs, SCALE-Sim reports."""
+    from dataclasses import replace
+
+    from penjing.hw import load_hw
+    from penjing.hw.memory import simulate_topology
+    from penjing.hw.scalesim_io import ConvShape, read_config, read_topology, write_reports
+
+    if args.gemm and args.topology:
+        raise ValueError("give either --gemm or --topology, not both")
+    config = read_config(args.scalesim_config) if args.scalesim_config else _config_from_hw(load_hw(args.hw), args.dataflow)
+    if args.dataflow:
+        config = replace(config, dataflow=args.dataflow)
+    if args.gemm:
+        M, K, N = _parse_gemm(args.gemm)
+        layers = [ConvShape.gemm("gemm", M, N, K)]
+    elif args.topology:
+        layers = read_topology(args.topology, gemm=args.gemm_topology)
+    else:
+        raise ValueError("--scalesim-config needs --topology (or --gemm M,K,N)")
+    results = simulate_topology(layers, config)
+    print(f"SCALE-Sim counting: {config.rows}x{config.cols} {config.dataflow}, SRAM "
+          f"{config.ifmap_kb}/{config.filter_kb}/{config.ofmap_kb} KiB, {config.bandwidth_mode} bandwidth")
+    head = ["layer", "MxKxN", "cycles", "stall", "util %", "map eff %", "SRAM I/F/O", "DRAM I/F/O (words)"]
+    print(" | ".join(head))
+    for layer, r in zip(layers, results, strict=True):
+        c, d = r.counts, r.dram
+        print(f"{layer.name} | {layer.M}x{layer.K}x{layer.N} | {r.total_cycles:,} | {r.stall_cycles:,} | "
+              f"{100 * r.overall_utilisation:.2f} | {100 * c.mapping_efficiency:.2f} | "
+              f"{c.ifmap_reads:,}/{c.filter_reads:,}/{c.ofmap_writes:,} | "
+              f"{d.ifmap_reads:,}/{d.filter_reads:,}/{d.ofmap_writes:,}")
+    total = sum(r.total_cycles for r in results)
+    print(f"total {total:,} cycles over {len(results)} layer(s)")
+    if args.reports:
+        for path in write_reports(results, args.reports):
+            print(f"report: {path}")
+    return 0
+
+
 def run(args) -> int:
     from pathlib import Path
+
+    if args.scalesim_config or args.topology or args.gemm:
+        return run_scalesim_files(args)
 
     from penjing.hw import load_hw, load_table, simulate
     from penjing.hw.comm import parse_bandwidth, project_step
@@ -97,7 +168,7 @@ def run(args) -> int:
     if args.workers is not None and not args.train:
         raise ValueError("--workers projects training: add --train")
     model, example = _model_and_example(args)
-    report = simulate(model, example, hw, dataflow=args.dataflow, table=table)
+    report = simulate(model, example, hw, dataflow=args.dataflow, table=table, counting=args.counting)
     print(report)
     out = Path(args.out)
     png = report.roofline(out / "roofline.png")

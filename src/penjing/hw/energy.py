@@ -24,8 +24,12 @@ energy of inference is dominated by *where the weights live*.
 * **registers**: every MAC reads two operands and updates an accumulator (3 register
   accesses), priced with ``reg_32b`` (0 in the default table, which has no such entry).
 
-Memory energy is linear in bits: ``bytes * 8 / 32 * cost_32b``. Op costs are looked up at the
-smallest tabulated width that holds the operand (a 5-bit integer costs an 8-bit op).
+Memory energy is linear in bits: ``bytes * 8 / 32 * cost_32b``. An op at a width the table
+lacks is interpolated, not rounded up: a power law ``e(b) = e(b0) (b / b0)^p`` between the two
+neighbouring tabulated widths (``p`` from those two points: about 1 for the 45 nm adders, 2
+for the multipliers, as their area grows), extrapolated with the nearest segment outside the
+table. SRAM energy grows with the buffer: :meth:`EnergyTable.sram` interpolates
+``sram_32b_by_kib`` (Horowitz's 8 KB / 32 KB / 1 MB points) the same way in size.
 
 A user table is a YAML file with the same keys as ``45nm.yaml`` next to this module.
 """
@@ -59,18 +63,25 @@ class EnergyTable:
     sram_32b: float
     dram_32b: float
     reg_32b: float = 0.0
+    #: per-32-bit SRAM read energy by buffer size in KiB (empty: ``sram_32b`` at every size)
+    sram_32b_by_kib: dict[float, float] = field(default_factory=dict)
 
     def op(self, kind: str, bits: float) -> float:
-        """Energy of one ``kind`` op (``int_add``, ``float_mult``...) on ``bits``-bit operands."""
+        """Energy of one ``kind`` op (``int_add``, ``float_mult``...) on ``bits``-bit operands,
+        interpolated between tabulated widths (see the module docstring)."""
+        if not bits > 0:
+            raise ValueError(f"operand width must be > 0 bits, got {bits!r}")
         entries = getattr(self, kind)
-        fits = [b for b in entries if b >= bits]
-        if not fits and kind == "int_add":  # int64 ids and masks: a chain of the widest adds
-            widest = max(entries)            # with carry, ceil(bits / widest) of them
-            return -(-bits // widest) * entries[widest]
-        if not fits:
-            raise ValueError(f"energy table {self.name!r} has no {kind} entry for {bits:g}-bit "
-                             f"operands (largest: {max(entries)}); add one to your table")
-        return entries[min(fits)]
+        widest = max(entries)
+        if kind == "int_add" and bits > widest:  # int64 ids and masks: a chain of the widest
+            return -(-bits // widest) * entries[widest]  # adds with carry, ceil(bits / widest)
+        return power_law(entries, bits)
+
+    def sram(self, kib: float) -> float:
+        """Energy of one 32-bit read of a ``kib``-KiB SRAM (interpolated on the size points)."""
+        if not self.sram_32b_by_kib:
+            return self.sram_32b
+        return power_law(self.sram_32b_by_kib, max(kib, 1e-3))
 
     def mac(self, bits: float, integer: bool) -> float:
         """One multiply-accumulate: multiply at ``bits``, add at the accumulator width."""
@@ -80,6 +91,28 @@ class EnergyTable:
 
     def memory(self, level: str, nbytes: float) -> float:
         return nbytes / 4 * getattr(self, f"{level}_32b")
+
+
+def power_law(points: dict, x: float) -> float:
+    """Interpolate ``points`` (x -> y, y >= 0) at ``x``: a straight line in log-log between the
+    neighbouring points, the nearest segment's slope outside them; a single point is flat."""
+    import math
+
+    xs = sorted(points)
+    if x in points or len(xs) == 1:
+        return points.get(x, points[xs[0]])
+    if x < xs[0]:
+        a, b = xs[0], xs[1]
+    elif x > xs[-1]:
+        a, b = xs[-2], xs[-1]
+    else:
+        b = next(p for p in xs if p > x)
+        a = xs[xs.index(b) - 1]
+    ya, yb = points[a], points[b]
+    if ya <= 0 or yb <= 0:  # a zero entry: interpolate linearly instead
+        return max(0.0, ya + (yb - ya) * (x - a) / (b - a))
+    slope = math.log(yb / ya) / math.log(b / a)
+    return ya * (x / a) ** slope
 
 
 def _check_table(data: dict, source: str) -> EnergyTable:
@@ -102,6 +135,10 @@ def _check_table(data: dict, source: str) -> EnergyTable:
         if value < 0:
             raise ValueError(f"energy table {source}: {key} must be >= 0, got {value}")
         kwargs[key] = value
+    sizes = data.get("sram_32b_by_kib", {})
+    if not isinstance(sizes, dict) or any(float(k) <= 0 or float(v) < 0 for k, v in sizes.items()):
+        raise ValueError(f"energy table {source}: sram_32b_by_kib must map positive KiB to pJ >= 0")
+    kwargs["sram_32b_by_kib"] = {float(k): float(v) for k, v in sizes.items()}
     return EnergyTable(**kwargs)
 
 

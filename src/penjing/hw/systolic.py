@@ -1,5 +1,11 @@
 """An analytical systolic-array simulator (TPU-like): cycles, utilisation, traffic, energy.
 
+**Default counting: SCALE-Sim 3.0.0's** (``counting="scalesim"``): identical cycles, its
+double-buffered SRAM / DRAM model and per-operand counts, fed by each layer's sparsity and bit
+widths; see :mod:`penjing.hw.memory` and :mod:`penjing.hw.scalesim_layers`. What follows is
+the model behind ``counting="penjing"``, kept as an option (a partial fold charges only the
+PEs it uses; activations stay in the input buffer between layers).
+
 Every layer is a GEMM ``O[M x N] = A[M x K] @ B[K x N]`` (a convolution in its im2col view:
 ``M = batch * output pixels``, ``K = in_channels/groups * kernel volume``,
 ``N = out_channels/groups``, repeated once per group; see :mod:`penjing.hw.trace`). The array
@@ -107,8 +113,18 @@ def mapping(M: int, K: int, N: int, dataflow: str) -> tuple[int, int, int]:
     return {"os": (M, N, K), "ws": (K, N, M), "is": (K, M, N)}[dataflow]
 
 
-def gemm_cost(M: int, K: int, N: int, rows: int, cols: int, dataflow: str, count: int = 1) -> GemmCost:
-    """Closed-form cycles, utilisation and buffer reads of ``count`` GEMMs on an array."""
+def gemm_cost(M: int, K: int, N: int, rows: int, cols: int, dataflow: str, count: int = 1,
+              counting: str = "scalesim") -> GemmCost:
+    """Closed-form cycles, utilisation and buffer reads of ``count`` GEMMs on an array.
+
+    ``counting="scalesim"`` (default): SCALE-Sim 3.0.0's CALC-mode cycles exactly (every fold
+    padded to the full array, the 0-based index of the last cycle; see
+    :mod:`penjing.hw.memory`). ``counting="penjing"``: charge only the rows and columns a
+    partial fold uses (the formula below), what an array that clock-gates idle PEs and starts
+    the next fold as soon as the used ones drain would take."""
+    check_counting(counting)
+    if counting == "scalesim":
+        return _scalesim_gemm_cost(M, K, N, rows, cols, dataflow, count)
     if rows < 1 or cols < 1:
         raise ValueError(f"the array needs at least 1x1 PEs, got {rows}x{cols}")
     if min(M, K, N) < 1 or count < 1:
@@ -127,6 +143,32 @@ def gemm_cost(M: int, K: int, N: int, rows: int, cols: int, dataflow: str, count
                     utilisation=macs / (rows * cols * cycles),
                     mapping_efficiency=Sr * Sc / (Fr * rows * Fc * cols),
                     a_reads=count * a, b_reads=count * b, o_writes=count * o, psum_reads=count * p)
+
+
+COUNTINGS = ("scalesim", "penjing")
+
+
+def check_counting(counting: str) -> str:
+    if counting not in COUNTINGS:
+        raise ValueError(f"unknown counting {counting!r}; choose scalesim (SCALE-Sim 3.0.0 "
+                         "compatible, the default) or penjing (partial folds charge only the PEs they use)")
+    return counting
+
+
+def _scalesim_gemm_cost(M, K, N, rows, cols, dataflow, count) -> GemmCost:
+    from penjing.hw.memory import array_counts
+
+    check_dataflow(dataflow)
+    if count < 1:
+        raise ValueError(f"GEMM dimensions must be >= 1, got M={M}, K={K}, N={N}, count={count}")
+    c = array_counts(M, K, N, rows, cols, dataflow)
+    cycles = count * c.demand_cycles - 1
+    macs = count * M * K * N
+    return GemmCost(Sr=c.Sr, Sc=c.Sc, T=c.T, fold_rows=c.fold_rows, fold_cols=c.fold_cols,
+                    cycles=cycles, macs=macs, utilisation=macs / (rows * cols * cycles),
+                    mapping_efficiency=c.mapping_efficiency, a_reads=count * c.ifmap_reads,
+                    b_reads=count * c.filter_reads, o_writes=count * c.ofmap_writes,
+                    psum_reads=count * (c.ofmap_elements - M * N))
 
 
 @dataclass
@@ -149,13 +191,27 @@ class LayerSim:
     sram_pj: float
     dram_pj: float
     reg_pj: float = 0.0
+    #: per-operand counts (SCALE-Sim counting): elements for SRAM, bytes for DRAM
+    stall: float | None = None
+    mapping_efficiency: float = 0.0
+    fold_utilisation: float = 0.0
+    sram_ifmap_reads: float = 0.0
+    sram_filter_reads: float = 0.0
+    sram_ofmap_writes: float = 0.0
+    dram_ifmap_read_bytes: float = 0.0
+    dram_filter_read_bytes: float = 0.0
+    dram_ofmap_write_bytes: float = 0.0
 
     @property
     def cycles(self) -> float:
+        if self.stall is not None:
+            return self.compute_cycles + self.stall
         return max(self.compute_cycles, self.dram_cycles)
 
     @property
     def stall_cycles(self) -> float:
+        if self.stall is not None:
+            return self.stall
         return max(0.0, self.dram_cycles - self.compute_cycles)
 
     @property
@@ -173,7 +229,7 @@ class LayerSim:
 
     @property
     def bound(self) -> str:
-        return "memory" if self.dram_cycles > self.compute_cycles else "compute"
+        return "memory" if self.stall_cycles > 0 or self.dram_cycles > self.compute_cycles else "compute"
 
     @property
     def intensity(self) -> float:
@@ -233,13 +289,30 @@ class SimReport:
         """Inferences per second."""
         return self.batch / self.time_s if self.time_s else math.inf
 
+    @property
+    def per_operand(self) -> bool:
+        """Rows carry SCALE-Sim's per-operand counts (``counting="scalesim"``)."""
+        return any(r.stall is not None for r in self.rows)
+
     def header(self) -> list[str]:
-        return ["layer", "op", "GEMM MxKxN", "cycles", "stall", "util %", "DRAM bytes", "energy", "bound"]
+        head = ["layer", "op", "GEMM MxKxN", "cycles", "stall", "util %"]
+        if self.per_operand:
+            head += ["map eff %", "SRAM I/F/O (elements)", "DRAM I/F/O (bytes)"]
+        return head + ["DRAM bytes", "energy", "bound"]
 
     def table_rows(self) -> list[list[str]]:
-        return [[r.name, r.op, r.gemm, f"{r.cycles:,.0f}", f"{r.stall_cycles:,.0f}",
-                 f"{100 * r.overall_utilisation:.1f}" if r.kind == "gemm" else "-",
-                 f"{r.dram_bytes:,.0f}", format_pj(r.energy_pj), r.bound] for r in self.rows]
+        rows = []
+        for r in self.rows:
+            gemm = r.kind == "gemm"
+            row = [r.name, r.op, r.gemm, f"{r.cycles:,.0f}", f"{r.stall_cycles:,.0f}",
+                   f"{100 * r.overall_utilisation:.1f}" if gemm else "-"]
+            if self.per_operand:
+                row += [f"{100 * r.mapping_efficiency:.1f}" if gemm else "-",
+                        f"{r.sram_ifmap_reads:,.0f}/{r.sram_filter_reads:,.0f}/{r.sram_ofmap_writes:,.0f}" if gemm else "-",
+                        f"{r.dram_ifmap_read_bytes:,.0f}/{r.dram_filter_read_bytes:,.0f}/{r.dram_ofmap_write_bytes:,.0f}"
+                        if gemm else "-"]
+            rows.append(row + [f"{r.dram_bytes:,.0f}", format_pj(r.energy_pj), r.bound])
+        return rows
 
     def totals(self) -> str:
         return (f"{self.hw.name} ({self.hw.rows}x{self.hw.cols}, {self.dataflow}, "
@@ -264,7 +337,7 @@ class SimReport:
             table.add_column(col, justify="left" if i < 3 else "right")
         for row in self.table_rows():
             table.add_row(*row)
-        console = Console(width=150, record=True, file=_Null())
+        console = Console(width=210, record=True, file=_Null())
         console.print(table)
         return console.export_text().rstrip() + "\n" + self.totals()
 
@@ -294,10 +367,22 @@ def _weight_dram_bytes(layer: Layer, bits: int) -> float:
 
 
 def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | None = None,
-                    table: EnergyTable | None = None, batch: int = 1) -> SimReport:
-    """Simulate traced ``layers`` on ``hw`` (the module docstring gives every formula)."""
+                    table: EnergyTable | None = None, batch: int = 1, counting: str = "scalesim",
+                    geometry: dict | None = None) -> SimReport:
+    """Simulate traced ``layers`` on ``hw``.
+
+    ``counting="scalesim"`` (default): SCALE-Sim 3.0.0's cycles and memory model
+    (:mod:`penjing.hw.scalesim_layers`), fed by each layer's sparsity and bit widths;
+    ``geometry`` (from :func:`penjing.hw.geometry.geometry`) adds conv window overlap and zero
+    patterns. ``counting="penjing"``: the model of this module's docstring."""
     dataflow = check_dataflow(dataflow or hw.dataflow)
+    check_counting(counting)
     table = table or load_table()
+    if counting == "scalesim":
+        from penjing.hw.scalesim_layers import simulate_layers_scalesim
+
+        return simulate_layers_scalesim(layers, hw, dataflow=dataflow, table=table, batch=batch,
+                                        geometry=geometry or {})
     report = SimReport(hw=hw, dataflow=dataflow, batch=batch, table=table.name)
     abytes, accbytes = hw.bits / 8, hw.acc_bits / 8
     in_buf, w_buf, out_buf = hw.ifmap_kib * 1024, hw.weight_kib * 1024, hw.ofmap_kib * 1024
@@ -323,7 +408,7 @@ def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | 
             report.rows.append(row)
             continue
         M, K, N, g = layer.M, layer.K, layer.N, layer.count
-        cost = gemm_cost(M, K, N, hw.rows, hw.cols, dataflow, g)
+        cost = gemm_cost(M, K, N, hw.rows, hw.cols, dataflow, g, counting="penjing")
         Fr, Fc = cost.fold_rows, cost.fold_cols
         a_unique = in_dram  # the first operand is the layer input
         b_unique = _weight_dram_bytes(layer, hw.bits)
@@ -377,12 +462,14 @@ def simulate_layers(layers: list[Layer], hw: HardwareConfig, *, dataflow: str | 
 
 
 def simulate(model: nn.Module, example: torch.Tensor | tuple, hw: str | Path | dict | HardwareConfig = "tpu-v1",
-             *, dataflow: str | None = None, table: str | Path | dict | EnergyTable | None = None) -> SimReport:
+             *, dataflow: str | None = None, table: str | Path | dict | EnergyTable | None = None,
+             counting: str = "scalesim") -> SimReport:
     """Simulate one forward pass of ``model`` on ``example`` (a batch) on a systolic array.
 
     ``hw``: ``"tpu-v1"``, ``"edge"``, a YAML file or a :class:`HardwareConfig`.
     ``dataflow``: ``"os"``, ``"ws"`` or ``"is"`` (default: the hardware's).
-    ``table``: energy table (default 45 nm). Returns a :class:`SimReport` (print it, or call
+    ``table``: energy table (default 45 nm). ``counting``: ``"scalesim"`` (default, SCALE-Sim
+    3.0.0's cycles and memory model) or ``"penjing"`` (see :func:`gemm_cost`). Returns a :class:`SimReport` (print it, or call
     ``.roofline("roofline.png")``).
     """
     config = load_hw(hw)
@@ -390,4 +477,10 @@ def simulate(model: nn.Module, example: torch.Tensor | tuple, hw: str | Path | d
     first = example[0] if isinstance(example, tuple) else example
     layers = trace(model, example)
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
-    return simulate_layers(layers, config, dataflow=dataflow, table=load_table(table), batch=batch)
+    geom = None
+    if check_counting(counting) == "scalesim":
+        from penjing.hw.geometry import geometry
+
+        geom = geometry(model, example)
+    return simulate_layers(layers, config, dataflow=dataflow, table=load_table(table), batch=batch,
+                           counting=counting, geometry=geom)

@@ -121,7 +121,9 @@ def training_step_layers(layers: list[Layer], hw: HardwareConfig, precision: str
     table = table or load_table()
     fwd_layers = [replace(layer, act_bits=float(bits), weight_bits=float(bits), integer=False)
                   if layer.weight_bits > bits or layer.act_bits != bits else layer for layer in layers]
-    kw = {"dataflow": dataflow, "table": table, "batch": batch}
+    # penjing's counting: its activation-residency and partial-sum model is what the training
+    # comparison (fp32 vs fp16 traffic) is built on; SCALE-Sim has no training passes
+    kw = {"counting": "penjing", "dataflow": dataflow, "table": table, "batch": batch}
     return TrainingCost(
         precision=precision,
         forward=simulate_layers(fwd_layers, hw, **kw),
