@@ -1,0 +1,462 @@
+/* penjing runtime kernels: compressed layers executed from their stored form.
+ *
+ * This one file is compiled three times (generic, -mavx2, -mavx512*) and linked into one
+ * shared library; SUFFIX names each copy's symbols (pj_spmv_avx512, ...) so that Python picks
+ * the variant the running CPU supports. No torch headers: the kernels take data pointers.
+ *
+ * Sparse layout (every sparse format): rows are output features; each row is cut into column
+ * panels of 2^(16 - code_bits) columns, and each nonzero is one uint16 entry
+ * (column_in_panel << code_bits | code). segptr[r * panels + p] .. segptr[r * panels + p + 1]
+ * are the entries of row r in panel p. The value of an entry is
+ *   kind 0: values_f32[i]             (fp32 values)
+ *   kind 1: values_i8[i] * scales[r]  (int8 values, one scale per output channel)
+ *   kind 2: centroids[code]           (shared weights: Deep Compression's codebook)
+ * Ternary / binary layout: one bit per weight in uint16 words, row-major, rows padded to
+ * whole 64-column blocks: ternary has a plus plane and a minus plane, binary one sign plane.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef SUFFIX
+#define SUFFIX generic
+#endif
+#define CAT2(a, b) a##_##b
+#define CAT(a, b) CAT2(a, b)
+#define NAME(x) CAT(x, SUFFIX)
+#define INLINE static inline __attribute__((always_inline))
+
+typedef struct {
+    int64_t rows, cols, panels;
+    int32_t kind, code_bits;
+    const int64_t *segptr;
+    const uint16_t *entries;
+    const void *values;
+    const float *scales;
+    const float *centroids;
+} pj_sparse;
+
+typedef struct {
+    int64_t rows, cols, words;  /* words: uint16 words per row (cols padded to 64) */
+    int32_t ternary;
+    const uint16_t *plus;       /* ternary: +1 bits; binary: sign bits (1 = +1) */
+    const uint16_t *minus;      /* ternary: -1 bits; binary: unused */
+    const float *scale_plus;    /* per row */
+    const float *scale_minus;   /* per row (ternary) */
+} pj_bits;
+
+/* ---------------------------------------------------------------- vector shim */
+#if defined(__AVX512F__)
+#define VW 16
+typedef __m512 vf;
+typedef __mmask16 vm;
+#define VZERO() _mm512_setzero_ps()
+#define VSET1(a) _mm512_set1_ps(a)
+#define VLOADM(m, p) _mm512_maskz_loadu_ps((m), (p))
+#define VSTOREM(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VADD(a, b) _mm512_add_ps((a), (b))
+#define VSUB(a, b) _mm512_sub_ps((a), (b))
+#define VMUL(a, b) _mm512_mul_ps((a), (b))
+INLINE vm vmask(int64_t n) { return n >= 16 ? (vm)0xFFFF : (vm)((1u << n) - 1u); }
+#elif defined(__AVX2__)
+#define VW 8
+typedef __m256 vf;
+typedef __m256i vm;
+#define VZERO() _mm256_setzero_ps()
+#define VSET1(a) _mm256_set1_ps(a)
+#define VLOADM(m, p) _mm256_maskload_ps((p), (m))
+#define VSTOREM(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define VADD(a, b) _mm256_add_ps((a), (b))
+#define VSUB(a, b) _mm256_sub_ps((a), (b))
+#define VMUL(a, b) _mm256_mul_ps((a), (b))
+INLINE vm vmask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#else
+#define VW 1
+typedef float vf;
+typedef int vm;
+#define VZERO() 0.0f
+#define VSET1(a) (a)
+#define VLOADM(m, p) ((m) ? *(p) : 0.0f)
+#define VSTOREM(p, m, v) do { if (m) *(p) = (v); } while (0)
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VADD(a, b) ((a) + (b))
+#define VSUB(a, b) ((a) - (b))
+#define VMUL(a, b) ((a) * (b))
+INLINE vm vmask(int64_t n) { return n > 0; }
+#endif
+#define NV_MAX 4
+#define TILE (NV_MAX * VW)
+
+static int set_threads(int n) {
+#ifdef _OPENMP
+    if (n < 1) n = 1;
+    return n;
+#else
+    (void)n;
+    return 1;
+#endif
+}
+
+INLINE float entry_value(const pj_sparse *W, const int kind, int64_t i, uint16_t e) {
+    if (kind == 0) return ((const float *)W->values)[i];
+    if (kind == 1) return (float)((const int8_t *)W->values)[i];
+    return W->centroids[e & ((1u << W->code_bits) - 1u)];
+}
+
+/* ---------------------------------------------------------------- batch 1: y = W x + b */
+#if defined(__AVX512F__)
+INLINE __m512 gather_values(const pj_sparse *W, const int kind, int64_t i, __m512i e, __m512 c0, __m512 c1) {
+    if (kind == 0) return _mm512_loadu_ps((const float *)W->values + i);
+    if (kind == 1)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)W->values + i))));
+    __m512i code = _mm512_and_si512(e, _mm512_set1_epi32((1 << W->code_bits) - 1));
+    if (W->code_bits <= 4) return _mm512_permutexvar_ps(code, c0);
+    if (W->code_bits == 5) return _mm512_permutex2var_ps(c0, code, c1);
+    return _mm512_i32gather_ps(code, W->centroids, 4);
+}
+
+INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float *x) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
+    if (kind == 2 && W->code_bits <= 5) {
+        int n = 1 << W->code_bits;
+        c0 = _mm512_maskz_loadu_ps(vmask(n), W->centroids);
+        if (n > 16) c1 = _mm512_maskz_loadu_ps(vmask(n - 16), W->centroids + 16);
+    }
+    const int cb = W->code_bits;
+    const __m128i shift = _mm_cvtsi32_si128(cb);
+    const int64_t pw = (int64_t)1 << (16 - cb);
+    float tail = 0.0f;
+    for (int64_t p = 0; p < W->panels; p++) {
+        const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
+        const float *xp = x + p * pw;
+        int64_t i = a;
+        for (; i + 32 <= b; i += 32) {
+            __m512i e0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i)));
+            __m512i e1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i + 16)));
+            __m512 x0 = _mm512_i32gather_ps(_mm512_srl_epi32(e0, shift), xp, 4);
+            __m512 x1 = _mm512_i32gather_ps(_mm512_srl_epi32(e1, shift), xp, 4);
+            acc0 = _mm512_fmadd_ps(gather_values(W, kind, i, e0, c0, c1), x0, acc0);
+            acc1 = _mm512_fmadd_ps(gather_values(W, kind, i + 16, e1, c0, c1), x1, acc1);
+        }
+        for (; i + 16 <= b; i += 16) {
+            __m512i e0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i)));
+            __m512 x0 = _mm512_i32gather_ps(_mm512_srl_epi32(e0, shift), xp, 4);
+            acc0 = _mm512_fmadd_ps(gather_values(W, kind, i, e0, c0, c1), x0, acc0);
+        }
+        for (; i < b; i++) {
+            uint16_t e = W->entries[i];
+            tail += entry_value(W, kind, i, e) * xp[e >> cb];
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
+}
+#elif defined(__AVX2__)
+INLINE __m256 gather_values(const pj_sparse *W, const int kind, int64_t i, __m256i e) {
+    if (kind == 0) return _mm256_loadu_ps((const float *)W->values + i);
+    if (kind == 1)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)W->values + i))));
+    __m256i code = _mm256_and_si256(e, _mm256_set1_epi32((1 << W->code_bits) - 1));
+    return _mm256_i32gather_ps(W->centroids, code, 4);
+}
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float *x) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const int cb = W->code_bits;
+    const __m128i shift = _mm_cvtsi32_si128(cb);
+    const int64_t pw = (int64_t)1 << (16 - cb);
+    float tail = 0.0f;
+    for (int64_t p = 0; p < W->panels; p++) {
+        const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
+        const float *xp = x + p * pw;
+        int64_t i = a;
+        for (; i + 16 <= b; i += 16) {
+            __m256i e0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(W->entries + i)));
+            __m256i e1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(W->entries + i + 8)));
+            __m256 x0 = _mm256_i32gather_ps(xp, _mm256_srl_epi32(e0, shift), 4);
+            __m256 x1 = _mm256_i32gather_ps(xp, _mm256_srl_epi32(e1, shift), 4);
+            acc0 = _mm256_fmadd_ps(gather_values(W, kind, i, e0), x0, acc0);
+            acc1 = _mm256_fmadd_ps(gather_values(W, kind, i + 8, e1), x1, acc1);
+        }
+        for (; i < b; i++) {
+            uint16_t e = W->entries[i];
+            tail += entry_value(W, kind, i, e) * xp[e >> cb];
+        }
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1)) + tail;
+}
+#else
+INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float *x) {
+    const int cb = W->code_bits;
+    const int64_t pw = (int64_t)1 << (16 - cb);
+    float s0 = 0.0f, s1 = 0.0f;
+    for (int64_t p = 0; p < W->panels; p++) {
+        const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
+        const float *xp = x + p * pw;
+        int64_t i = a;
+        for (; i + 2 <= b; i += 2) {
+            s0 += entry_value(W, kind, i, W->entries[i]) * xp[W->entries[i] >> cb];
+            s1 += entry_value(W, kind, i + 1, W->entries[i + 1]) * xp[W->entries[i + 1] >> cb];
+        }
+        if (i < b) s0 += entry_value(W, kind, i, W->entries[i]) * xp[W->entries[i] >> cb];
+    }
+    return s0 + s1;
+}
+#endif
+
+INLINE void spmv_kind(const pj_sparse *W, const int kind, const float *x, float *y, const float *bias, int nt) {
+#pragma omp parallel for schedule(dynamic, 32) num_threads(nt)
+    for (int64_t r = 0; r < W->rows; r++) {
+        float s = row_dot(W, kind, r, x);
+        if (kind == 1) s *= W->scales[r];
+        y[r] = s + (bias ? bias[r] : 0.0f);
+    }
+}
+
+/* x: [batch][ldx] rows of cols floats; y: [batch][ldy]. One row of x at a time (batch 1 path). */
+void NAME(pj_spmv)(const pj_sparse *W, const float *x, float *y, const float *bias, int nthreads) {
+    int nt = set_threads(nthreads);
+    switch (W->kind) {
+    case 0: spmv_kind(W, 0, x, y, bias, nt); break;
+    case 1: spmv_kind(W, 1, x, y, bias, nt); break;
+    default: spmv_kind(W, 2, x, y, bias, nt); break;
+    }
+}
+
+/* ---------------------------------------------------------------- batched: Y[N][P] = W X[K][P] */
+INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t r, const float *X, int64_t P,
+                      int64_t j0, vm last, float *Y, const float *bias) {
+    vf acc[NV_MAX][2];
+    vm m[NV_MAX];
+    for (int v = 0; v < NV; v++) { acc[v][0] = VZERO(); acc[v][1] = VZERO(); m[v] = (v == NV - 1) ? last : vmask(VW); }
+    const int cb = W->code_bits;
+    const int64_t pw = (int64_t)1 << (16 - cb);
+    for (int64_t p = 0; p < W->panels; p++) {
+        const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
+        const float *xb = X + p * pw * P + j0;
+        int64_t i = a;
+        for (; i + 2 <= b; i += 2) {
+            uint16_t e0 = W->entries[i], e1 = W->entries[i + 1];
+            vf w0 = VSET1(entry_value(W, kind, i, e0)), w1 = VSET1(entry_value(W, kind, i + 1, e1));
+            const float *x0 = xb + (int64_t)(e0 >> cb) * P, *x1 = xb + (int64_t)(e1 >> cb) * P;
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) {
+                acc[v][0] = VFMA(w0, VLOADM(m[v], x0 + v * VW), acc[v][0]);
+                acc[v][1] = VFMA(w1, VLOADM(m[v], x1 + v * VW), acc[v][1]);
+            }
+        }
+        if (i < b) {
+            uint16_t e0 = W->entries[i];
+            vf w0 = VSET1(entry_value(W, kind, i, e0));
+            const float *x0 = xb + (int64_t)(e0 >> cb) * P;
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[v][0] = VFMA(w0, VLOADM(m[v], x0 + v * VW), acc[v][0]);
+        }
+    }
+    vf s = VSET1(kind == 1 ? W->scales[r] : 1.0f), bv = VSET1(bias ? bias[r] : 0.0f);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) VSTOREM(Y + r * P + j0 + v * VW, m[v], VFMA(VADD(acc[v][0], acc[v][1]), s, bv));
+}
+
+INLINE void spmm_kind(const pj_sparse *W, const int kind, const float *X, int64_t P, float *Y, const float *bias, int nt) {
+    const int64_t tiles = (P + TILE - 1) / TILE;
+#pragma omp parallel for collapse(2) schedule(dynamic, 16) num_threads(nt)
+    for (int64_t r = 0; r < W->rows; r++) {
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
+            int nv = (int)((w + VW - 1) / VW);
+            vm last = vmask(w - (int64_t)(nv - 1) * VW);
+            switch (nv) {
+            case 1: spmm_tile(W, kind, 1, r, X, P, j0, last, Y, bias); break;
+            case 2: spmm_tile(W, kind, 2, r, X, P, j0, last, Y, bias); break;
+            case 3: spmm_tile(W, kind, 3, r, X, P, j0, last, Y, bias); break;
+            default: spmm_tile(W, kind, 4, r, X, P, j0, last, Y, bias); break;
+            }
+        }
+    }
+}
+
+void NAME(pj_spmm)(const pj_sparse *W, const float *X, int64_t P, float *Y, const float *bias, int nthreads) {
+    int nt = set_threads(nthreads);
+    switch (W->kind) {
+    case 0: spmm_kind(W, 0, X, P, Y, bias, nt); break;
+    case 1: spmm_kind(W, 1, X, P, Y, bias, nt); break;
+    default: spmm_kind(W, 2, X, P, Y, bias, nt); break;
+    }
+}
+
+/* ---------------------------------------------------------------- ternary / binary, batch 1 */
+/* x must hold words * 16 floats (zero padded past cols). */
+#if defined(__AVX512F__)
+INLINE void bits_dot(const pj_bits *B, int64_t r, const float *x, float *sp, float *sm) {
+    __m512 p0 = _mm512_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, m0 = p0, m1 = p0, m2 = p0, m3 = p0;
+    const uint16_t *pb = B->plus + r * B->words, *mb = B->minus ? B->minus + r * B->words : 0;
+    for (int64_t w = 0; w < B->words; w += 4) {
+        __m512 x0 = _mm512_loadu_ps(x + 16 * w), x1 = _mm512_loadu_ps(x + 16 * w + 16);
+        __m512 x2 = _mm512_loadu_ps(x + 16 * w + 32), x3 = _mm512_loadu_ps(x + 16 * w + 48);
+        p0 = _mm512_mask_add_ps(p0, _cvtu32_mask16(pb[w]), p0, x0);
+        p1 = _mm512_mask_add_ps(p1, _cvtu32_mask16(pb[w + 1]), p1, x1);
+        p2 = _mm512_mask_add_ps(p2, _cvtu32_mask16(pb[w + 2]), p2, x2);
+        p3 = _mm512_mask_add_ps(p3, _cvtu32_mask16(pb[w + 3]), p3, x3);
+        if (mb) {
+            m0 = _mm512_mask_add_ps(m0, _cvtu32_mask16(mb[w]), m0, x0);
+            m1 = _mm512_mask_add_ps(m1, _cvtu32_mask16(mb[w + 1]), m1, x1);
+            m2 = _mm512_mask_add_ps(m2, _cvtu32_mask16(mb[w + 2]), m2, x2);
+            m3 = _mm512_mask_add_ps(m3, _cvtu32_mask16(mb[w + 3]), m3, x3);
+        }
+    }
+    *sp = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
+    *sm = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(m0, m1), _mm512_add_ps(m2, m3)));
+}
+#elif defined(__AVX2__)
+INLINE __m256 bits8(unsigned byte) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)byte), sel);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, sel));
+}
+INLINE void bits_dot(const pj_bits *B, int64_t r, const float *x, float *sp, float *sm) {
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, m0 = p0, m1 = p0;
+    const uint16_t *pb = B->plus + r * B->words, *mb = B->minus ? B->minus + r * B->words : 0;
+    for (int64_t w = 0; w < B->words; w++) {
+        __m256 x0 = _mm256_loadu_ps(x + 16 * w), x1 = _mm256_loadu_ps(x + 16 * w + 8);
+        unsigned pw = pb[w];
+        p0 = _mm256_add_ps(p0, _mm256_and_ps(bits8(pw & 255u), x0));
+        p1 = _mm256_add_ps(p1, _mm256_and_ps(bits8(pw >> 8), x1));
+        if (mb) {
+            unsigned mw = mb[w];
+            m0 = _mm256_add_ps(m0, _mm256_and_ps(bits8(mw & 255u), x0));
+            m1 = _mm256_add_ps(m1, _mm256_and_ps(bits8(mw >> 8), x1));
+        }
+    }
+    *sp = hsum8(_mm256_add_ps(p0, p1));
+    *sm = hsum8(_mm256_add_ps(m0, m1));
+}
+#else
+INLINE void bits_dot(const pj_bits *B, int64_t r, const float *x, float *sp, float *sm) {
+    const uint16_t *pb = B->plus + r * B->words, *mb = B->minus ? B->minus + r * B->words : 0;
+    float a = 0.0f, c = 0.0f;
+    for (int64_t w = 0; w < B->words; w++) {
+        unsigned pw = pb[w], mw = mb ? mb[w] : 0u;
+        for (int j = 0; j < 16; j++) {
+            float v = x[16 * w + j];
+            if (pw >> j & 1u) a += v;
+            if (mw >> j & 1u) c += v;
+        }
+    }
+    *sp = a;
+    *sm = c;
+}
+#endif
+
+/* ternary: y = scale_plus * (P x) - scale_minus * (M x); binary: y = scale * (2 (P x) - sum x) */
+void NAME(pj_bits_mv)(const pj_bits *B, const float *x, float xsum, float *y, const float *bias, int nthreads) {
+    int nt = set_threads(nthreads);
+#pragma omp parallel for schedule(dynamic, 32) num_threads(nt)
+    for (int64_t r = 0; r < B->rows; r++) {
+        float sp, sm;
+        bits_dot(B, r, x, &sp, &sm);
+        float out = B->ternary ? B->scale_plus[r] * sp - B->scale_minus[r] * sm : B->scale_plus[r] * (2.0f * sp - xsum);
+        y[r] = out + (bias ? bias[r] : 0.0f);
+    }
+}
+
+/* ---------------------------------------------------------------- ternary / binary, batched */
+/* Y[N][P] from X[K][P]: walks the set bits of each row, adding whole rows of X. xsum[P]: the
+ * column sums of X (binary only). */
+INLINE void bits_tile(const pj_bits *B, const int NV, int64_t r, const float *X, int64_t P, int64_t j0, vm last,
+                      const float *xsum, float *Y, const float *bias) {
+    vf ap[NV_MAX], am[NV_MAX];
+    vm m[NV_MAX];
+    for (int v = 0; v < NV; v++) { ap[v] = VZERO(); am[v] = VZERO(); m[v] = (v == NV - 1) ? last : vmask(VW); }
+    const uint16_t *pb = B->plus + r * B->words, *mb = B->ternary ? B->minus + r * B->words : 0;
+    for (int64_t w = 0; w < B->words; w++) {
+        unsigned bits = pb[w];
+        while (bits) {
+            int j = __builtin_ctz(bits);
+            bits &= bits - 1u;
+            const float *xr = X + (16 * w + j) * P + j0;
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) ap[v] = VADD(ap[v], VLOADM(m[v], xr + v * VW));
+        }
+        if (mb) {
+            bits = mb[w];
+            while (bits) {
+                int j = __builtin_ctz(bits);
+                bits &= bits - 1u;
+                const float *xr = X + (16 * w + j) * P + j0;
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) am[v] = VADD(am[v], VLOADM(m[v], xr + v * VW));
+            }
+        }
+    }
+    vf sp = VSET1(B->scale_plus[r]), bv = VSET1(bias ? bias[r] : 0.0f);
+    vf sm = VSET1(B->ternary ? B->scale_minus[r] : 0.0f), two = VSET1(2.0f);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        vf out;
+        if (B->ternary) out = VSUB(VMUL(sp, ap[v]), VMUL(sm, am[v]));
+        else out = VMUL(sp, VSUB(VMUL(two, ap[v]), VLOADM(m[v], xsum + j0 + v * VW)));
+        VSTOREM(Y + r * P + j0 + v * VW, m[v], VADD(out, bv));
+    }
+}
+
+void NAME(pj_bits_mm)(const pj_bits *B, const float *X, int64_t P, const float *xsum, float *Y, const float *bias,
+                      int nthreads) {
+    int nt = set_threads(nthreads);
+    const int64_t tiles = (P + TILE - 1) / TILE;
+#pragma omp parallel for collapse(2) schedule(dynamic, 16) num_threads(nt)
+    for (int64_t r = 0; r < B->rows; r++) {
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
+            int nv = (int)((w + VW - 1) / VW);
+            vm last = vmask(w - (int64_t)(nv - 1) * VW);
+            switch (nv) {
+            case 1: bits_tile(B, 1, r, X, P, j0, last, xsum, Y, bias); break;
+            case 2: bits_tile(B, 2, r, X, P, j0, last, xsum, Y, bias); break;
+            case 3: bits_tile(B, 3, r, X, P, j0, last, xsum, Y, bias); break;
+            default: bits_tile(B, 4, r, X, P, j0, last, xsum, Y, bias); break;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- bandwidth probe */
+/* STREAM-style read probe: sums n floats (each thread its share); the caller times it. */
+double NAME(pj_read_probe)(const float *a, int64_t n, int nthreads) {
+    int nt = set_threads(nthreads);
+    double total = 0.0;
+#pragma omp parallel for reduction(+ : total) schedule(static) num_threads(nt)
+    for (int64_t c = 0; c < (n + 4095) / 4096; c++) {
+        int64_t lo = c * 4096, hi = lo + 4096 < n ? lo + 4096 : n;
+        vf s0 = VZERO(), s1 = VZERO(), s2 = VZERO(), s3 = VZERO();
+        int64_t i = lo;
+        for (; i + 4 * VW <= hi; i += 4 * VW) {
+            s0 = VADD(s0, VLOADM(vmask(VW), a + i));
+            s1 = VADD(s1, VLOADM(vmask(VW), a + i + VW));
+            s2 = VADD(s2, VLOADM(vmask(VW), a + i + 2 * VW));
+            s3 = VADD(s3, VLOADM(vmask(VW), a + i + 3 * VW));
+        }
+        float buf[VW];
+        vf s = VADD(VADD(s0, s1), VADD(s2, s3));
+        memcpy(buf, &s, sizeof buf);
+        for (int j = 0; j < VW; j++) total += buf[j];
+        for (; i < hi; i++) total += a[i];
+    }
+    return total;
+}

@@ -1,0 +1,153 @@
+"""Calls into the compiled kernels, with a pure-PyTorch fallback for each.
+
+The kernels are inference kernels: when autograd needs a gradient through the input, the
+fallback (differentiable with respect to the input) runs instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from penjing.runtime.build import kernels
+from penjing.runtime.formats import BitWeights, SparseWeights
+
+_c_int64 = ctypes.c_int64
+_c_int = ctypes.c_int
+_vp = ctypes.c_void_p
+
+
+def _configure(lib: ctypes.CDLL, isa: str) -> None:
+    sigs = {"pj_spmv": [_vp, _vp, _vp, _vp, _c_int], "pj_spmm": [_vp, _vp, _c_int64, _vp, _vp, _c_int],
+            "pj_bits_mv": [_vp, _vp, ctypes.c_float, _vp, _vp, _c_int],
+            "pj_bits_mm": [_vp, _vp, _c_int64, _vp, _vp, _vp, _c_int],
+            "pj_read_probe": [_vp, _c_int64, _c_int]}
+    for name, args in sigs.items():
+        fn = getattr(lib, f"{name}_{isa}")
+        fn.argtypes = args
+        fn.restype = ctypes.c_double if name == "pj_read_probe" else None
+
+
+_configured: set[tuple[int, str]] = set()
+
+
+def _lib():
+    k = kernels()
+    if k is None:
+        return None
+    key = (id(k.lib), k.isa)
+    if key not in _configured:
+        _configure(k.lib, k.isa)
+        _configured.add(key)
+    return k
+
+
+def compiled_isa() -> str:
+    """The instruction-set variant the kernels run (``"pytorch"`` for the fallback)."""
+    k = _lib()
+    return k.isa if k is not None else "pytorch"
+
+
+def _p(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def _check_input(x: torch.Tensor, features: int) -> torch.Tensor:
+    if x.dtype != torch.float32:
+        raise TypeError(f"the runtime kernels take float32 inputs, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"the runtime kernels run on CPU, got an input on {x.device}")
+    if x.shape[-1] != features:
+        raise ValueError(f"input has {x.shape[-1]} features, the layer takes {features}")
+    return x
+
+
+# ---------------------------------------------------------------------------- sparse
+
+def _csr(w: SparseWeights) -> torch.Tensor:
+    """torch CSR of ``w`` (fallback only): rows' pointers are every ``panels``-th segment pointer."""
+    counts = w.segptr[1:] - w.segptr[:-1]
+    seg = torch.arange(w.rows * w.panels)
+    p = torch.repeat_interleave(seg % w.panels, counts)
+    e = w.entries.to(torch.int32) & 0xFFFF
+    cols = (e >> w.code_bits).to(torch.int64) + p * (1 << (16 - w.code_bits))
+    rows = torch.repeat_interleave(seg // w.panels, counts)
+    return torch.sparse_csr_tensor(w.segptr[::w.panels].contiguous(), cols, w.values_f32(e, rows),
+                                   size=(w.rows, w.cols))
+
+
+def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, fallback=None) -> torch.Tensor:
+    """``W @ X + bias[:, None]`` for ``X`` of shape ``[cols, P]``; returns ``[rows, P]``."""
+    k = _lib()
+    if k is None or _needs_grad(X):
+        csr = fallback() if fallback is not None else _csr(w)
+        y = csr @ X
+        return y + bias[:, None] if bias is not None else y
+    X = X.contiguous()
+    P = X.shape[1]
+    Y = torch.empty(w.rows, P)
+    if P:
+        k.fn("pj_spmm")(ctypes.byref(w.struct()), X.data_ptr(), P, Y.data_ptr(), _p(bias), torch.get_num_threads())
+    return Y
+
+
+def sparse_linear(w: SparseWeights, x: torch.Tensor, bias: torch.Tensor | None, fallback=None) -> torch.Tensor:
+    """``F.linear(x, W, bias)`` from the sparse layout (``x``: ``[..., cols]``)."""
+    _check_input(x, w.cols)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.cols)
+    k = _lib()
+    if k is None or _needs_grad(x2):
+        csr = fallback() if fallback is not None else _csr(w)
+        y = (csr @ x2.t()).t()
+        y = y + bias if bias is not None else y
+        return y.reshape(*lead, w.rows)
+    if x2.shape[0] == 1:
+        xc = x2.contiguous()
+        y = torch.empty(1, w.rows)
+        k.fn("pj_spmv")(ctypes.byref(w.struct()), xc.data_ptr(), y.data_ptr(), _p(bias), torch.get_num_threads())
+        return y.reshape(*lead, w.rows)
+    # batched: the kernel wants the batch contiguous per input feature; [rows, B] comes back and
+    # its transpose is handed on as a view (a following sparse layer takes it without a copy)
+    y = sparse_mm_kn(w, x2.t(), bias).t()
+    return y.reshape(*lead, w.rows)
+
+
+# ---------------------------------------------------------------------------- bits
+
+def bits_linear(w: BitWeights, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, W, bias)`` for ternary / binary ``W`` in its bit planes."""
+    _check_input(x, w.cols)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.cols)
+    k = _lib()
+    if k is None or _needs_grad(x2):
+        return F.linear(x2, w.to_dense(), bias).reshape(*lead, w.rows)
+    B = x2.shape[0]
+    nt = torch.get_num_threads()
+    if B == 1:
+        xp = torch.zeros(w.padded_cols)
+        xp[:w.cols] = x2[0]
+        y = torch.empty(1, w.rows)
+        k.fn("pj_bits_mv")(ctypes.byref(w.struct()), xp.data_ptr(), float(xp.sum()), y.data_ptr(), _p(bias), nt)
+        return y.reshape(*lead, w.rows)
+    X = x2.t().contiguous()
+    xsum = X.sum(0).contiguous()
+    Y = torch.empty(w.rows, B)
+    k.fn("pj_bits_mm")(ctypes.byref(w.struct()), X.data_ptr(), B, xsum.data_ptr(), Y.data_ptr(), _p(bias), nt)
+    return Y.t().reshape(*lead, w.rows)
+
+
+def read_probe(a: torch.Tensor) -> float:
+    """Sum of ``a`` read by the compiled streaming loop (the bandwidth probe); torch's sum in
+    the fallback."""
+    k = _lib()
+    if k is None:
+        return float(a.sum())
+    return k.fn("pj_read_probe")(a.data_ptr(), a.numel(), torch.get_num_threads())
