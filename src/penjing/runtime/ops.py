@@ -50,6 +50,17 @@ def compiled_isa() -> str:
     return k.isa if k is not None else "pytorch"
 
 
+#: Multiply-adds below which a call runs on one thread: a fork-join region costs tens of
+#: microseconds, and far more on a loaded machine (a late worker stalls the closing barrier).
+MIN_WORK_PER_THREAD = 1 << 18
+
+
+def threads_for(work: int) -> int:
+    """Threads for a call doing ``work`` multiply-adds: ``torch.get_num_threads()``, fewer for
+    small calls."""
+    return max(1, min(torch.get_num_threads(), work // MIN_WORK_PER_THREAD))
+
+
 def _p(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -93,7 +104,7 @@ def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, f
     P = X.shape[1]
     Y = torch.empty(w.rows, P)
     if P:
-        k.fn("pj_spmm")(ctypes.byref(w.struct()), X.data_ptr(), P, Y.data_ptr(), _p(bias), torch.get_num_threads())
+        k.fn("pj_spmm")(ctypes.byref(w.struct()), X.data_ptr(), P, Y.data_ptr(), _p(bias), threads_for(w.nnz * P))
     return Y
 
 
@@ -111,7 +122,7 @@ def sparse_linear(w: SparseWeights, x: torch.Tensor, bias: torch.Tensor | None, 
     if x2.shape[0] == 1:
         xc = x2.contiguous()
         y = torch.empty(1, w.rows)
-        k.fn("pj_spmv")(ctypes.byref(w.struct()), xc.data_ptr(), y.data_ptr(), _p(bias), torch.get_num_threads())
+        k.fn("pj_spmv")(ctypes.byref(w.struct()), xc.data_ptr(), y.data_ptr(), _p(bias), threads_for(w.nnz))
         return y.reshape(*lead, w.rows)
     # batched: the kernel wants the batch contiguous per input feature; [rows, B] comes back and
     # its transpose is handed on as a view (a following sparse layer takes it without a copy)
@@ -130,7 +141,7 @@ def bits_linear(w: BitWeights, x: torch.Tensor, bias: torch.Tensor | None) -> to
     if k is None or _needs_grad(x2):
         return F.linear(x2, w.to_dense(), bias).reshape(*lead, w.rows)
     B = x2.shape[0]
-    nt = torch.get_num_threads()
+    nt = threads_for(w.rows * w.cols // 4 * B)  # a masked add does 16 weights in about 4 MACs' time
     if B == 1:
         xp = torch.zeros(w.padded_cols)
         xp[:w.cols] = x2[0]
