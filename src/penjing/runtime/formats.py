@@ -249,10 +249,11 @@ class BitWeights:
         a = w.clamp(min=0).amax(1)
         b = (-w).clamp(min=0).amax(1)
         pos, neg = w > 0, w < 0
-        if not (torch.equal(w[pos], a.expand_as(w)[pos]) and torch.equal(w[neg], -b.expand_as(w)[neg])):
+        if not (torch.equal(w[pos], a[:, None].expand_as(w)[pos]) and torch.equal(w[neg], -b[:, None].expand_as(w)[neg])):
             return None
-        if bool((pos | neg).all()) and torch.equal(a, b):
-            return cls(w.shape[0], w.shape[1], False, cls.pack_plane(pos), None, a.contiguous(), None)
+        mag = torch.maximum(a, b)
+        if bool((pos | neg).all()) and torch.equal(w.abs(), mag[:, None].expand_as(w)):
+            return cls(w.shape[0], w.shape[1], False, cls.pack_plane(pos), None, mag.contiguous(), None)
         return cls(w.shape[0], w.shape[1], True, cls.pack_plane(pos), cls.pack_plane(neg), a.contiguous(),
                    b.contiguous())
 

