@@ -52,9 +52,10 @@ from penjing.codec.file import (
            collect_hints,
            inspect,
            load,
+           load_stored,
            save,
 )
 from penjing.codec.tensors import CODEC_NAMES, decode_tensor, encode_tensor
 
 __all__ = ["CODEC_NAMES", "MAX_ELEMENTS", "CorruptFileError", "FileInfo", "TensorInfo", "collect_hints",
-           "decode_tensor", "encode_tensor", "inspect", "load", "save"]
+           "decode_tensor", "encode_tensor", "inspect", "load", "load_stored", "save"]

@@ -28,10 +28,10 @@ MAX_SPARSE_DENSITY = 0.5
 
 def _bits_from_stored(s: StoredSparse, rows: int, cols: int) -> BitWeights | None:
     """Ternary / binary planes from a codebook of one negative and/or one positive value."""
-    if s.codebook is None or s.codebook.numel() > 2:
+    if s.codebook is None or s.codebook.numel() > 3:
         return None
-    book = s.codebook.to(torch.float32)
-    if int((book > 0).sum()) > 1 or int((book < 0).sum()) > 1 or bool((book == 0).any()):
+    book = s.codebook.to(torch.float32)  # (a dense codebook codec keeps 0 in its book; no index points there)
+    if int((book > 0).sum()) > 1 or int((book < 0).sum()) > 1:
         return None
     vals = book[torch.as_tensor(s.indices, dtype=torch.int64)]
     pos = torch.as_tensor(s.positions, dtype=torch.int64)
