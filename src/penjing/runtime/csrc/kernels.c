@@ -309,26 +309,34 @@ void NAME(pj_spmm)(const pj_sparse *W, const float *X, int64_t P, float *Y, cons
 /* ---------------------------------------------------------------- ternary / binary, batch 1 */
 /* x must hold words * 16 floats (zero padded past cols). */
 #if defined(__AVX512F__)
+/* Masked adds for one plane and masked FMAs (x * 1 + acc) for the other: the adds and the
+ * FMAs issue on different FP pipes, so both planes cost about one cycle per 16 weights. */
+#define PJ_ADD(acc, bits, xv) acc = _mm512_mask_add_ps(acc, _cvtu32_mask16(bits), acc, xv)
+#define PJ_FMA(acc, bits, xv) acc = _mm512_mask3_fmadd_ps(xv, one, acc, _cvtu32_mask16(bits))
 INLINE void bits_dot(const pj_bits *B, int64_t r, const float *x, float *sp, float *sm) {
+    const __m512 one = _mm512_set1_ps(1.0f);
     __m512 p0 = _mm512_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, m0 = p0, m1 = p0, m2 = p0, m3 = p0;
     const uint16_t *pb = B->plus + r * B->words, *mb = B->minus ? B->minus + r * B->words : 0;
-    for (int64_t w = 0; w < B->words; w += 4) {
-        __m512 x0 = _mm512_loadu_ps(x + 16 * w), x1 = _mm512_loadu_ps(x + 16 * w + 16);
-        __m512 x2 = _mm512_loadu_ps(x + 16 * w + 32), x3 = _mm512_loadu_ps(x + 16 * w + 48);
-        p0 = _mm512_mask_add_ps(p0, _cvtu32_mask16(pb[w]), p0, x0);
-        p1 = _mm512_mask_add_ps(p1, _cvtu32_mask16(pb[w + 1]), p1, x1);
-        p2 = _mm512_mask_add_ps(p2, _cvtu32_mask16(pb[w + 2]), p2, x2);
-        p3 = _mm512_mask_add_ps(p3, _cvtu32_mask16(pb[w + 3]), p3, x3);
-        if (mb) {
-            m0 = _mm512_mask_add_ps(m0, _cvtu32_mask16(mb[w]), m0, x0);
-            m1 = _mm512_mask_add_ps(m1, _cvtu32_mask16(mb[w + 1]), m1, x1);
-            m2 = _mm512_mask_add_ps(m2, _cvtu32_mask16(mb[w + 2]), m2, x2);
-            m3 = _mm512_mask_add_ps(m3, _cvtu32_mask16(mb[w + 3]), m3, x3);
+    if (mb) {
+        for (int64_t w = 0; w < B->words; w += 4) {
+            __m512 x0 = _mm512_loadu_ps(x + 16 * w), x1 = _mm512_loadu_ps(x + 16 * w + 16);
+            __m512 x2 = _mm512_loadu_ps(x + 16 * w + 32), x3 = _mm512_loadu_ps(x + 16 * w + 48);
+            PJ_ADD(p0, pb[w], x0); PJ_ADD(p1, pb[w + 1], x1); PJ_ADD(p2, pb[w + 2], x2); PJ_ADD(p3, pb[w + 3], x3);
+            PJ_FMA(m0, mb[w], x0); PJ_FMA(m1, mb[w + 1], x1); PJ_FMA(m2, mb[w + 2], x2); PJ_FMA(m3, mb[w + 3], x3);
+        }
+    } else {
+        for (int64_t w = 0; w < B->words; w += 4) {
+            PJ_ADD(p0, pb[w], _mm512_loadu_ps(x + 16 * w));
+            PJ_FMA(p1, pb[w + 1], _mm512_loadu_ps(x + 16 * w + 16));
+            PJ_ADD(p2, pb[w + 2], _mm512_loadu_ps(x + 16 * w + 32));
+            PJ_FMA(p3, pb[w + 3], _mm512_loadu_ps(x + 16 * w + 48));
         }
     }
     *sp = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
     *sm = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(m0, m1), _mm512_add_ps(m2, m3)));
 }
+#undef PJ_ADD
+#undef PJ_FMA
 #elif defined(__AVX2__)
 INLINE __m256 bits8(unsigned byte) {
     const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -386,37 +394,43 @@ void NAME(pj_bits_mv)(const pj_bits *B, const float *x, float xsum, float *y, co
  * column sums of X (binary only). */
 INLINE void bits_tile(const pj_bits *B, const int NV, int64_t r, const float *X, int64_t P, int64_t j0, vm last,
                       const float *xsum, float *Y, const float *bias) {
-    vf ap[NV_MAX], am[NV_MAX];
+    /* One pass over the nonzero bits (plus | minus), 64 columns at a time (a mispredicted loop
+     * exit per 64 columns, not per 16), each adding +scale_plus or -scale_minus times a row of
+     * X; two accumulator sets alternate so that consecutive FMAs do not wait on each other. */
+    vf acc[NV_MAX][2];
     vm m[NV_MAX];
-    for (int v = 0; v < NV; v++) { ap[v] = VZERO(); am[v] = VZERO(); m[v] = (v == NV - 1) ? last : vmask(VW); }
+    for (int v = 0; v < NV; v++) { acc[v][0] = VZERO(); acc[v][1] = VZERO(); m[v] = (v == NV - 1) ? last : vmask(VW); }
     const uint16_t *pb = B->plus + r * B->words, *mb = B->ternary ? B->minus + r * B->words : 0;
-    for (int64_t w = 0; w < B->words; w++) {
-        unsigned bits = pb[w];
-        while (bits) {
-            int j = __builtin_ctz(bits);
-            bits &= bits - 1u;
-            const float *xr = X + (16 * w + j) * P + j0;
+    /* indexed by the plus bit: a table lookup, not a branch on random signs */
+    const float sign[2] = {B->ternary ? -B->scale_minus[r] : 0.0f, B->ternary ? B->scale_plus[r] : 1.0f};
+    for (int64_t w = 0; w < B->words; w += 4) {
+        uint64_t pw, mw = 0;
+        memcpy(&pw, pb + w, 8);
+        if (mb) memcpy(&mw, mb + w, 8);
+        uint64_t nz = pw | mw;
+        const float *xw = X + 16 * w * P + j0;
+        while (nz) {
+            int j = __builtin_ctzll(nz);
+            nz &= nz - 1;
+            vf s0 = VSET1(sign[pw >> j & 1u]);
+            const float *x0 = xw + (int64_t)j * P;
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) ap[v] = VADD(ap[v], VLOADM(m[v], xr + v * VW));
-        }
-        if (mb) {
-            bits = mb[w];
-            while (bits) {
-                int j = __builtin_ctz(bits);
-                bits &= bits - 1u;
-                const float *xr = X + (16 * w + j) * P + j0;
+            for (int v = 0; v < NV; v++) acc[v][0] = VFMA(s0, VLOADM(m[v], x0 + v * VW), acc[v][0]);
+            if (!nz) break;
+            j = __builtin_ctzll(nz);
+            nz &= nz - 1;
+            vf s1 = VSET1(sign[pw >> j & 1u]);
+            const float *x1 = xw + (int64_t)j * P;
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) am[v] = VADD(am[v], VLOADM(m[v], xr + v * VW));
-            }
+            for (int v = 0; v < NV; v++) acc[v][1] = VFMA(s1, VLOADM(m[v], x1 + v * VW), acc[v][1]);
         }
     }
-    vf sp = VSET1(B->scale_plus[r]), bv = VSET1(bias ? bias[r] : 0.0f);
-    vf sm = VSET1(B->ternary ? B->scale_minus[r] : 0.0f), two = VSET1(2.0f);
+    vf bv = VSET1(bias ? bias[r] : 0.0f), scale = VSET1(B->scale_plus[r]), two = VSET1(2.0f);
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
-        vf out;
-        if (B->ternary) out = VSUB(VMUL(sp, ap[v]), VMUL(sm, am[v]));
-        else out = VMUL(sp, VSUB(VMUL(two, ap[v]), VLOADM(m[v], xsum + j0 + v * VW)));
+        vf sum = VADD(acc[v][0], acc[v][1]), out;
+        if (B->ternary) out = sum;
+        else out = VMUL(scale, VSUB(VMUL(two, sum), VLOADM(m[v], xsum + j0 + v * VW)));
         VSTOREM(Y + r * P + j0 + v * VW, m[v], VADD(out, bv));
     }
 }
