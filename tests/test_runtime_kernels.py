@@ -126,6 +126,25 @@ def test_ternary_linear(isa, cols, zeros):
     close(layer.dense_weight(), w, 0)
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 1), (16, 3), (19, 40), (70, 131)])
+@pytest.mark.parametrize("scales", ["per-row symmetric", "per-tensor asymmetric"])
+def test_ternary_table_lookup(isa, rows, cols, scales):
+    """The scale layouts the table kernel takes (TWN: one alpha; TTQ: one Wp and one Wn)."""
+    gen = torch.Generator().manual_seed(rows + cols)
+    codes = torch.randint(-1, 2, (rows, cols), generator=gen)
+    if scales == "per-row symmetric":
+        a = b = torch.rand(rows, 1, generator=gen) + 0.1
+    else:
+        a, b = torch.tensor(0.7), torch.tensor(0.3)
+    w = torch.where(codes > 0, a, torch.where(codes < 0, -b, torch.zeros(()))).expand(rows, cols).contiguous()
+    layer = TernaryLinear.from_linear(_linear(w))
+    assert layer.weights.lut_codes() is not None
+    for batch in (1, 3):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w))
+    assert layer.bytes_per_call(3) == layer.weights.nbytes
+
+
 @pytest.mark.parametrize("cols", [1, 17, 64, 200])
 def test_binary_linear(isa, cols):
     gen = torch.Generator().manual_seed(cols)

@@ -154,7 +154,7 @@ def test_speed_report_rows(deep_compressed):
     rows = speed_report(model, [1, 4], rounds=2, bandwidth=bw)
     assert [(r.name, r.batch) for r in rows] == [(n, b) for n in ("0", "2", "4") for b in (1, 4)]
     for r in rows:
-        assert r.weight_bytes == getattr(model, r.name).weight_bytes
+        assert r.weight_bytes == getattr(model, r.name).bytes_per_call(r.batch)
         assert r.dense_bytes == 4 * getattr(model, r.name).dense_weight().numel()
         assert r.time_s > 0 and r.dense_s > 0
         assert r.predicted_s == pytest.approx(r.weight_bytes / bw)

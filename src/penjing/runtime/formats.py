@@ -257,6 +257,53 @@ class BitWeights:
         return cls(w.shape[0], w.shape[1], True, cls.pack_plane(pos), cls.pack_plane(neg), a.contiguous(),
                    b.contiguous())
 
+    # ------------------------------------------------------------------ lookup-table codes
+
+    lut: tuple | None = field(default=None, repr=False, compare=False)
+
+    def lut_codes(self) -> tuple | None:
+        """``(codes, mode, a, b, weights_per_code, row_scale)`` for the table-lookup kernel (built once, on
+        first use): one byte per 3 ternary / 5 binary weights, ``[row blocks of 16][groups][16]``.
+        ``None`` for ternary layers whose scales differ from row to row *and* between signs."""
+        if self.lut is not None:
+            return self.lut or None
+        scale = self.scale_plus
+        if self.ternary:
+            # a row without +1s (-1s) has no use for its plus (minus) scale: only used ones count
+            has_p = self.plus.ne(0).any(1)
+            has_m = self.minus.ne(0).any(1)
+            sp, sm = self.scale_plus, self.scale_minus
+            if bool(((sp == sm) | ~has_p | ~has_m).all()):
+                mode, a, b = 0, 1.0, 1.0
+                scale = torch.where(has_p, sp, sm).contiguous()
+            elif bool((sp[has_p] == sp[has_p][:1]).all() and (sm[has_m] == sm[has_m][:1]).all()):
+                mode = 1
+                a = float(sp[has_p][0]) if bool(has_p.any()) else 0.0
+                b = float(sm[has_m][0]) if bool(has_m.any()) else 0.0
+            else:
+                self.lut = ()
+                return None
+            d = (self.unpack_plane(self.plus, self.cols).to(torch.uint8)
+                 - self.unpack_plane(self.minus, self.cols).to(torch.uint8) + 1)  # 0, 1, 2
+            k, base, pad_value = 3, torch.tensor([1, 3, 9], dtype=torch.uint8), 1
+        else:
+            mode, a, b = 2, 1.0, 1.0
+            d = self.unpack_plane(self.plus, self.cols).to(torch.uint8)
+            k, base, pad_value = 5, torch.tensor([1, 2, 4, 8, 16], dtype=torch.uint8), 0
+        groups = -(-self.cols // k)
+        rows_p = -(-self.rows // 16) * 16
+        full = torch.full((rows_p, groups * k), pad_value, dtype=torch.uint8)
+        full[:self.rows, :self.cols] = d
+        codes = (full.reshape(rows_p, groups, k) * base).sum(-1, dtype=torch.uint8)
+        codes = codes.reshape(rows_p // 16, 16, groups).transpose(1, 2).contiguous()
+        self.lut = (codes, mode, a, b, k, scale)
+        return self.lut
+
+    def lut_nbytes(self) -> int:
+        """Bytes one table-lookup call reads: the codes and the per-row scales."""
+        codes = self.lut_codes()
+        return codes[0].numel() + 4 * self.rows if codes else self.nbytes
+
     def to_dense(self) -> torch.Tensor:
         p = self.unpack_plane(self.plus, self.cols).to(torch.float32)
         if self.ternary:

@@ -50,6 +50,10 @@ class RuntimeLayer(nn.Module):
         """Bytes of weights one call reads."""
         return self.weights.nbytes
 
+    def bytes_per_call(self, batch: int) -> int:
+        """Bytes of weights one call at ``batch`` reads (the layout that batch runs from)."""
+        return self.weights.nbytes
+
     @property
     def format(self) -> str:
         raise NotImplementedError
@@ -124,6 +128,12 @@ class _BitsLinear(RuntimeLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._sync()
         return ops.bits_linear(self.weights, x, self.bias)
+
+    def bytes_per_call(self, batch: int) -> int:
+        # batch 1 on AVX-512 reads the table-lookup codes (built on first use), else the planes
+        if batch == 1 and ops.lut_kernel():
+            return self.weights.lut_nbytes()
+        return self.weights.nbytes
 
     def dense_weight(self) -> torch.Tensor:
         return self.weights.to_dense()

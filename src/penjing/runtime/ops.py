@@ -24,11 +24,13 @@ def _configure(lib: ctypes.CDLL, isa: str) -> None:
     sigs = {"pj_spmv": [_vp, _vp, _vp, _vp, _c_int], "pj_spmm": [_vp, _vp, _c_int64, _vp, _vp, _c_int],
             "pj_bits_mv": [_vp, _vp, ctypes.c_float, _vp, _vp, _c_int],
             "pj_bits_mm": [_vp, _vp, _c_int64, _vp, _vp, _vp, _c_int],
-            "pj_read_probe": [_vp, _c_int64, _c_int]}
+            "pj_read_probe": [_vp, _c_int64, _c_int],
+            "pj_lut_tables": [_vp, _c_int64, _c_int, ctypes.c_float, ctypes.c_float, _vp],
+            "pj_lut_mv": [_vp, _c_int64, _c_int64, _vp, _c_int, _vp, _vp, _vp, _c_int]}
     for name, args in sigs.items():
         fn = getattr(lib, f"{name}_{isa}")
         fn.argtypes = args
-        fn.restype = ctypes.c_double if name == "pj_read_probe" else None
+        fn.restype = {"pj_read_probe": ctypes.c_double, "pj_lut_mv": ctypes.c_int}.get(name)
 
 
 def _lib():
@@ -142,6 +144,18 @@ def bits_linear(w: BitWeights, x: torch.Tensor, bias: torch.Tensor | None) -> to
         return F.linear(x2, w.to_dense(), bias).reshape(*lead, w.rows)
     B = x2.shape[0]
     nt = threads_for(w.rows * w.cols // 4 * B)  # a masked add does 16 weights in about 4 MACs' time
+    if B == 1 and lut_kernel(k):
+        codes, mode, a, b, per, scale = w.lut_codes() or (None,) * 6
+        if codes is not None:
+            groups = codes.shape[1]
+            xp = torch.zeros(groups * per)
+            xp[:w.cols] = x2[0]
+            tables = torch.empty(groups * 32)
+            k.fn("pj_lut_tables")(xp.data_ptr(), groups, mode, a, b, tables.data_ptr())
+            y = torch.empty(1, w.rows)
+            k.fn("pj_lut_mv")(codes.data_ptr(), w.rows, groups, tables.data_ptr(), mode, scale.data_ptr(),
+                              y.data_ptr(), _p(bias), nt)
+            return y.reshape(*lead, w.rows)
     if B == 1:
         xp = torch.zeros(w.padded_cols)
         xp[:w.cols] = x2[0]
@@ -153,6 +167,12 @@ def bits_linear(w: BitWeights, x: torch.Tensor, bias: torch.Tensor | None) -> to
     Y = torch.empty(w.rows, B)
     k.fn("pj_bits_mm")(ctypes.byref(w.struct()), X.data_ptr(), B, xsum.data_ptr(), Y.data_ptr(), _p(bias), nt)
     return Y.t().reshape(*lead, w.rows)
+
+
+def lut_kernel(k=None) -> bool:
+    """Whether the running variant has the table-lookup ternary/binary kernel (AVX-512)."""
+    k = k or _lib()
+    return k is not None and k.isa == "avx512"
 
 
 def read_probe(a: torch.Tensor) -> float:

@@ -95,7 +95,7 @@ def speed_report(model: nn.Module, batch_sizes: list[int], *, example: torch.Ten
                 spatial = shapes[name][-2:] if isinstance(m, SparseConv2d) and name in shapes else None
                 x = input_for(m, b, spatial)
                 tk, td = time_pair(m, dense, x, rounds)
-                rows.append(LayerSpeed(name, m.format, compiled_isa(), b, m.weight_bytes, 4 * weight.numel(),
+                rows.append(LayerSpeed(name, m.format, compiled_isa(), b, m.bytes_per_call(b), 4 * weight.numel(),
                                        tk, td, bw))
             del weight, dense
         elif isinstance(m, (nn.Linear, nn.Conv2d)):

@@ -389,6 +389,69 @@ void NAME(pj_bits_mv)(const pj_bits *B, const float *x, float xsum, float *y, co
     }
 }
 
+/* ---------------------------------------------------------------- ternary / binary, table lookup (AVX-512) */
+/* bitnet.cpp's TL idea with float activations: 3 ternary weights (27 combinations) or 5 binary
+ * weights (32) form one byte code; per call, every group of input columns gets a 32-entry table
+ * of its signed partial sums, and one vpermt2ps looks up 16 rows' codes in it at once: 48 (80)
+ * weights per lookup, against 16 per masked add on the bit planes, where Zen 4 issues about one
+ * masked op per cycle. codes: [row blocks of 16][groups][16] bytes; tables: [groups][32] floats.
+ * mode 0: ternary, tables unscaled (+1/-1), y = scale_plus[r] * sum;
+ * mode 1: ternary, tables carry +a / -b (one pair for the whole layer), y = sum;
+ * mode 2: binary, 5 weights per code, tables +1/-1, y = scale_plus[r] * sum. */
+void NAME(pj_lut_tables)(const float *x, int64_t groups, int mode, float a, float b, float *tables) {
+    for (int64_t g = 0; g < groups; g++) {
+        float *t = tables + 32 * g;
+        if (mode == 2) {
+            const float *xg = x + 5 * g;
+            for (int c = 0; c < 32; c++) {
+                float s = 0.0f;
+                for (int j = 0; j < 5; j++) s += (c >> j & 1) ? xg[j] : -xg[j];
+                t[c] = s;
+            }
+        } else {
+            const float *xg = x + 3 * g;
+            float v[3][3];
+            for (int j = 0; j < 3; j++) { v[j][0] = -b * xg[j]; v[j][1] = 0.0f; v[j][2] = a * xg[j]; }
+            for (int c = 0; c < 27; c++) t[c] = v[0][c % 3] + v[1][(c / 3) % 3] + v[2][c / 9];
+            for (int c = 27; c < 32; c++) t[c] = 0.0f;
+        }
+    }
+}
+
+int NAME(pj_lut_mv)(const uint8_t *codes, int64_t rows, int64_t groups, const float *tables, int mode,
+                    const float *scale, float *y, const float *bias, int nthreads) {
+#if defined(__AVX512F__)
+    int nt = set_threads(nthreads);
+    const int64_t blocks = (rows + 15) / 16, quads = (blocks + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
+    for (int64_t qd = 0; qd < quads; qd++) {
+        const int64_t b0 = 4 * qd, nb = blocks - b0 < 4 ? blocks - b0 : 4;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        const uint8_t *cb[4];
+        for (int q = 0; q < 4; q++) cb[q] = codes + ((b0 + (q < nb ? q : 0)) * groups) * 16;
+        for (int64_t g = 0; g < groups; g++) {
+            __m512 lo = _mm512_loadu_ps(tables + 32 * g), hi = _mm512_loadu_ps(tables + 32 * g + 16);
+            for (int q = 0; q < 4; q++) {
+                __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(cb[q] + 16 * g)));
+                acc[q] = _mm512_add_ps(acc[q], _mm512_permutex2var_ps(lo, idx, hi));
+            }
+        }
+        for (int q = 0; q < nb; q++) {
+            const int64_t r0 = 16 * (b0 + q), n = rows - r0 < 16 ? rows - r0 : 16;
+            __mmask16 m = vmask(n);
+            __m512 out = acc[q];
+            if (mode != 1) out = _mm512_mul_ps(out, _mm512_maskz_loadu_ps(m, scale + r0));
+            if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, bias + r0));
+            _mm512_mask_storeu_ps(y + r0, m, out);
+        }
+    }
+    return 1;
+#else
+    (void)codes; (void)rows; (void)groups; (void)tables; (void)mode; (void)scale; (void)y; (void)bias; (void)nthreads;
+    return 0; /* this variant has no table kernel: the caller uses the bit planes */
+#endif
+}
+
 /* ---------------------------------------------------------------- ternary / binary, batched */
 /* Y[N][P] from X[K][P]: walks the set bits of each row, adding whole rows of X. xsum[P]: the
  * column sums of X (binary only). */
