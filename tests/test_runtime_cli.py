@@ -21,7 +21,7 @@ def lenet_file(tmp_path):
 
 def test_bench_prints_the_report(lenet_file, capsys):
     assert main(["bench", str(lenet_file), "--batch", "1,4", "--rounds", "2", "--runtime", "kernel",
-                 "--input-shape", "1,8,8"]) == 0
+                 "--input-shape", "1,8,8", "--probe-mb", "8"]) == 0
     out = capsys.readouterr().out
     assert f"{lenet_file}: {lenet_file.stat().st_size:,} bytes; runtime kernel" in out
     assert "measured read bandwidth" in out
@@ -31,7 +31,7 @@ def test_bench_prints_the_report(lenet_file, capsys):
 
 
 def test_bench_auto_lists_choices(lenet_file, capsys):
-    assert main(["bench", str(lenet_file), "--batch", "2", "--rounds", "2"]) == 0
+    assert main(["bench", str(lenet_file), "--batch", "2", "--rounds", "2", "--probe-mb", "8"]) == 0
     out = capsys.readouterr().out
     assert out.count(" at batch 2 -> ") == 3
 

@@ -32,7 +32,13 @@ from torch.nn.utils import parametrize
 from penjing.codec.bits import Reader, varint
 from penjing.codec.dtypes import dtype_code, dtype_of
 from penjing.codec.errors import CorruptFileError
-from penjing.codec.tensors import CODEC_NAMES, StoredSparse, decode_stored, decode_tensor, encode_tensor
+from penjing.codec.tensors import (
+    CODEC_NAMES,
+    StoredSparse,
+    decode_stored,
+    decode_tensor,
+    encode_tensor,
+)
 
 MAGIC = b"PJZ"
 VERSION = 1

@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto: per layer the faster of kernel and dense at the first --batch (default)")
     p.add_argument("--rounds", type=int, default=15, help="timed rounds per layer and batch (default 15)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--probe-mb", type=int, default=256,
+                   help="size of the bandwidth probe's array in MB (default 256: several times any L3)")
     p.set_defaults(func=run)
 
 
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from penjing.runtime.load import load_into
     from penjing.runtime.report import bandwidth_probe, format_report, speed_report
 
+    if args.probe_mb < 1:
+        raise ValueError(f"--probe-mb must be at least 1, got {args.probe_mb}")
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
     if args.threads is not None:
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                 return_info=True)
     except RuntimeError as exc:
         raise ValueError(f"{args.file} does not fit --model {args.model}: {str(exc).strip().splitlines()[0]}") from None
-    bw = bandwidth_probe()
+    bw = bandwidth_probe(args.probe_mb)
     rows = speed_report(model, args.batch, example=example, rounds=args.rounds, bandwidth=bw)
     delta = info.rss_delta
     print(f"{args.file}: {info.file_bytes:,} bytes; runtime {args.runtime} (kernels: {info.isa}); "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
-COMMON_FLAGS = ["-O3", "-fPIC", "-fopenmp", "-fno-strict-aliasing", "-std=c11"]
+COMMON_FLAGS = ["-O3", "-fPIC", "-pthread", "-fno-strict-aliasing", "-std=gnu11"]
 #: variant -> (gcc flags, CPU flags from /proc/cpuinfo it needs)
 VARIANTS: dict[str, tuple[list[str], set[str]]] = {
     "generic": ([], set()),
@@ -100,7 +100,7 @@ def _compile(cc: str, variants: list[str], out: Path) -> None:
                 raise KernelsUnavailable(f"compiling the {v} kernels failed: {res.stderr.strip()[-2000:]}")
             objects.append(str(obj))
         lib = tmp / "libpenjing_kernels.so"
-        res = subprocess.run([cc, "-shared", "-fopenmp", *objects, "-o", str(lib)], capture_output=True, text=True)
+        res = subprocess.run([cc, "-shared", "-pthread", *objects, "-o", str(lib)], capture_output=True, text=True)
         if res.returncode:
             raise KernelsUnavailable(f"linking the kernels failed: {res.stderr.strip()[-2000:]}")
         os.replace(lib, out)  # atomic: a concurrent process sees the whole library or none

@@ -24,7 +24,7 @@ def _configure(lib: ctypes.CDLL, isa: str) -> None:
     sigs = {"pj_spmv": [_vp, _vp, _vp, _vp, _c_int], "pj_spmm": [_vp, _vp, _c_int64, _vp, _vp, _c_int],
             "pj_bits_mv": [_vp, _vp, ctypes.c_float, _vp, _vp, _c_int],
             "pj_bits_mm": [_vp, _vp, _c_int64, _vp, _vp, _vp, _c_int],
-            "pj_read_probe": [_vp, _c_int64, _c_int],
+            "pj_read_probe": [_vp, _c_int64, _c_int, _vp],
             "pj_lut_tables": [_vp, _c_int64, _c_int, ctypes.c_float, ctypes.c_float, _vp],
             "pj_lut_mv": [_vp, _c_int64, _c_int64, _vp, _c_int, _vp, _vp, _vp, _c_int]}
     for name, args in sigs.items():
@@ -181,4 +181,5 @@ def read_probe(a: torch.Tensor) -> float:
     k = _lib()
     if k is None:
         return float(a.sum())
-    return k.fn("pj_read_probe")(a.data_ptr(), a.numel(), torch.get_num_threads())
+    partial = torch.empty(-(-a.numel() // 4096), dtype=torch.float64)
+    return k.fn("pj_read_probe")(a.data_ptr(), a.numel(), torch.get_num_threads(), partial.data_ptr())

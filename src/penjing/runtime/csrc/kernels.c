@@ -16,9 +16,9 @@
  */
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -96,14 +96,99 @@ INLINE vm vmask(int64_t n) { return n > 0; }
 #define NV_MAX 4
 #define TILE (NV_MAX * VW)
 
-static int set_threads(int n) {
-#ifdef _OPENMP
-    if (n < 1) n = 1;
-    return n;
-#else
-    (void)n;
-    return 1;
-#endif
+/* ---------------------------------------------------------------- thread pool */
+/* A claim-as-you-go pool instead of OpenMP: the caller runs chunks itself and waits only for
+ * chunks another thread has *claimed*, never for a worker that has not woken up yet. On a
+ * loaded machine an OpenMP region's closing barrier waits for its late worker (measured: 16 ms
+ * per call for a 20 us layer at 2 threads on a busy 2-core machine); here a late worker finds
+ * no chunks left and goes back to sleep. (It also avoids a second OpenMP runtime next to
+ * torch's.) Static per compiled variant: only one variant runs in a process at a time. */
+typedef void (*pj_task)(void *ctx, int64_t lo, int64_t hi);
+#define POOL_MAX 64
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int workers;               /* started so far */
+    int want;                  /* workers this job may use */
+    uint32_t gen;              /* job number, under mu */
+    _Atomic uint64_t claim;    /* gen << 32 | next chunk */
+    _Atomic int64_t done;      /* chunks finished in this job */
+    pj_task fn;
+    void *ctx;
+    int64_t n, chunk, nchunks;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+
+static void pool_run(uint32_t gen, pj_task fn, void *ctx, int64_t n, int64_t chunk, int64_t nchunks) {
+    for (;;) {
+        uint64_t c = atomic_load(&pool.claim);
+        if ((uint32_t)(c >> 32) != gen || (int64_t)(uint32_t)c >= nchunks) return;
+        if (!atomic_compare_exchange_weak(&pool.claim, &c, c + 1)) continue;
+        int64_t lo = (int64_t)(uint32_t)c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        fn(ctx, lo, hi);
+        atomic_fetch_add(&pool.done, 1);
+    }
+}
+
+static void *pool_worker(void *arg) {
+    int id = (int)(intptr_t)arg;
+    uint32_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pool.mu);
+        while (pool.gen == seen || id >= pool.want) {
+            if (pool.gen != seen) seen = pool.gen; /* a job not meant for this worker */
+            pthread_cond_wait(&pool.cv, &pool.mu);
+        }
+        seen = pool.gen;
+        pj_task fn = pool.fn;
+        void *ctx = pool.ctx;
+        int64_t n = pool.n, chunk = pool.chunk, nchunks = pool.nchunks;
+        pthread_mutex_unlock(&pool.mu);
+        pool_run(seen, fn, ctx, n, chunk, nchunks);
+    }
+    return NULL;
+}
+
+/* Run fn over [0, n) in chunks of `chunk`, on up to nthreads threads (the caller included). */
+static void parallel_for(pj_task fn, void *ctx, int64_t n, int64_t chunk, int nthreads) {
+    if (chunk < 1) chunk = 1;
+    int64_t nchunks = (n + chunk - 1) / chunk;
+    if (nthreads > POOL_MAX) nthreads = POOL_MAX;
+    if (nthreads <= 1 || nchunks <= 1) {
+        if (n > 0) fn(ctx, 0, n);
+        return;
+    }
+    if (nchunks > 0xFFFFFFF) { chunk = (n + 0xFFFFFFE) / 0xFFFFFFF; nchunks = (n + chunk - 1) / chunk; }
+    pthread_mutex_lock(&pool.mu);
+    while (pool.workers < nthreads - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int bad = pthread_create(&t, &attr, pool_worker, (void *)(intptr_t)pool.workers);
+        pthread_attr_destroy(&attr);
+        if (bad) break; /* fewer threads than asked: the caller still does all the work */
+        pool.workers++;
+    }
+    uint32_t gen = ++pool.gen;
+    pool.want = nthreads - 1;
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.n = n;
+    pool.chunk = chunk;
+    pool.nchunks = nchunks;
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.claim, (uint64_t)gen << 32);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+    pool_run(gen, fn, ctx, n, chunk, nchunks);
+    for (int spins = 0; atomic_load(&pool.done) < nchunks; spins++)
+        if (spins > 64) sched_yield(); /* a claimed chunk is running elsewhere: let it have the core */
+}
+
+/* chunk of rows so that each thread gets several (load balance) */
+static int64_t chunk_for(int64_t n, int nt) {
+    int64_t c = n / (8 * (nt > 0 ? nt : 1));
+    return c < 1 ? 1 : c;
 }
 
 INLINE float entry_value(const pj_sparse *W, const int kind, int64_t i, uint16_t e) {
@@ -225,23 +310,29 @@ INLINE float row_dot(const pj_sparse *W, const int kind, int64_t r, const float 
 }
 #endif
 
-INLINE void spmv_kind(const pj_sparse *W, const int kind, const float *x, float *y, const float *bias, int nt) {
-#pragma omp parallel for schedule(dynamic, 32) num_threads(nt)
-    for (int64_t r = 0; r < W->rows; r++) {
-        float s = row_dot(W, kind, r, x);
-        if (kind == 1) s *= W->scales[r];
-        y[r] = s + (bias ? bias[r] : 0.0f);
+typedef struct { const pj_sparse *W; const float *x; float *y; const float *bias; const float *X; int64_t P; float *Y; } spctx;
+
+INLINE void spmv_rows(const spctx *c, const int kind, int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+        float s = row_dot(c->W, kind, r, c->x);
+        if (kind == 1) s *= c->W->scales[r];
+        c->y[r] = s + (c->bias ? c->bias[r] : 0.0f);
     }
 }
 
-/* x: [batch][ldx] rows of cols floats; y: [batch][ldy]. One row of x at a time (batch 1 path). */
-void NAME(pj_spmv)(const pj_sparse *W, const float *x, float *y, const float *bias, int nthreads) {
-    int nt = set_threads(nthreads);
-    switch (W->kind) {
-    case 0: spmv_kind(W, 0, x, y, bias, nt); break;
-    case 1: spmv_kind(W, 1, x, y, bias, nt); break;
-    default: spmv_kind(W, 2, x, y, bias, nt); break;
+static void spmv_task(void *ctx, int64_t lo, int64_t hi) {
+    const spctx *c = ctx;
+    switch (c->W->kind) {
+    case 0: spmv_rows(c, 0, lo, hi); break;
+    case 1: spmv_rows(c, 1, lo, hi); break;
+    default: spmv_rows(c, 2, lo, hi); break;
     }
+}
+
+/* y[rows] = W x + bias (the batch-1 path). */
+void NAME(pj_spmv)(const pj_sparse *W, const float *x, float *y, const float *bias, int nthreads) {
+    spctx c = {W, x, y, bias, 0, 0, 0};
+    parallel_for(spmv_task, &c, W->rows, chunk_for(W->rows, nthreads), nthreads);
 }
 
 /* ---------------------------------------------------------------- batched: Y[N][P] = W X[K][P] */
@@ -279,31 +370,35 @@ INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t 
     for (int v = 0; v < NV; v++) VSTOREM(Y + r * P + j0 + v * VW, m[v], VFMA(VADD(acc[v][0], acc[v][1]), s, bv));
 }
 
-INLINE void spmm_kind(const pj_sparse *W, const int kind, const float *X, int64_t P, float *Y, const float *bias, int nt) {
-    const int64_t tiles = (P + TILE - 1) / TILE;
-#pragma omp parallel for collapse(2) schedule(dynamic, 16) num_threads(nt)
-    for (int64_t r = 0; r < W->rows; r++) {
-        for (int64_t t = 0; t < tiles; t++) {
-            int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
-            int nv = (int)((w + VW - 1) / VW);
-            vm last = vmask(w - (int64_t)(nv - 1) * VW);
-            switch (nv) {
-            case 1: spmm_tile(W, kind, 1, r, X, P, j0, last, Y, bias); break;
-            case 2: spmm_tile(W, kind, 2, r, X, P, j0, last, Y, bias); break;
-            case 3: spmm_tile(W, kind, 3, r, X, P, j0, last, Y, bias); break;
-            default: spmm_tile(W, kind, 4, r, X, P, j0, last, Y, bias); break;
-            }
+INLINE void spmm_items(const spctx *c, const int kind, int64_t lo, int64_t hi) {
+    const int64_t P = c->P, tiles = (P + TILE - 1) / TILE;
+    for (int64_t it = lo; it < hi; it++) { /* item = row * tiles + tile */
+        int64_t r = it / tiles, t = it % tiles;
+        int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
+        int nv = (int)((w + VW - 1) / VW);
+        vm last = vmask(w - (int64_t)(nv - 1) * VW);
+        switch (nv) {
+        case 1: spmm_tile(c->W, kind, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 2: spmm_tile(c->W, kind, 2, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 3: spmm_tile(c->W, kind, 3, r, c->X, P, j0, last, c->Y, c->bias); break;
+        default: spmm_tile(c->W, kind, 4, r, c->X, P, j0, last, c->Y, c->bias); break;
         }
     }
 }
 
-void NAME(pj_spmm)(const pj_sparse *W, const float *X, int64_t P, float *Y, const float *bias, int nthreads) {
-    int nt = set_threads(nthreads);
-    switch (W->kind) {
-    case 0: spmm_kind(W, 0, X, P, Y, bias, nt); break;
-    case 1: spmm_kind(W, 1, X, P, Y, bias, nt); break;
-    default: spmm_kind(W, 2, X, P, Y, bias, nt); break;
+static void spmm_task(void *ctx, int64_t lo, int64_t hi) {
+    const spctx *c = ctx;
+    switch (c->W->kind) {
+    case 0: spmm_items(c, 0, lo, hi); break;
+    case 1: spmm_items(c, 1, lo, hi); break;
+    default: spmm_items(c, 2, lo, hi); break;
     }
+}
+
+void NAME(pj_spmm)(const pj_sparse *W, const float *X, int64_t P, float *Y, const float *bias, int nthreads) {
+    spctx c = {W, 0, 0, bias, X, P, Y};
+    int64_t items = W->rows * ((P + TILE - 1) / TILE);
+    parallel_for(spmm_task, &c, items, chunk_for(items, nthreads), nthreads);
 }
 
 /* ---------------------------------------------------------------- ternary / binary, batch 1 */
@@ -378,15 +473,23 @@ INLINE void bits_dot(const pj_bits *B, int64_t r, const float *x, float *sp, flo
 #endif
 
 /* ternary: y = scale_plus * (P x) - scale_minus * (M x); binary: y = scale * (2 (P x) - sum x) */
-void NAME(pj_bits_mv)(const pj_bits *B, const float *x, float xsum, float *y, const float *bias, int nthreads) {
-    int nt = set_threads(nthreads);
-#pragma omp parallel for schedule(dynamic, 32) num_threads(nt)
-    for (int64_t r = 0; r < B->rows; r++) {
+typedef struct { const pj_bits *B; const float *x; float xsum; float *y; const float *bias;
+                 const float *X; int64_t P; const float *colsum; float *Y; } bitsctx;
+
+static void bits_mv_task(void *ctx, int64_t lo, int64_t hi) {
+    const bitsctx *c = ctx;
+    const pj_bits *B = c->B;
+    for (int64_t r = lo; r < hi; r++) {
         float sp, sm;
-        bits_dot(B, r, x, &sp, &sm);
-        float out = B->ternary ? B->scale_plus[r] * sp - B->scale_minus[r] * sm : B->scale_plus[r] * (2.0f * sp - xsum);
-        y[r] = out + (bias ? bias[r] : 0.0f);
+        bits_dot(B, r, c->x, &sp, &sm);
+        float out = B->ternary ? B->scale_plus[r] * sp - B->scale_minus[r] * sm : B->scale_plus[r] * (2.0f * sp - c->xsum);
+        c->y[r] = out + (c->bias ? c->bias[r] : 0.0f);
     }
+}
+
+void NAME(pj_bits_mv)(const pj_bits *B, const float *x, float xsum, float *y, const float *bias, int nthreads) {
+    bitsctx c = {B, x, xsum, y, bias, 0, 0, 0, 0};
+    parallel_for(bits_mv_task, &c, B->rows, chunk_for(B->rows, nthreads), nthreads);
 }
 
 /* ---------------------------------------------------------------- ternary / binary, table lookup (AVX-512) */
@@ -418,13 +521,18 @@ void NAME(pj_lut_tables)(const float *x, int64_t groups, int mode, float a, floa
     }
 }
 
-int NAME(pj_lut_mv)(const uint8_t *codes, int64_t rows, int64_t groups, const float *tables, int mode,
-                    const float *scale, float *y, const float *bias, int nthreads) {
 #if defined(__AVX512F__)
-    int nt = set_threads(nthreads);
-    const int64_t blocks = (rows + 15) / 16, quads = (blocks + 3) / 4;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
-    for (int64_t qd = 0; qd < quads; qd++) {
+typedef struct { const uint8_t *codes; int64_t rows, groups; const float *tables; int mode; const float *scale;
+                 float *y; const float *bias; } lutctx;
+
+static void lut_task(void *ctx, int64_t qlo, int64_t qhi) {
+    const lutctx *c = ctx;
+    const uint8_t *codes = c->codes;
+    const int64_t rows = c->rows, groups = c->groups, blocks = (rows + 15) / 16;
+    const float *tables = c->tables, *scale = c->scale, *bias = c->bias;
+    const int mode = c->mode;
+    float *y = c->y;
+    for (int64_t qd = qlo; qd < qhi; qd++) {
         const int64_t b0 = 4 * qd, nb = blocks - b0 < 4 ? blocks - b0 : 4;
         __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         const uint8_t *cb[4];
@@ -445,6 +553,15 @@ int NAME(pj_lut_mv)(const uint8_t *codes, int64_t rows, int64_t groups, const fl
             _mm512_mask_storeu_ps(y + r0, m, out);
         }
     }
+}
+#endif
+
+int NAME(pj_lut_mv)(const uint8_t *codes, int64_t rows, int64_t groups, const float *tables, int mode,
+                    const float *scale, float *y, const float *bias, int nthreads) {
+#if defined(__AVX512F__)
+    lutctx c = {codes, rows, groups, tables, mode, scale, y, bias};
+    int64_t quads = ((rows + 15) / 16 + 3) / 4;
+    parallel_for(lut_task, &c, quads, chunk_for(quads, nthreads), nthreads);
     return 1;
 #else
     (void)codes; (void)rows; (void)groups; (void)tables; (void)mode; (void)scale; (void)y; (void)bias; (void)nthreads;
@@ -498,33 +615,40 @@ INLINE void bits_tile(const pj_bits *B, const int NV, int64_t r, const float *X,
     }
 }
 
-void NAME(pj_bits_mm)(const pj_bits *B, const float *X, int64_t P, const float *xsum, float *Y, const float *bias,
-                      int nthreads) {
-    int nt = set_threads(nthreads);
-    const int64_t tiles = (P + TILE - 1) / TILE;
-#pragma omp parallel for collapse(2) schedule(dynamic, 16) num_threads(nt)
-    for (int64_t r = 0; r < B->rows; r++) {
-        for (int64_t t = 0; t < tiles; t++) {
-            int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
-            int nv = (int)((w + VW - 1) / VW);
-            vm last = vmask(w - (int64_t)(nv - 1) * VW);
-            switch (nv) {
-            case 1: bits_tile(B, 1, r, X, P, j0, last, xsum, Y, bias); break;
-            case 2: bits_tile(B, 2, r, X, P, j0, last, xsum, Y, bias); break;
-            case 3: bits_tile(B, 3, r, X, P, j0, last, xsum, Y, bias); break;
-            default: bits_tile(B, 4, r, X, P, j0, last, xsum, Y, bias); break;
-            }
+static void bits_mm_task(void *ctx, int64_t lo, int64_t hi) {
+    const bitsctx *c = ctx;
+    const int64_t P = c->P, tiles = (P + TILE - 1) / TILE;
+    for (int64_t it = lo; it < hi; it++) {
+        int64_t r = it / tiles, t = it % tiles;
+        int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
+        int nv = (int)((w + VW - 1) / VW);
+        vm last = vmask(w - (int64_t)(nv - 1) * VW);
+        switch (nv) {
+        case 1: bits_tile(c->B, 1, r, c->X, P, j0, last, c->colsum, c->Y, c->bias); break;
+        case 2: bits_tile(c->B, 2, r, c->X, P, j0, last, c->colsum, c->Y, c->bias); break;
+        case 3: bits_tile(c->B, 3, r, c->X, P, j0, last, c->colsum, c->Y, c->bias); break;
+        default: bits_tile(c->B, 4, r, c->X, P, j0, last, c->colsum, c->Y, c->bias); break;
         }
     }
 }
 
+void NAME(pj_bits_mm)(const pj_bits *B, const float *X, int64_t P, const float *xsum, float *Y, const float *bias,
+                      int nthreads) {
+    bitsctx c = {B, 0, 0.0f, 0, bias, X, P, xsum, Y};
+    int64_t items = B->rows * ((P + TILE - 1) / TILE);
+    parallel_for(bits_mm_task, &c, items, chunk_for(items, nthreads), nthreads);
+}
+
 /* ---------------------------------------------------------------- bandwidth probe */
 /* STREAM-style read probe: sums n floats (each thread its share); the caller times it. */
-double NAME(pj_read_probe)(const float *a, int64_t n, int nthreads) {
-    int nt = set_threads(nthreads);
+typedef struct { const float *a; int64_t n; double *partial; } probectx;
+
+static void probe_task(void *ctx, int64_t clo, int64_t chi) {
+    const probectx *pc = ctx;
+    const float *a = pc->a;
+    const int64_t n = pc->n;
     double total = 0.0;
-#pragma omp parallel for reduction(+ : total) schedule(static) num_threads(nt)
-    for (int64_t c = 0; c < (n + 4095) / 4096; c++) {
+    for (int64_t c = clo; c < chi; c++) {
         int64_t lo = c * 4096, hi = lo + 4096 < n ? lo + 4096 : n;
         vf s0 = VZERO(), s1 = VZERO(), s2 = VZERO(), s3 = VZERO();
         int64_t i = lo;
@@ -540,5 +664,17 @@ double NAME(pj_read_probe)(const float *a, int64_t n, int nthreads) {
         for (int j = 0; j < VW; j++) total += buf[j];
         for (; i < hi; i++) total += a[i];
     }
+    pc->partial[clo] = total; /* one slot per chunk start: chunks never share a start */
+}
+
+double NAME(pj_read_probe)(const float *a, int64_t n, int nthreads, double *partial) {
+    /* partial: one double per 4096 floats (the caller's scratch) */
+    int64_t blocks = (n + 4095) / 4096;
+    int64_t chunk = (blocks + nthreads - 1) / (nthreads > 0 ? nthreads : 1);
+    for (int64_t i = 0; i < blocks; i++) partial[i] = 0.0;
+    probectx c = {a, n, partial};
+    parallel_for(probe_task, &c, blocks, chunk, nthreads);
+    double total = 0.0;
+    for (int64_t i = 0; i < blocks; i++) total += partial[i];
     return total;
 }
