@@ -62,12 +62,18 @@ def interleaved(methods: dict[str, callable], x, rounds: int, warmup: int = 3) -
     return times
 
 
-def rows_for(case: str, batch: int, threads: int, times: dict[str, list[float]], ref: str = "dense") -> list[str]:
+#: (case key, batch, threads, method) -> ratio vs dense, for the targets table
+RATIOS: dict[tuple[str, int, int, str], float] = {}
+
+
+def rows_for(case: str, batch: int, threads: int, times: dict[str, list[float]], ref: str = "dense",
+             key: str | None = None) -> list[str]:
     d = times[ref]
     dm = statistics.median(d)
     out = []
     for n, ts in times.items():
         m = statistics.median(ts)
+        RATIOS[(key or case, batch, threads, n)] = dm / m
         per_round = np.array(d) / np.array(ts)
         lo, hi = np.percentile(per_round, [25, 75])
         out.append(f"| {case} | {batch} | {threads} | {n} | {m * 1e3:.3f} | **{dm / m:.2f}x** | {lo:.2f}-{hi:.2f} |")
@@ -97,6 +103,7 @@ def linear_cases(rounds: int, threads_list: list[int], batches: list[int]) -> li
     for density in (0.10, 0.05):
         w = pruned((n, n), density, gen)
         cases.append((f"4096x4096 {1 - density:.0%} sparse fp32", w, SparseLinear(SparseWeights.from_dense(w, codebook=False)), True))
+        # (the key of a case is its name)
     w = shared(pruned((n, n), 0.10, gen), 5, gen)
     cases.append(("4096x4096 90% sparse + 5-bit shared", w, SparseLinear(SparseWeights.from_dense(w)), False))
     w = pruned((n, n), 0.10, gen)
@@ -122,7 +129,7 @@ def linear_cases(rounds: int, threads_list: list[int], batches: list[int]) -> li
                 times = interleaved(methods, x, rounds)
                 ref = F.linear(x, w)
                 err = float((layer(x) - ref).abs().max() / ref.abs().max())
-                lines += rows_for(f"{name} (max rel err {err:.1e})", batch, threads, times)
+                lines += rows_for(f"{name} (max rel err {err:.1e})", batch, threads, times, key=name)
                 print(lines[-len(methods):][1] if len(methods) > 1 else lines[-1], flush=True)
     return lines
 
@@ -144,7 +151,8 @@ def conv_cases(rounds: int, threads_list: list[int]) -> list[str]:
                                     x, rounds)
                 ref = F.conv2d(x, w, padding=pad)
                 err = float((layer(x) - ref).abs().max() / ref.abs().max())
-                lines += rows_for(f"conv {k}x{k} 256->256 14x14 90% sparse (max rel err {err:.1e})", batch, threads, times)
+                lines += rows_for(f"conv {k}x{k} 256->256 14x14 90% sparse (max rel err {err:.1e})", batch, threads, times,
+                                  key=f"conv{k}")
                 print(lines[-1], flush=True)
     return lines
 
@@ -188,6 +196,8 @@ def end_to_end(rounds: int, threads_list: list[int]) -> list[str]:
             times = interleaved({"dense": baked, "pjz": loaded}, x, rounds)
             d, k = statistics.median(times["dense"]), statistics.median(times["pjz"])
             lo, hi = np.percentile(np.array(times["dense"]) / np.array(times["pjz"]), [25, 75])
+            RATIOS[("mlp", batch, threads, "pjz")] = d / k
+            RATIOS[("mlp-err", batch, threads, "pjz")] = err
             lines.append(f"| {batch} | {threads} | {d * 1e3:.3f} | {k * 1e3:.3f} | **{d / k:.2f}x** | {lo:.2f}-{hi:.2f} | {err:.1e} |")
             print(lines[-1], flush=True)
     for threads in threads_list:
@@ -220,6 +230,39 @@ def isa_cases(rounds: int) -> list[str]:
         build.reset(None)
     del sw
     return lines
+
+
+def targets(threads_list: list[int]) -> list[str]:
+    """The issue's must-show targets against what this run measured."""
+    f90, f95 = "4096x4096 90% sparse fp32", "4096x4096 95% sparse fp32"
+    checks = [(f"{f90}, batch {b}: >= {t}x", lambda th, b=b: RATIOS[(f90, b, th, "penjing")], t)
+              for b, t in ((1, 5), (8, 4), (32, 4))]
+    checks.append((f"{f95}, batch 1: >= 8x", lambda th: RATIOS[(f95, 1, th, "penjing")], 8))
+    checks.append((f"{f90}, batch 1: >= 2x the better of torch CSR / scipy CSR",
+                   lambda th: RATIOS[(f90, 1, th, "penjing")] / max(RATIOS[(f90, 1, th, "torch CSR")],
+                                                                   RATIOS[(f90, 1, th, "scipy CSR")]), 2))
+    for b in (8, 32):
+        checks.append((f"{f90}, batch {b}: faster than the better of torch CSR / scipy CSR",
+                       lambda th, b=b: RATIOS[(f90, b, th, "penjing")] / max(RATIOS[(f90, b, th, "torch CSR")],
+                                                                            RATIOS[(f90, b, th, "scipy CSR")]), 1))
+    checks.append(("4096x4096 90% + 5-bit shared, batch 1: >= 6x",
+                   lambda th: RATIOS[("4096x4096 90% sparse + 5-bit shared", 1, th, "penjing")], 6))
+    checks.append(("4096x4096 ternary, batch 1: >= 3x",
+                   lambda th: RATIOS[("4096x4096 ternary (TWN-like, 1/3 zeros)", 1, th, "penjing")], 3))
+    checks.append(("3x3 conv 256 ch 14x14 90%, batch 1: >= 2x", lambda th: RATIOS[("conv3", 1, th, "penjing")], 2))
+    checks.append(("MLP 1024-4096-4096-1000 from its .pjz, batch 1: >= 4x", lambda th: RATIOS[("mlp", 1, th, "pjz")], 4))
+    head = "| target | " + " | ".join(f"{t} thread(s)" for t in threads_list) + " |"
+    lines = ["## Targets (from this run)\n", head, "|---|" + "---:|" * len(threads_list)]
+    for name, get, goal in checks:
+        cells = []
+        for th in threads_list:
+            v = get(th)
+            cells.append(f"{v:.2f}x {'met' if v >= goal else '**missed**'}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    errs = [RATIOS[("mlp-err", b, th, "pjz")] for b in (1, 8, 32) for th in threads_list]
+    lines.append(f"| MLP outputs within 1e-5 relative of the baked model | max {max(errs):.1e} "
+                 f"{'met' if max(errs) <= 1e-5 else '**missed**'} |" + " |" * (len(threads_list) - 1))
+    return lines + [""]
 
 
 def main() -> None:
@@ -264,6 +307,8 @@ def main() -> None:
     body = [*lin, *conv, "", "## Kernel variants (dispatch)\n",
             "| layer | batch | threads | variant | median (ms) | vs dense | spread |", "|---|---:|---:|---|---:|---:|---:|",
             *isa, "", "## End to end: MLP 1024-4096-4096-1000, 90% pruned + 5-bit shared, run from its .pjz\n", *e2e]
+    layers_at = head.index("## Layers\n")
+    head = head[:layers_at] + targets(threads_list) + head[layers_at:]
     Path(args.out).write_text("\n".join(head + body) + "\n")
     print(f"wrote {args.out}")
 
