@@ -380,6 +380,39 @@ INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t 
     }
 }
 
+#if defined(__AVX512F__)
+/* Batch <= 8 on AVX-512: 256-bit vectors. A zmm load masked down to 8 lanes ran 1.5x slower
+ * per nonzero than a full one on Zen 4 (1.27 vs 0.84 ns at batch 8 vs 16). */
+INLINE void spmm_tile8(const pj_sparse *W, const int kind, int64_t r, const float *X, int64_t P, __mmask8 m,
+                       float *Y, const float *bias) {
+    __m256 acc[SETS];
+    for (int u = 0; u < SETS; u++) acc[u] = _mm256_setzero_ps();
+    const int cb = kind == 2 ? W->code_bits : 0;
+    const int64_t pw = (int64_t)1 << (16 - cb);
+    for (int64_t p = 0; p < W->panels; p++) {
+        const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
+        const float *xb = X + p * pw * P;
+        int64_t i = a;
+        for (; i + SETS <= b; i += SETS) {
+#pragma GCC unroll 4
+            for (int u = 0; u < SETS; u++) {
+                uint16_t e = W->entries[i + u];
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(entry_value(W, kind, i + u, e)),
+                                         _mm256_maskz_loadu_ps(m, xb + (int64_t)(e >> cb) * P), acc[u]);
+            }
+        }
+        for (; i < b; i++) {
+            uint16_t e = W->entries[i];
+            acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(entry_value(W, kind, i, e)),
+                                     _mm256_maskz_loadu_ps(m, xb + (int64_t)(e >> cb) * P), acc[0]);
+        }
+    }
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    __m256 s = _mm256_set1_ps(kind == 1 ? W->scales[r] : 1.0f), bv = _mm256_set1_ps(bias ? bias[r] : 0.0f);
+    _mm256_mask_storeu_ps(Y + r * P, m, _mm256_fmadd_ps(sum, s, bv));
+}
+#endif
+
 INLINE void spmm_items(const spctx *c, const int kind, int64_t lo, int64_t hi) {
     const int64_t P = c->P, tiles = (P + TILE - 1) / TILE;
     for (int64_t it = lo; it < hi; it++) { /* item = row * tiles + tile */
@@ -387,6 +420,12 @@ INLINE void spmm_items(const spctx *c, const int kind, int64_t lo, int64_t hi) {
         int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
         int nv = (int)((w + VW - 1) / VW);
         vm last = vmask(w - (int64_t)(nv - 1) * VW);
+#if defined(__AVX512F__)
+        if (P <= 8) {
+            spmm_tile8(c->W, kind, r, c->X, P, (__mmask8)((1u << P) - 1u), c->Y, c->bias);
+            continue;
+        }
+#endif
         switch (nv) {
         case 1: spmm_tile(c->W, kind, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
         case 2: spmm_tile(c->W, kind, 2, r, c->X, P, j0, last, c->Y, c->bias); break;
