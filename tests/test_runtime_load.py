@@ -161,3 +161,17 @@ def test_speed_report_rows(deep_compressed):
         assert r.predicted_s == pytest.approx(r.weight_bytes / bw)
     text = format_report(rows, bw)
     assert "| **all layers** | | | 4 |" in text and "bytes predict (ms)" in text
+
+
+def test_convert_swaps_live_layers():
+    from penjing.runtime import convert
+
+    torch.manual_seed(0)
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight[torch.rand_like(model[2].weight) < 0.9] = 0
+    ref = copy.deepcopy(model)
+    assert convert(model) == ["2"]  # the dense layers stay: BLAS beats any sparse kernel there
+    assert isinstance(model[2], SparseLinear) and isinstance(model[0], nn.Linear)
+    x = torch.randn(3, 40)
+    assert rel(model(x), ref(x)) <= 1e-5

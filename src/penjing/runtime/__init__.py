@@ -3,7 +3,8 @@
 ::
 
     model = pj.load("out/model.pjz", MyNet(), runtime="auto", batch=1)   # kernels where faster
-    print(pj.runtime.speed_report(model, {"fc1": (1024,)}, batch_sizes=[1, 32]))
+    from penjing.runtime.report import format_report, speed_report
+    print(format_report(speed_report(model, [1, 32])))
 
 Kernels (C, compiled with gcc on first use into the user cache, dispatched on the CPU's
 AVX2 / AVX-512 flags, threads from ``torch.get_num_threads()``; see :mod:`.build`) for sparse
@@ -33,14 +34,15 @@ __all__ = ["BinaryLinear", "BitWeights", "CodebookLinear", "LayerChoice", "LoadI
 def convert(model, *, select=None):
     """Replace, in place, every ``nn.Linear`` / ``nn.Conv2d`` (optionally only those ``select``
     names, a set of module names) whose weight a kernel takes; returns the names replaced."""
+    from torch import nn
+
     from penjing.runtime.load import _set_module
 
     replaced = []
     for name, module in list(model.named_modules()):
         if not name or (select is not None and name not in select):
             continue
-        layer = runtime_layer(module) if module.__class__.__name__ in ("Linear", "Conv2d") or \
-            hasattr(module, "weight") else None
+        layer = runtime_layer(module) if isinstance(module, (nn.Linear, nn.Conv2d)) else None
         if layer is not None:
             _set_module(model, name, layer)
             replaced.append(name)

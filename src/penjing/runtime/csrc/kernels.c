@@ -95,6 +95,10 @@ INLINE vm vmask(int64_t n) { return n > 0; }
 #endif
 #define NV_MAX 4
 #define TILE (NV_MAX * VW)
+/* the sparse batched kernel takes up to 8 vectors per tile: a conv's 196 output positions
+ * are then 2 passes over each row's nonzeros (128 + 68), not 4 (64 + 64 + 64 + 4) */
+#define SP_NV_MAX 8
+#define SP_TILE (SP_NV_MAX * VW)
 
 /* ---------------------------------------------------------------- thread pool */
 /* A claim-as-you-go pool instead of OpenMP: the caller runs chunks itself and waits only for
@@ -336,16 +340,16 @@ void NAME(pj_spmv)(const pj_sparse *W, const float *x, float *y, const float *bi
 }
 
 /* ---------------------------------------------------------------- batched: Y[N][P] = W X[K][P] */
-/* Four accumulator sets, one per nonzero of a group of four: an FMA waits ~4 cycles for its
- * accumulator, so with one or two vectors per nonzero (batch <= 32) fewer sets would leave
- * the FMA pipes idle (measured: 2 sets ran batch 8 at ~3 cycles per nonzero). */
+/* S accumulator sets, one per nonzero of a group of S: an FMA waits ~4 cycles for its
+ * accumulator, so with one or two vectors per nonzero (batch <= 32) four sets keep the FMA
+ * pipes busy (measured: 2 sets ran batch 8 at ~3 cycles per nonzero); wide tiles need fewer. */
 #define SETS 4
-INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t r, const float *X, int64_t P,
-                      int64_t j0, vm last, float *Y, const float *bias) {
-    vf acc[NV_MAX][SETS];
-    vm m[NV_MAX];
+INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, const int S, int64_t r, const float *X,
+                      int64_t P, int64_t j0, vm last, float *Y, const float *bias) {
+    vf acc[SP_NV_MAX][SETS];
+    vm m[SP_NV_MAX];
     for (int v = 0; v < NV; v++) {
-        for (int u = 0; u < SETS; u++) acc[v][u] = VZERO();
+        for (int u = 0; u < S; u++) acc[v][u] = VZERO();
         m[v] = (v == NV - 1) ? last : vmask(VW);
     }
     const int cb = kind == 2 ? W->code_bits : 0; /* a constant 0 for value kinds: no shifts */
@@ -354,13 +358,13 @@ INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t 
         const int64_t a = W->segptr[r * W->panels + p], b = W->segptr[r * W->panels + p + 1];
         const float *xb = X + p * pw * P + j0;
         int64_t i = a;
-        for (; i + SETS <= b; i += SETS) {
+        for (; i + S <= b; i += S) {
 #pragma GCC unroll 4
-            for (int u = 0; u < SETS; u++) {
+            for (int u = 0; u < S; u++) {
                 uint16_t e = W->entries[i + u];
                 vf w = VSET1(entry_value(W, kind, i + u, e));
                 const float *xr = xb + (int64_t)(e >> cb) * P;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (int v = 0; v < NV; v++) acc[v][u] = VFMA(w, VLOADM(m[v], xr + v * VW), acc[v][u]);
             }
         }
@@ -368,14 +372,15 @@ INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, int64_t 
             uint16_t e = W->entries[i];
             vf w = VSET1(entry_value(W, kind, i, e));
             const float *xr = xb + (int64_t)(e >> cb) * P;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int v = 0; v < NV; v++) acc[v][0] = VFMA(w, VLOADM(m[v], xr + v * VW), acc[v][0]);
         }
     }
     vf s = VSET1(kind == 1 ? W->scales[r] : 1.0f), bv = VSET1(bias ? bias[r] : 0.0f);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; v++) {
-        vf sum = VADD(VADD(acc[v][0], acc[v][1]), VADD(acc[v][2], acc[v][3]));
+        vf sum = acc[v][0];
+        for (int u = 1; u < S; u++) sum = VADD(sum, acc[v][u]);
         VSTOREM(Y + r * P + j0 + v * VW, m[v], VFMA(sum, s, bv));
     }
 }
@@ -414,10 +419,14 @@ INLINE void spmm_tile8(const pj_sparse *W, const int kind, int64_t r, const floa
 #endif
 
 INLINE void spmm_items(const spctx *c, const int kind, int64_t lo, int64_t hi) {
-    const int64_t P = c->P, tiles = (P + TILE - 1) / TILE;
-    for (int64_t it = lo; it < hi; it++) { /* item = row * tiles + tile */
-        int64_t r = it / tiles, t = it % tiles;
-        int64_t j0 = t * TILE, w = P - j0 < TILE ? P - j0 : TILE;
+    const int64_t P = c->P;
+    const int64_t rows = c->W->rows;
+    for (int64_t it = lo; it < hi; it++) {
+        /* item = tile * rows + row: tile-major, so that the X columns of one tile (a conv's
+         * 64 output positions: 590 KB of im2col at 256 x 3 x 3 inputs) stay in L2 while every
+         * row passes over them (row-major items fetched each nonzero's whole X row from L3) */
+        int64_t t = it / rows, r = it % rows;
+        int64_t j0 = t * SP_TILE, w = P - j0 < SP_TILE ? P - j0 : SP_TILE;
         int nv = (int)((w + VW - 1) / VW);
         vm last = vmask(w - (int64_t)(nv - 1) * VW);
 #if defined(__AVX512F__)
@@ -427,10 +436,14 @@ INLINE void spmm_items(const spctx *c, const int kind, int64_t lo, int64_t hi) {
         }
 #endif
         switch (nv) {
-        case 1: spmm_tile(c->W, kind, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
-        case 2: spmm_tile(c->W, kind, 2, r, c->X, P, j0, last, c->Y, c->bias); break;
-        case 3: spmm_tile(c->W, kind, 3, r, c->X, P, j0, last, c->Y, c->bias); break;
-        default: spmm_tile(c->W, kind, 4, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 1: spmm_tile(c->W, kind, 1, 4, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 2: spmm_tile(c->W, kind, 2, 4, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 3: spmm_tile(c->W, kind, 3, 2, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 4: spmm_tile(c->W, kind, 4, 2, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 5: spmm_tile(c->W, kind, 5, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 6: spmm_tile(c->W, kind, 6, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
+        case 7: spmm_tile(c->W, kind, 7, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
+        default: spmm_tile(c->W, kind, 8, 1, r, c->X, P, j0, last, c->Y, c->bias); break;
         }
     }
 }
@@ -446,7 +459,7 @@ static void spmm_task(void *ctx, int64_t lo, int64_t hi) {
 
 void NAME(pj_spmm)(const pj_sparse *W, const float *X, int64_t P, float *Y, const float *bias, int nthreads) {
     spctx c = {W, 0, 0, bias, X, P, Y};
-    int64_t items = W->rows * ((P + TILE - 1) / TILE);
+    int64_t items = W->rows * ((P + SP_TILE - 1) / SP_TILE);
     parallel_for(spmm_task, &c, items, chunk_for(items, nthreads), nthreads);
 }
 
