@@ -169,8 +169,8 @@ def test_sparse_conv2d(isa, k, stride, padding, dilation, density):
     conv.weight.data = sparse(cout, cin * k * k, density, gen).reshape(cout, cin, k, k)
     layer = SparseConv2d.from_conv(conv)
     with torch.no_grad():
-        for batch in (1, 3):
-            x = torch.randn(batch, cin, 11, 9, generator=gen)
+        for batch, h, w in ((1, 11, 9), (3, 11, 9), (2, 20, 18)):  # 20 x 18: past the direct kernel's 16 x 16
+            x = torch.randn(batch, cin, h, w, generator=gen)
             close(layer(x), conv(x))
         x = torch.randn(2, cin, 11, 9, generator=gen).to(memory_format=torch.channels_last)
         close(layer(x), conv(x))

@@ -230,6 +230,10 @@ class SparseConv2d(RuntimeLayer):
         n, _, h, w = x.shape
         oh, ow = self.out_size(h, w)
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+        if not pointwise and self.stride == (1, 1) and self.dilation == (1, 1):
+            out = ops.conv_direct(self.weights, x.contiguous(), self.kernel_size, self.padding, self.bias, (oh, ow))
+            if out is not None:
+                return out
         if pointwise:
             cols = x.reshape(n, self.in_channels, h * w)
         else:

@@ -26,11 +26,13 @@ def _configure(lib: ctypes.CDLL, isa: str) -> None:
             "pj_bits_mm": [_vp, _vp, _c_int64, _vp, _vp, _vp, _c_int],
             "pj_read_probe": [_vp, _c_int64, _c_int, _vp],
             "pj_lut_tables": [_vp, _c_int64, _c_int, ctypes.c_float, ctypes.c_float, _vp],
-            "pj_lut_mv": [_vp, _c_int64, _c_int64, _vp, _c_int, _vp, _vp, _vp, _c_int]}
+            "pj_lut_mv": [_vp, _c_int64, _c_int64, _vp, _c_int, _vp, _vp, _vp, _c_int],
+            "pj_conv_direct": [_vp, _vp, _vp, _c_int64, _c_int64, _c_int64, _vp, _vp, _c_int]}
     for name, args in sigs.items():
         fn = getattr(lib, f"{name}_{isa}")
         fn.argtypes = args
-        fn.restype = {"pj_read_probe": ctypes.c_double, "pj_lut_mv": ctypes.c_int}.get(name)
+        fn.restype = {"pj_read_probe": ctypes.c_double, "pj_lut_mv": ctypes.c_int,
+                      "pj_conv_direct": ctypes.c_int}.get(name)
 
 
 def _lib():
@@ -173,6 +175,33 @@ def lut_kernel(k=None) -> bool:
     """Whether the running variant has the table-lookup ternary/binary kernel (AVX-512)."""
     k = k or _lib()
     return k is not None and k.isa == "avx512"
+
+
+def conv_direct(w: SparseWeights, x: torch.Tensor, kernel_size: tuple[int, int], padding: tuple[int, int],
+                bias: torch.Tensor | None, out_size: tuple[int, int]) -> torch.Tensor | None:
+    """Stride-1 sparse conv straight from the zero-padded input (no im2col), for output planes
+    of at most 16 x 16 on AVX-512; ``None`` where it does not apply (the caller uses im2col)."""
+    k = _lib()
+    oh, ow = out_size
+    if not lut_kernel(k) or _needs_grad(x) or not (1 <= oh <= 16 and 1 <= ow <= 16):
+        return None
+    (kh, kw), (ph, pw) = kernel_size, padding
+    n, cin, h, wd = x.shape
+    rows = 16 + kh - 1  # every one of the 16 computed output rows reads inside its channel
+    ld = max(wd + 2 * pw, kw - 1 + 16)  # every 16-lane load stays inside its row
+    xp = torch.zeros(n, cin, rows, ld)
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    c = torch.arange(cin * kh * kw, dtype=torch.int64)
+    ci, rem = c // (kh * kw), c % (kh * kw)
+    off = (ci * rows * ld + (rem // kw) * ld + rem % kw).to(torch.int32)
+    out = torch.empty(n, w.rows, oh, ow)
+    nt = threads_for(w.nnz * oh * ow)
+    fn = k.fn("pj_conv_direct")
+    for i in range(n):
+        if not fn(ctypes.byref(w.struct()), xp[i].data_ptr(), off.data_ptr(), ld, oh, ow, out[i].data_ptr(),
+                  _p(bias), nt):
+            return None
+    return out
 
 
 def read_probe(a: torch.Tensor) -> float:

@@ -463,6 +463,66 @@ void NAME(pj_spmm)(const pj_sparse *W, const float *X, int64_t P, float *Y, cons
     parallel_for(spmm_task, &c, items, chunk_for(items, nthreads), nthreads);
 }
 
+/* ---------------------------------------------------------------- direct sparse conv (AVX-512) */
+/* Stride 1, output planes of at most 16 x 16: each nonzero (co, ci, kh, kw) adds v times the
+ * shifted input window to 16 accumulators, one zmm per output row, reading the zero-padded
+ * input xp[ci][rows][ld] (an L2-sized 256 x 18 x 18 floats at 256 channels, 14 x 14) instead
+ * of a 9x larger im2col matrix, and skipping the im2col pass. off[c]: the window's offset for
+ * column c = ci * kh * kw + kh * k + kw. Lanes past the output width and rows past its
+ * height are computed from padding and not stored. */
+#if defined(__AVX512F__)
+typedef struct { const pj_sparse *W; const float *xp; const int32_t *off; int64_t ld, oh, ow; float *out;
+                 const float *bias; } convctx;
+
+INLINE void conv_rows(const convctx *c, const int kind, int64_t lo, int64_t hi) {
+    const pj_sparse *W = c->W;
+    const int64_t ld = c->ld, oh = c->oh;
+    const __mmask16 m = vmask(c->ow);
+    for (int64_t r = lo; r < hi; r++) {
+        __m512 acc[16];
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < W->panels; p++) {
+            const int cb = kind == 2 ? W->code_bits : 0;
+            const int64_t pw = (int64_t)1 << (16 - cb);
+            const int64_t sa = W->segptr[r * W->panels + p], sb = W->segptr[r * W->panels + p + 1];
+            for (int64_t i = sa; i < sb; i++) {
+                uint16_t e = W->entries[i];
+                __m512 v = _mm512_set1_ps(entry_value(W, kind, i, e));
+                const float *base = c->xp + c->off[p * pw + (e >> cb)];
+#pragma GCC unroll 16
+                for (int q = 0; q < 16; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(base + q * ld), acc[q]);
+            }
+        }
+        __m512 s = _mm512_set1_ps(kind == 1 ? W->scales[r] : 1.0f), bv = _mm512_set1_ps(c->bias ? c->bias[r] : 0.0f);
+        float *o = c->out + r * oh * c->ow;
+        for (int q = 0; q < oh; q++) _mm512_mask_storeu_ps(o + q * c->ow, m, _mm512_fmadd_ps(acc[q], s, bv));
+    }
+}
+
+static void conv_task(void *ctx, int64_t lo, int64_t hi) {
+    const convctx *c = ctx;
+    switch (c->W->kind) {
+    case 0: conv_rows(c, 0, lo, hi); break;
+    case 1: conv_rows(c, 1, lo, hi); break;
+    default: conv_rows(c, 2, lo, hi); break;
+    }
+}
+#endif
+
+/* returns 0 when this variant has no direct kernel (the caller uses im2col) */
+int NAME(pj_conv_direct)(const pj_sparse *W, const float *xp, const int32_t *off, int64_t ld, int64_t oh, int64_t ow,
+                         float *out, const float *bias, int nthreads) {
+#if defined(__AVX512F__)
+    if (oh > 16 || ow > 16) return 0;
+    convctx c = {W, xp, off, ld, oh, ow, out, bias};
+    parallel_for(conv_task, &c, W->rows, chunk_for(W->rows, nthreads), nthreads);
+    return 1;
+#else
+    (void)W; (void)xp; (void)off; (void)ld; (void)oh; (void)ow; (void)out; (void)bias; (void)nthreads;
+    return 0;
+#endif
+}
+
 /* ---------------------------------------------------------------- ternary / binary, batch 1 */
 /* x must hold words * 16 floats (zero padded past cols). */
 #if defined(__AVX512F__)
