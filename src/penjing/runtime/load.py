@@ -10,6 +10,7 @@ one layer at a time, and keeps it only where dense wins.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import math
 import os
@@ -71,6 +72,15 @@ def rss_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _trim_heap() -> None:
+    """Hand the decoder's freed scratch back to the OS (glibc keeps freed heap pages resident,
+    which would count a load's transients as the model's memory); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def densify(s: StoredSparse) -> torch.Tensor:
@@ -188,6 +198,7 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
                 del weight
             choices.append(choice)
     gc.collect()
+    _trim_heap()
     info = LoadInfo(path, path.stat().st_size, runtime, compiled_isa(), rss0, rss_bytes(),
                     model_tensor_bytes(model), choices)
     return (model, info) if return_info else model
