@@ -175,3 +175,17 @@ def test_convert_swaps_live_layers():
     assert isinstance(model[2], SparseLinear) and isinstance(model[0], nn.Linear)
     x = torch.randn(3, 40)
     assert rel(model(x), ref(x)) <= 1e-5
+
+
+def test_n_of_m_pruned_model_runs_sparse(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    pj.prune(model, pj.PruneConfig(granularity="2:4"))
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    path = tmp_path / "nm.pjz"
+    pj.save(model, path)
+    loaded = load_into(mlp(), path, runtime="kernel")
+    assert all(isinstance(m, SparseLinear) for m in loaded if not isinstance(m, nn.ReLU))
+    assert loaded[0].weights.nnz == baked[0].weight.numel() // 2
+    x = torch.randn(5, 40)
+    assert rel(loaded(x), baked(x)) <= 1e-5

@@ -124,6 +124,13 @@ class SparseWeights:
             else:
                 kind, values = "f32", values.to(torch.float32)
             values = values.reshape(-1).contiguous()
+        # a stored -0.0 (what masking a negative weight leaves; the codec keeps its bit pattern)
+        # multiplies to nothing: drop it rather than stream it every call
+        kept = (centroids[code_t] != 0) if kind == "codebook" else (values != 0)
+        if not bool(kept.all()):
+            pos, code_t = pos[kept], code_t[kept]
+            if kind != "codebook":
+                values = values[kept].contiguous()
         r, c = pos // cols, pos % cols
         width = 16 - code_bits
         seg = r * max(1, -(-cols // (1 << width))) + (c >> width)
