@@ -52,10 +52,11 @@ from penjing.codec.file import (
            collect_hints,
            inspect,
            load,
+           load_stored,
            loads,
            save,
 )
 from penjing.codec.tensors import CODEC_NAMES, decode_tensor, encode_tensor
 
 __all__ = ["CODEC_NAMES", "MAX_ELEMENTS", "CorruptFileError", "FileInfo", "TensorInfo", "collect_hints",
-           "decode_tensor", "encode_tensor", "inspect", "load", "loads", "save"]
+           "decode_tensor", "encode_tensor", "inspect", "load", "load_stored", "loads", "save"]

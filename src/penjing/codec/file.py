@@ -36,7 +36,13 @@ from torch.nn.utils import parametrize
 from penjing.codec.bits import Reader, varint
 from penjing.codec.dtypes import dtype_code, dtype_of
 from penjing.codec.errors import CorruptFileError
-from penjing.codec.tensors import CODEC_NAMES, decode_tensor, encode_tensor
+from penjing.codec.tensors import (
+    CODEC_NAMES,
+    StoredSparse,
+    decode_stored,
+    decode_tensor,
+    encode_tensor,
+)
 
 MAGIC = b"PJZ"
 VERSION = 1
@@ -246,14 +252,15 @@ def _verify(name: str, tensor: torch.Tensor, enc) -> None:
                            "nothing was written")
 
 
-def _read(path: str | Path, max_elements: int) -> tuple[dict[str, torch.Tensor], FileInfo]:
+def _read(path: str | Path, max_elements: int, decode=decode_tensor) -> tuple[dict[str, torch.Tensor], FileInfo]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
-    return _parse(path.read_bytes(), path, max_elements)
+    return _parse(path.read_bytes(), path, max_elements, decode)
 
 
-def _parse(blob: bytes, path: Path | str, max_elements: int) -> tuple[dict[str, torch.Tensor], FileInfo]:
+def _parse(blob: bytes, path: Path | str, max_elements: int,
+           decode=decode_tensor) -> tuple[dict[str, torch.Tensor], FileInfo]:
     if max_elements < 0:
         raise ValueError(f"max_elements must be >= 0, got {max_elements}")
     r = Reader(blob, str(path))
@@ -326,25 +333,41 @@ def _parse(blob: bytes, path: Path | str, max_elements: int) -> tuple[dict[str, 
     state: dict[str, torch.Tensor] = {}
     infos = []
     for name, dtype, shape, codec, offset, length, entry_len in entries:
-        tensor, parts = decode_tensor(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}",
+        tensor, parts = decode(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}",
                                       base=body_at + offset)
         state[name] = tensor
-        infos.append(TensorInfo(name, dtype, shape, CODEC_NAMES[codec], parts, entry_len,
-                                int(torch.count_nonzero(tensor)) if tensor.numel() else 0))
+        nonzeros = len(tensor.positions) if isinstance(tensor, StoredSparse) else (
+            int(torch.count_nonzero(tensor)) if tensor.numel() else 0)
+        infos.append(TensorInfo(name, dtype, shape, CODEC_NAMES[codec], parts, entry_len, nonzeros))
     overhead = len(blob) - sum(t.total for t in infos)
     return state, FileInfo(Path(path), len(blob), infos, overhead)
 
 
-def load(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> dict[str, torch.Tensor]:
+def load(path: str | Path, model: nn.Module | None = None, *, runtime: str = "auto", batch: int = 1,
+         max_elements: int = MAX_ELEMENTS):
     """Read a ``.pjz`` file back into a state_dict (plain tensors, bit-identical to what was
     saved). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file, and for
-    a file whose tensors hold more than ``max_elements`` elements together (default 2^28)."""
+    a file whose tensors hold more than ``max_elements`` elements together (default 2^28).
+
+    With a ``model``: load into it and return it, compressed layers running the CPU kernels of
+    :mod:`penjing.runtime` (``runtime="auto"`` times each layer at ``batch`` and keeps the
+    faster of kernel and dense; ``"kernel"``; ``"dense"``: plain dense weights)."""
+    if model is not None:
+        from penjing.runtime.load import load_into
+
+        return load_into(model, path, runtime=runtime, batch=batch, max_elements=max_elements)
     return _read(path, max_elements)[0]
 
 
 def loads(data: bytes, *, max_elements: int = MAX_ELEMENTS, name: str = "<bytes>") -> dict[str, torch.Tensor]:
     """:func:`load` from bytes in memory (``name`` appears in error messages)."""
     return _parse(bytes(data), name, max_elements)[0]
+
+
+def load_stored(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> tuple[dict, FileInfo]:
+    """Like :func:`load`, but sparse and codebook tensors come back in their stored form
+    (:class:`~penjing.codec.tensors.StoredSparse`), never densified; with the file's accounting."""
+    return _read(path, max_elements, decode_stored)
 
 
 def inspect(path: str | Path, *, max_elements: int = MAX_ELEMENTS) -> FileInfo:

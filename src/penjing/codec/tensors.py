@@ -342,6 +342,69 @@ def decode_tensor(codec: int, payload: bytes | memoryview, dtype: torch.dtype, s
     return from_bits(out, dtype, shape, copy=False), parts
 
 
+@dataclass
+class StoredSparse:
+    """A sparse or codebook tensor as stored, not densified: the ascending flat ``positions``
+    of its nonzeros and either their ``values`` or their ``indices`` into ``codebook``."""
+
+    shape: tuple[int, ...]
+    positions: np.ndarray
+    values: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
+    indices: np.ndarray | None = None
+
+
+def decode_stored(codec: int, payload: bytes | memoryview, dtype: torch.dtype, shape: tuple[int, ...],
+                  what: str, base: int = 0) -> tuple[torch.Tensor | StoredSparse, dict[str, int]]:
+    """Like :func:`decode_tensor`, but sparse-raw, sparse-codebook and codebook tensors come
+    back as :class:`StoredSparse` (same checks; the zeros are never materialized)."""
+    if codec not in (SPARSE_RAW, SPARSE_CODEBOOK, CODEBOOK):
+        return decode_tensor(codec, payload, dtype, shape, what, base)
+    numel, size = math.prod(shape), itemsize(dtype)
+    unsigned = _NP_UNSIGNED[size]
+    r = Reader(payload, what, base)
+    parts: dict[str, int] = {}
+    if codec == CODEBOOK:
+        book, index = _read_codebook(r, numel, size, unsigned, parts, what)
+        r.expect_end()
+        nonzero_code = book != 0
+        positions = np.flatnonzero(nonzero_code[index])
+        index = index[positions]
+    else:
+        width = r.u8("sparse index width")
+        if not 1 <= width <= 16:
+            raise CorruptFileError(f"{what}: sparse index width {width} not in [1, 16]")
+        parts["tables"] = 1
+        runs, rp = read_stream(r, numel + 1, "sparse index")
+        _add(parts, rp, "sparse index")
+        positions = positions_from_runs(runs, width, numel, what)
+        if codec == SPARSE_RAW:
+            data = r.take(len(positions) * size, "nonzero values")
+            parts["values"] = len(data)
+            r.expect_end()
+            values = from_bits(np.frombuffer(data, dtype=unsigned).copy(), dtype, (len(positions),))
+            return StoredSparse(shape, positions, values=values), parts
+        book, index = _read_codebook(r, len(positions), size, unsigned, parts, what)
+        r.expect_end()
+    codebook = from_bits(book.copy(), dtype, (len(book),))
+    return StoredSparse(shape, positions, codebook=codebook, indices=index), parts
+
+
+def _read_codebook(r: Reader, count: int, size: int, unsigned, parts: dict, what: str) -> tuple[np.ndarray, np.ndarray]:
+    start = r.pos
+    k = r.varint("codebook size", limit=MAX_CODEBOOK)
+    parts["tables"] = parts.get("tables", 0) + r.pos - start
+    book = np.frombuffer(r.take(k * size, "codebook"), dtype=unsigned)
+    parts["codebook"] = book.nbytes
+    index, sp = read_stream(r, count, "codebook indices")
+    _add(parts, sp, "indices")
+    if len(index) != count:
+        raise CorruptFileError(f"{what}: {len(index)} codebook indices for {count} values")
+    if count and int(index.max()) >= k:
+        raise CorruptFileError(f"{what}: codebook index {int(index.max())} past its {k} entries")
+    return book, index
+
+
 def _read_codebook_values(r: Reader, count: int, size: int, unsigned, parts: dict, what: str) -> np.ndarray:
     start = r.pos
     k = r.varint("codebook size", limit=MAX_CODEBOOK)

@@ -1,0 +1,150 @@
+"""Pick a runtime layer for a Linear / Conv2d weight, from a dense tensor or its stored form,
+and the ``auto`` choice: time kernel and dense on the layer's own input shape, keep the faster."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from penjing.codec.tensors import StoredSparse
+from penjing.runtime.formats import MAX_CODE_BITS, BitWeights, SparseWeights
+from penjing.runtime.modules import (
+    BinaryLinear,
+    CodebookLinear,
+    RuntimeLayer,
+    SparseConv2d,
+    SparseLinear,
+    TernaryLinear,
+)
+
+#: Below this density a plain fp32 weight is worth a sparse kernel (above it, dense BLAS wins).
+MAX_SPARSE_DENSITY = 0.5
+
+
+def _bits_from_stored(s: StoredSparse, rows: int, cols: int) -> BitWeights | None:
+    """Ternary / binary planes from a codebook of one negative and/or one positive value."""
+    if s.codebook is None or s.codebook.numel() > 3:
+        return None
+    book = s.codebook.to(torch.float32)  # (a dense codebook codec keeps 0 in its book; no index points there)
+    if int((book > 0).sum()) > 1 or int((book < 0).sum()) > 1:
+        return None
+    vals = book[torch.as_tensor(s.indices, dtype=torch.int64)]
+    pos = torch.as_tensor(s.positions, dtype=torch.int64)
+    plus = torch.zeros(rows * cols, dtype=torch.bool)
+    minus = torch.zeros(rows * cols, dtype=torch.bool)
+    plus[pos[vals > 0]] = True
+    minus[pos[vals < 0]] = True
+    a = float(book[book > 0][0]) if bool((book > 0).any()) else 0.0
+    b = -float(book[book < 0][0]) if bool((book < 0).any()) else 0.0
+    plus, minus = plus.reshape(rows, cols), minus.reshape(rows, cols)
+    sa, sb = torch.full((rows,), a), torch.full((rows,), b)
+    if len(s.positions) == rows * cols and a == b:
+        return BitWeights(rows, cols, False, BitWeights.pack_plane(plus), None, sa, None)
+    return BitWeights(rows, cols, True, BitWeights.pack_plane(plus), BitWeights.pack_plane(minus), sa, sb)
+
+
+def sparse_from_stored(s: StoredSparse, rows: int, cols: int) -> SparseWeights:
+    """The kernels' layout straight from the file's positions and values / codebook indices."""
+    if s.codebook is not None:
+        book = s.codebook.to(torch.float32)
+        if book.numel() <= 1 << MAX_CODE_BITS:
+            return SparseWeights.from_positions(rows, cols, s.positions, codes=s.indices, centroids=book)
+        return SparseWeights.from_positions(rows, cols, s.positions,
+                                            values=book[torch.as_tensor(s.indices, dtype=torch.int64)])
+    return SparseWeights.from_positions(rows, cols, s.positions, values=s.values.to(torch.float32))
+
+
+def _weights_for(weight: torch.Tensor | StoredSparse, rows: int, cols: int, allow_bits: bool
+                 ) -> SparseWeights | BitWeights | None:
+    if isinstance(weight, StoredSparse):
+        bits = _bits_from_stored(weight, rows, cols) if allow_bits else None
+        return bits if bits is not None else sparse_from_stored(weight, rows, cols)
+    w = weight.detach().to(torch.float32).reshape(rows, cols)
+    if allow_bits:
+        bits = BitWeights.detect(w)
+        if bits is not None:
+            return bits
+    sparse = SparseWeights.from_dense(w)
+    if sparse.kind == "f32" and sparse.nnz > MAX_SPARSE_DENSITY * rows * cols:
+        return None
+    return sparse
+
+
+def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None = None,
+                  bias: torch.Tensor | None = None) -> RuntimeLayer | None:
+    """The runtime layer for ``module`` (an ``nn.Linear`` or ``nn.Conv2d``) with ``weight``
+    (default: the module's own, parametrized or baked), or ``None`` when no kernel applies
+    (a dense fp32 weight, grouped convolutions...)."""
+    w = module.weight if weight is None else weight
+    b = module.bias if bias is None else bias
+    if isinstance(module, nn.Linear):
+        made = _weights_for(w, module.out_features, module.in_features, allow_bits=True)
+        if made is None:
+            return None
+        if isinstance(made, BitWeights):
+            return TernaryLinear(made, b) if made.ternary else BinaryLinear(made, b)
+        return CodebookLinear(made, b) if made.kind == "codebook" else SparseLinear(made, b)
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return None
+        rows = module.out_channels
+        cols = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        made = _weights_for(w, rows, cols, allow_bits=False)
+        if made is None:
+            return None
+        return SparseConv2d(made, b, module.in_channels, module.kernel_size, module.stride, module.padding,
+                            module.dilation)
+    return None
+
+
+def dense_twin(layer: RuntimeLayer) -> nn.Module:
+    """The dense ``nn.Linear`` / ``nn.Conv2d`` a runtime layer stands for (its reference)."""
+    w = layer.dense_weight()
+    bias = layer.bias
+    if isinstance(layer, SparseConv2d):
+        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                      layer.dilation, bias=bias is not None, device="meta")
+    else:
+        m = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None, device="meta")
+    m.weight = nn.Parameter(w, requires_grad=False)
+    if bias is not None:
+        m.bias = nn.Parameter(bias.clone(), requires_grad=False)
+    return m
+
+
+def dense_call(layer: RuntimeLayer, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``F.linear`` / ``F.conv2d`` with ``weight``: the dense reference a layer is timed against."""
+    if isinstance(layer, SparseConv2d):
+        return lambda x: F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation)
+    return lambda x: F.linear(x, weight, layer.bias)
+
+
+@torch.no_grad()
+def time_pair(a: Callable, b: Callable, x: torch.Tensor, rounds: int = 7, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``a(x)`` and ``b(x)``, interleaved round by round."""
+    for _ in range(warmup):
+        a(x)
+        b(x)
+    ta, tb = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a(x)
+        t1 = time.perf_counter()
+        b(x)
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def input_for(layer: RuntimeLayer, batch: int, spatial: tuple[int, int] | None) -> torch.Tensor:
+    if isinstance(layer, SparseConv2d):
+        if spatial is None:
+            raise ValueError("timing a conv layer needs its input size: pass example=<an input tensor>")
+        return torch.randn(batch, layer.in_channels, *spatial)
+    return torch.randn(batch, layer.in_features)

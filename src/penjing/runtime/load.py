@@ -1,0 +1,210 @@
+"""``pj.load(path, model, runtime=...)``: a model whose compressed layers run from the file.
+
+``runtime="kernel"`` puts a runtime layer wherever a kernel applies; ``"auto"`` then times
+each one against its dense twin at the caller's batch size (interleaved, median) and keeps the
+faster; ``"dense"`` decodes the file to plain tensors (the codec's behaviour before the runtime).
+The compressed layers are built from the stored positions, values and codebook indices
+(:func:`penjing.codec.load_stored`); only ``auto``'s timing builds a dense copy of a layer,
+one layer at a time, and keeps it only where dense wins.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from penjing.codec.dtypes import from_bits, to_bits
+from penjing.codec.file import MAX_ELEMENTS, load_stored
+from penjing.codec.file import load as codec_load
+from penjing.codec.tensors import StoredSparse
+from penjing.runtime.convert import dense_call, dense_twin, input_for, runtime_layer, time_pair
+from penjing.runtime.modules import RuntimeLayer, SparseConv2d
+from penjing.runtime.ops import compiled_isa
+
+RUNTIMES = ("auto", "kernel", "dense")
+
+
+@dataclass
+class LayerChoice:
+    """One layer of a loaded model: its format and (``auto``) what ran faster at load."""
+
+    name: str
+    format: str
+    chosen: str  # "kernel" or "dense"
+    weight_bytes: int
+    dense_bytes: int
+    kernel_s: float | None = None
+    dense_s: float | None = None
+
+
+@dataclass
+class LoadInfo:
+    """What :func:`load_into` did: file size, resident memory it added, per-layer choices."""
+
+    path: Path
+    file_bytes: int
+    runtime: str
+    isa: str
+    rss_before: int | None
+    rss_after: int | None
+    model_bytes: int
+    layers: list[LayerChoice] = field(default_factory=list)
+
+    @property
+    def rss_delta(self) -> int | None:
+        if self.rss_before is None or self.rss_after is None:
+            return None
+        return self.rss_after - self.rss_before
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process (Linux ``/proc/self/statm``), else ``None``."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _trim_heap() -> None:
+    """Hand the decoder's freed scratch back to the OS (glibc keeps freed heap pages resident,
+    which would count a load's transients as the model's memory); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def densify(s: StoredSparse) -> torch.Tensor:
+    """A stored sparse tensor as a dense one (for the layers no kernel takes)."""
+    vals = s.values if s.values is not None else s.codebook[torch.as_tensor(s.indices, dtype=torch.int64)]
+    bits = to_bits(vals)
+    out = np.zeros(math.prod(s.shape), dtype=bits.dtype)
+    out[s.positions] = bits
+    return from_bits(out, vals.dtype, s.shape)
+
+
+def model_tensor_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer the model holds (each storage counted once)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "meta":
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _load_rest(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        what = ([f"missing {', '.join(result.missing_keys[:3])}"] if result.missing_keys else []) + (
+            [f"unexpected {', '.join(result.unexpected_keys[:3])}"] if result.unexpected_keys else [])
+        raise ValueError(f"{path} does not fit the model: {'; '.join(what)}")
+
+
+def _input_sizes(model: nn.Module, layers: dict[str, RuntimeLayer], example) -> dict[str, tuple[int, int]]:
+    sizes: dict[str, tuple[int, int]] = {}
+    # (a pre-hook's return value would replace the input: these return None)
+    hooks = [layer.register_forward_pre_hook(lambda m, a, n=name: sizes.setdefault(n, tuple(a[0].shape[-2:])) and None)
+             for name, layer in layers.items() if isinstance(layer, SparseConv2d)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batch: int = 1,
+              example: torch.Tensor | None = None, rounds: int = 7, max_elements: int = MAX_ELEMENTS,
+              return_info: bool = False):
+    """Load the ``.pjz`` at ``path`` into ``model`` (its architecture; it may live on the
+    ``meta`` device) and return it, or ``(model, LoadInfo)`` with ``return_info``.
+
+    ``runtime``: ``"auto"`` (time kernel vs dense per layer at ``batch`` and keep the faster;
+    conv layers need ``example``, an input of the model, to know their sizes), ``"kernel"``
+    (every layer a kernel applies to runs it), ``"dense"`` (plain dense weights)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    path = Path(path)
+    gc.collect()
+    rss0 = rss_bytes()
+    choices: list[LayerChoice] = []
+    if runtime == "dense":
+        _load_rest(model, codec_load(path, max_elements=max_elements), path)
+    else:
+        stored, _ = load_stored(path, max_elements=max_elements)
+        layers: dict[str, RuntimeLayer] = {}
+        for name, module in list(model.named_modules()):
+            key = f"{name}.weight" if name else "weight"
+            if not isinstance(module, (nn.Linear, nn.Conv2d)) or key not in stored:
+                continue
+            weight = stored[key]
+            shape = tuple(weight.shape)
+            if shape != tuple(module.weight.shape):
+                raise ValueError(f"{path} does not fit the model: {key} is {list(shape)} in the file, "
+                                 f"{list(module.weight.shape)} in the model")
+            bias_key = f"{name}.bias" if name else "bias"
+            bias = stored.get(bias_key)
+            if isinstance(bias, StoredSparse):
+                bias = densify(bias)
+            if (bias is None) != (module.bias is None):
+                raise ValueError(f"{path} does not fit the model: {name or 'the model'} bias differs")
+            layer = runtime_layer(module, weight, bias)
+            if layer is None:
+                continue
+            layers[name] = layer
+            del stored[key]
+            stored.pop(bias_key, None)
+        rest = {k: densify(v) if isinstance(v, StoredSparse) else v for k, v in stored.items()}
+        del stored
+        for name, layer in layers.items():
+            _set_module(model, name, layer)
+        _load_rest(model, rest, path)
+        del rest
+        sizes = _input_sizes(model, layers, example) if runtime == "auto" and example is not None else {}
+        for name, layer in layers.items():
+            dense_bytes = 4 * _dense_numel(layer)
+            choice = LayerChoice(name, layer.format, "kernel", layer.weight_bytes, dense_bytes)
+            if runtime == "auto":
+                if isinstance(layer, SparseConv2d) and name not in sizes:
+                    raise ValueError(f"runtime='auto' times conv layer {name} on its input size: pass "
+                                     "example=<an input of the model>, or use runtime='kernel'")
+                x = input_for(layer, batch, sizes.get(name))
+                weight = layer.dense_weight()
+                choice.kernel_s, choice.dense_s = time_pair(layer, dense_call(layer, weight), x, rounds)
+                if choice.dense_s < choice.kernel_s:
+                    choice.chosen = "dense"
+                    _set_module(model, name, dense_twin(layer))
+                del weight
+            choices.append(choice)
+    gc.collect()
+    _trim_heap()
+    info = LoadInfo(path, path.stat().st_size, runtime, compiled_isa(), rss0, rss_bytes(),
+                    model_tensor_bytes(model), choices)
+    return (model, info) if return_info else model
+
+
+def _dense_numel(layer: RuntimeLayer) -> int:
+    if isinstance(layer, SparseConv2d):
+        return layer.out_channels * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+    return layer.in_features * layer.out_features

@@ -1,0 +1,139 @@
+"""The honest speed report: per layer, format, kernel, weight bytes read per call, measured
+time against dense in the same run, and the time those bytes predict at the machine's measured
+memory bandwidth (a STREAM-style read probe), so each layer shows how close it runs to the limit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from penjing.runtime.convert import dense_call, input_for, time_pair
+from penjing.runtime.modules import RuntimeLayer, SparseConv2d
+from penjing.runtime.ops import compiled_isa, read_probe
+
+
+def bandwidth_probe(megabytes: int = 256, rounds: int = 5) -> float:
+    """Read bandwidth in bytes/s: the best of ``rounds`` timed sums over an array of
+    ``megabytes`` (several times any L3), at ``torch.get_num_threads()`` threads (STREAM
+    reports the best round too: the others are the same work slowed by noise)."""
+    a = torch.ones(megabytes * (1 << 20) // 4)
+    read_probe(a)  # touch every page before timing
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        read_probe(a)
+        best = min(best, time.perf_counter() - t0)
+    return a.numel() * 4 / best
+
+
+@dataclass
+class LayerSpeed:
+    """One layer at one batch size."""
+
+    name: str
+    format: str
+    kernel: str
+    batch: int
+    weight_bytes: int
+    dense_bytes: int
+    time_s: float
+    dense_s: float
+    bandwidth: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_s / self.time_s if self.time_s else float("nan")
+
+    @property
+    def predicted_s(self) -> float:
+        """Time to stream the weight bytes once at the measured bandwidth."""
+        return self.weight_bytes / self.bandwidth
+
+    @property
+    def bandwidth_fraction(self) -> float:
+        """Achieved weight-read rate over the measured bandwidth (1.0 = at the memory limit)."""
+        return self.predicted_s / self.time_s if self.time_s else float("nan")
+
+
+def _layer_inputs(model: nn.Module, example: torch.Tensor | None) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    if example is None:
+        return shapes
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (RuntimeLayer, nn.Linear, nn.Conv2d)):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, a, n=name: shapes.setdefault(n, tuple(a[0].shape[1:])) and None))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+@torch.no_grad()
+def speed_report(model: nn.Module, batch_sizes: list[int], *, example: torch.Tensor | None = None,
+                 rounds: int = 15, bandwidth: float | None = None) -> list[LayerSpeed]:
+    """Time every runtime layer (and every dense Linear / Conv2d) of ``model`` at each batch
+    size against dense ``F.linear`` / ``F.conv2d`` on the same weight, interleaved, median of
+    ``rounds``. Conv layers need ``example`` (an input of the model) for their sizes."""
+    bw = bandwidth_probe() if bandwidth is None else bandwidth
+    shapes = _layer_inputs(model, example)
+    rows: list[LayerSpeed] = []
+    for name, m in model.named_modules():
+        if isinstance(m, RuntimeLayer):
+            weight = m.dense_weight()
+            dense = dense_call(m, weight)
+            for b in batch_sizes:
+                spatial = shapes[name][-2:] if isinstance(m, SparseConv2d) and name in shapes else None
+                x = input_for(m, b, spatial)
+                tk, td = time_pair(m, dense, x, rounds)
+                rows.append(LayerSpeed(name, m.format, compiled_isa(), b, m.bytes_per_call(b), 4 * weight.numel(),
+                                       tk, td, bw))
+            del weight, dense
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+            for b in batch_sizes:
+                if isinstance(m, nn.Conv2d):
+                    if name not in shapes:
+                        raise ValueError(f"timing conv layer {name} needs example=<an input of the model>")
+                    x = torch.randn(b, *shapes[name])
+                else:
+                    x = torch.randn(b, m.in_features)
+                ts = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    m(x)
+                    ts.append(time.perf_counter() - t0)
+                t = statistics.median(ts)
+                n = 4 * m.weight.numel()
+                rows.append(LayerSpeed(name, "dense fp32", "dense", b, n, n, t, t, bw))
+    return rows
+
+
+def format_report(rows: list[LayerSpeed], bandwidth: float | None = None) -> str:
+    """A markdown table of :func:`speed_report`'s rows, with a total per batch size."""
+    bw = bandwidth or (rows[0].bandwidth if rows else float("nan"))
+    head = (f"measured read bandwidth {bw / 1e9:.1f} GB/s at {torch.get_num_threads()} thread(s); "
+            f"kernels: {compiled_isa()}\n\n"
+            "| layer | format | kernel | batch | weight bytes/call | vs dense bytes | time (ms) | dense (ms) "
+            "| speedup | bytes predict (ms) | of bandwidth |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        lines.append(f"| {r.name} | {r.format} | {r.kernel} | {r.batch} | {r.weight_bytes:,} | "
+                     f"{r.dense_bytes / r.weight_bytes:.1f}x | {r.time_s * 1e3:.3f} | {r.dense_s * 1e3:.3f} | "
+                     f"{r.speedup:.2f}x | {r.predicted_s * 1e3:.3f} | {r.bandwidth_fraction:.0%} |")
+    for b in sorted({r.batch for r in rows}):
+        sel = [r for r in rows if r.batch == b]
+        t, d = sum(r.time_s for r in sel), sum(r.dense_s for r in sel)
+        wb, db = sum(r.weight_bytes for r in sel), sum(r.dense_bytes for r in sel)
+        lines.append(f"| **all layers** | | | {b} | {wb:,} | {db / wb:.1f}x | {t * 1e3:.3f} | {d * 1e3:.3f} | "
+                     f"{d / t:.2f}x | {wb / bw * 1e3:.3f} | {wb / bw / t:.0%} |")
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,306 @@
+"""The runtime kernels against dense torch: every compiled variant the CPU runs and the
+PyTorch fallback, on odd shapes, empty rows/columns, 0% .. 100% density, batch 1 and large,
+non-contiguous inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from penjing.runtime import build
+from penjing.runtime.formats import SparseWeights
+from penjing.runtime.modules import (
+    BinaryLinear,
+    CodebookLinear,
+    SparseConv2d,
+    SparseLinear,
+    TernaryLinear,
+)
+
+VARIANTS = [*build.supported_variants(), "off"]
+
+
+@pytest.fixture(params=VARIANTS)
+def isa(request):
+    """Run the test under one compiled variant (or the fallback), then restore the default."""
+    got = build.reset(request.param)
+    if request.param != "off" and got is None:
+        pytest.skip(f"{request.param} kernels unavailable here")
+    yield request.param
+    build.reset(None)
+
+
+def sparse(rows, cols, density, gen):
+    w = torch.randn(rows, cols, generator=gen)
+    w[torch.rand(rows, cols, generator=gen) >= density] = 0
+    return w
+
+
+def close(a, b, tol=1e-5):
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    assert a.shape == b.shape
+    assert float((a - b).abs().max()) <= tol * scale if a.numel() else True
+
+
+SHAPES = [(1, 1), (7, 13), (33, 65), (64, 300), (3, 70001)]  # 70001 columns: more than one panel
+DENSITIES = [0.0, 0.001, 0.3, 1.0]
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("density", DENSITIES)
+def test_sparse_linear_f32(isa, rows, cols, density):
+    gen = torch.Generator().manual_seed(rows * 7 + cols)
+    w = sparse(rows, cols, density, gen)
+    if rows > 2 and cols > 2:
+        w[1] = 0  # an empty row
+        w[:, 2] = 0  # an empty column
+    bias = torch.randn(rows, generator=gen)
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=False), bias)
+    for batch in (1, 3, 70):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w, bias))
+    xt = torch.randn(cols, 9, generator=gen).t()  # non-contiguous
+    close(layer(xt), F.linear(xt, w, bias))
+    x3 = torch.randn(2, 4, cols, generator=gen)[:, ::2]  # strided, 3-D
+    close(layer(x3), F.linear(x3, w, bias))
+
+
+@pytest.mark.parametrize("centroids", [1, 2, 17, 32, 200])
+@pytest.mark.parametrize("rows,cols", [(9, 31), (40, 130), (3, 5000)])
+def test_codebook_linear(isa, centroids, rows, cols):
+    gen = torch.Generator().manual_seed(centroids)
+    book = torch.randn(centroids, generator=gen)
+    w = sparse(rows, cols, 0.4, gen)
+    nz = w != 0
+    w[nz] = book[torch.randint(0, centroids, (int(nz.sum()),), generator=gen)]
+    layer = SparseLinear(SparseWeights.from_dense(w))
+    assert layer.weights.kind == "codebook"
+    distinct = int(torch.unique(w[w != 0]).numel())
+    assert layer.weights.code_bits == max(1, (distinct - 1).bit_length())
+    for batch in (1, 2, 33):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w))
+    assert isinstance(CodebookLinear.from_linear(_linear(w)), CodebookLinear)
+
+
+def _linear(w, bias=None):
+    m = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    m.weight.data = w.clone()
+    if bias is not None:
+        m.bias.data = bias.clone()
+    return m
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 3), (17, 40), (64, 1025)])
+def test_sparse_linear_int8(isa, rows, cols):
+    gen = torch.Generator().manual_seed(cols)
+    q = torch.randint(-127, 128, (rows, cols), generator=gen).float()
+    q[torch.rand(rows, cols, generator=gen) < 0.7] = 0
+    scales = torch.rand(rows, generator=gen) + 0.01
+    w = q * scales[:, None]
+    layer = SparseLinear(SparseWeights.from_dense(w, int8_scales=scales))
+    assert layer.weights.kind == "int8" and layer.weights.values.dtype == torch.int8
+    for batch in (1, 4, 65):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w))
+
+
+@pytest.mark.parametrize("cols", [1, 15, 63, 64, 65, 130])
+@pytest.mark.parametrize("zeros", [0.0, 0.4, 1.0])
+def test_ternary_linear(isa, cols, zeros):
+    gen = torch.Generator().manual_seed(cols)
+    rows = 19
+    codes = torch.randint(0, 2, (rows, cols), generator=gen) * 2 - 1
+    codes[torch.rand(rows, cols, generator=gen) < zeros] = 0
+    a, b = torch.rand(rows, generator=gen) + 0.1, torch.rand(rows, generator=gen) + 0.1
+    w = torch.where(codes > 0, a[:, None], torch.where(codes < 0, -b[:, None], torch.zeros(())))
+    bias = torch.randn(rows, generator=gen)
+    layer = TernaryLinear.from_linear(_linear(w, bias))
+    for batch in (1, 2, 70):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w, bias))
+    close(layer.dense_weight(), w, 0)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (16, 3), (19, 40), (70, 131)])
+@pytest.mark.parametrize("scales", ["per-row symmetric", "per-tensor asymmetric"])
+def test_ternary_table_lookup(isa, rows, cols, scales):
+    """The scale layouts the table kernel takes (TWN: one alpha; TTQ: one Wp and one Wn)."""
+    gen = torch.Generator().manual_seed(rows + cols)
+    codes = torch.randint(-1, 2, (rows, cols), generator=gen)
+    if scales == "per-row symmetric":
+        a = b = torch.rand(rows, 1, generator=gen) + 0.1
+    else:
+        a, b = torch.tensor(0.7), torch.tensor(0.3)
+    w = torch.where(codes > 0, a, torch.where(codes < 0, -b, torch.zeros(()))).expand(rows, cols).contiguous()
+    layer = TernaryLinear.from_linear(_linear(w))
+    assert layer.weights.lut_codes() is not None
+    for batch in (1, 3):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w))
+    assert layer.bytes_per_call(3) == layer.weights.nbytes
+
+
+@pytest.mark.parametrize("cols", [1, 17, 64, 200])
+def test_binary_linear(isa, cols):
+    gen = torch.Generator().manual_seed(cols)
+    rows = 11
+    alpha = torch.rand(rows, generator=gen) + 0.1
+    w = torch.where(torch.rand(rows, cols, generator=gen) < 0.5, -1.0, 1.0) * alpha[:, None]
+    layer = BinaryLinear.from_linear(_linear(w))
+    assert not layer.weights.ternary
+    for batch in (1, 5, 66):
+        x = torch.randn(batch, cols, generator=gen)
+        close(layer(x), F.linear(x, w))
+    close(layer.dense_weight(), w, 0)
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (3, 2, 0, 1), (1, 1, 0, 1), (3, 1, 2, 2),
+                                                       (5, 1, 2, 1), (1, 2, 0, 1)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 1.0])
+def test_sparse_conv2d(isa, k, stride, padding, dilation, density):
+    gen = torch.Generator().manual_seed(k * 10 + stride)
+    cin, cout = 5, 7
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation)
+    conv.weight.data = sparse(cout, cin * k * k, density, gen).reshape(cout, cin, k, k)
+    layer = SparseConv2d.from_conv(conv)
+    with torch.no_grad():
+        for batch, h, w in ((1, 11, 9), (3, 11, 9), (2, 20, 18)):  # 20 x 18: past the direct kernel's 16 x 16
+            x = torch.randn(batch, cin, h, w, generator=gen)
+            close(layer(x), conv(x))
+        x = torch.randn(2, cin, 11, 9, generator=gen).to(memory_format=torch.channels_last)
+        close(layer(x), conv(x))
+    close(layer.dense_weight(), conv.weight.detach(), 0)
+
+
+def test_empty_batch(isa):
+    w = sparse(6, 10, 0.5, torch.Generator().manual_seed(0))
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
+    assert layer(torch.zeros(0, 10)).shape == (0, 6)
+
+
+def test_input_gradient_runs_fallback():
+    gen = torch.Generator().manual_seed(0)
+    w = sparse(8, 12, 0.5, gen)
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
+    x = torch.randn(3, 12, generator=gen, requires_grad=True)
+    layer(x).sum().backward()
+    close(x.grad, w.sum(0).expand(3, 12))
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 300), batch=st.integers(1, 80),
+       density=st.sampled_from([0.0, 0.01, 0.2, 0.9, 1.0]), seed=st.integers(0, 1000),
+       codebook=st.booleans())
+def test_sparse_linear_property(rows, cols, batch, density, seed, codebook):
+    gen = torch.Generator().manual_seed(seed)
+    w = sparse(rows, cols, density, gen)
+    if codebook:
+        nz = w != 0
+        w[nz] = torch.tensor([-0.5, 0.25, 1.5])[torch.randint(0, 3, (int(nz.sum()),), generator=gen)]
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=codebook))
+    x = torch.randn(batch, cols, generator=gen)
+    close(layer(x), F.linear(x, w))
+
+
+def test_layout_round_trip():
+    gen = torch.Generator().manual_seed(3)
+    w = sparse(9, 70000, 0.001, gen)
+    sw = SparseWeights.from_dense(w, codebook=False)
+    assert sw.panels == 2
+    assert torch.equal(sw.to_dense(), w)
+    assert sw.nbytes == 2 * sw.nnz + 4 * sw.nnz + 8 * (9 * 2 + 1)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_bad_inputs():
+    w = sparse(4, 6, 0.5, torch.Generator().manual_seed(0))
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
+    with pytest.raises(TypeError, match=r"^the runtime kernels take float32 inputs, got torch.float64$"):
+        layer(torch.zeros(1, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^input has 5 features, the layer takes 6$"):
+        layer(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match=r"^positions must be ascending flat indices inside the matrix$"):
+        SparseWeights.from_positions(2, 2, [3, 1], values=torch.ones(2))
+    with pytest.raises(ValueError, match=r"^a code points past the codebook$"):
+        SparseWeights.from_positions(2, 2, [0, 1], codes=[0, 2], centroids=torch.ones(2))
+    with pytest.raises(ValueError, match=r"^CodebookLinear needs codebook weights, got f32$"):
+        CodebookLinear(SparseWeights.from_dense(w, codebook=False))
+    with pytest.raises(ValueError, match=r"^the weight is not ternary \(each row must take only -b, 0, \+a\)$"):
+        TernaryLinear.from_linear(_linear(torch.randn(3, 4)))
+    with pytest.raises(ValueError, match=r"^the weight is not binary \(each row must take only -a, \+a\)$"):
+        BinaryLinear.from_linear(_linear(torch.tensor([[1.0, 0.0]])))
+    with pytest.raises(ValueError, match=r"^SparseConv2d takes groups=1, zero padding given as numbers$"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match=r"^int8 values need one scale per output channel$"):
+        SparseWeights.from_positions(2, 2, [0], values=torch.ones(1, dtype=torch.int8))
+
+
+def test_variant_choice_follows_cpu_flags(monkeypatch):
+    monkeypatch.setattr(build.platform, "machine", lambda: "x86_64")
+    assert build.supported_variants({"avx2", "fma", "f16c"}) == ["avx2", "generic"]
+    assert build.supported_variants(set()) == ["generic"]
+    full = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"}
+    assert build.supported_variants(full) == ["avx512", "avx2", "generic"]
+    monkeypatch.setattr(build.platform, "machine", lambda: "aarch64")
+    assert build.supported_variants(full) == ["generic"]
+
+
+def test_disabled_kernels_warn_once_and_fall_back(monkeypatch):
+    monkeypatch.setenv("PENJING_KERNELS", "off")
+    monkeypatch.setattr(build, "_cached", None)
+    monkeypatch.setattr(build, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="compiled kernels unavailable \\(PENJING_KERNELS=off\\)"):
+        assert build.kernels() is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build.kernels() is None  # no second warning
+    w = sparse(4, 6, 0.5, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 6)
+    close(SparseLinear(SparseWeights.from_dense(w, codebook=False))(x), F.linear(x, w))
+    monkeypatch.setattr(build, "_cached", None)
+
+
+def test_unsupported_variant_is_refused():
+    with pytest.raises(build.KernelsUnavailable, match=r"^instruction set 'sse9' is not supported by this CPU"):
+        build.build("sse9")
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_the_same_result(threads, monkeypatch):
+    """The pool splits rows between threads; each row is summed by one thread, so the result
+    is the same to the bit as on one thread."""
+    from penjing.runtime import ops
+
+    monkeypatch.setattr(ops, "MIN_WORK_PER_THREAD", 1)  # every call splits, however small
+    gen = torch.Generator().manual_seed(threads)
+    w = sparse(300, 500, 0.5, gen)
+    t = torch.randint(-1, 2, (300, 500), generator=gen).float() * 0.5
+    layers = [SparseLinear(SparseWeights.from_dense(w, codebook=False)), TernaryLinear.from_linear(_linear(t))]
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    conv.weight.data = sparse(24, 16 * 9, 0.5, gen).reshape(24, 16, 3, 3)
+    layers.append(SparseConv2d.from_conv(conv))
+    inputs = [torch.randn(1, 500), torch.randn(40, 500), torch.randn(1, 500), torch.randn(40, 500),
+              torch.randn(2, 16, 12, 12)]
+    pairs = [(layers[0], inputs[0]), (layers[0], inputs[1]), (layers[1], inputs[2]), (layers[1], inputs[3]),
+             (layers[2], inputs[4])]
+    before = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            for layer, x in pairs:
+                torch.set_num_threads(1)
+                one = layer(x)
+                torch.set_num_threads(threads)
+                many = layer(x)
+                assert torch.equal(one, many)
+        a = torch.ones(3 * 4096 + 5)
+        assert ops.read_probe(a) == a.numel()
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,191 @@
+"""``pj.load(path, model, runtime=...)``: compressed layers run from the .pjz's stored form."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import penjing as pj
+from penjing.codec import load_stored
+from penjing.codec.tensors import StoredSparse
+from penjing.runtime import (
+    CodebookLinear,
+    SparseConv2d,
+    SparseLinear,
+    TernaryLinear,
+    load_into,
+)
+from penjing.runtime.load import densify
+from penjing.runtime.report import bandwidth_probe, format_report, speed_report
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(40, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 5))
+
+
+def rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture
+def deep_compressed(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    pj.share(model, pj.ShareConfig(bits=5))
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    path = tmp_path / "m.pjz"
+    pj.save(model, path)
+    return path, baked
+
+
+def test_kernel_runtime_matches_baked_model(deep_compressed):
+    path, baked = deep_compressed
+    model = pj.load(path, mlp(), runtime="kernel")
+    assert [type(m) for m in model if not isinstance(m, nn.ReLU)] == [CodebookLinear] * 3
+    for batch in (1, 7, 65):
+        x = torch.randn(batch, 40)
+        assert rel(model(x), baked(x)) <= 1e-5
+
+
+def test_dense_runtime_is_plain_state(deep_compressed):
+    path, baked = deep_compressed
+    model = pj.load(path, mlp(), runtime="dense")
+    assert all(type(m) in (nn.Linear, nn.ReLU) for m in model)
+    state = model.state_dict()
+    assert sorted(state) == sorted(baked.state_dict())
+    for k, v in baked.state_dict().items():
+        assert torch.equal(state[k], v)
+    assert isinstance(pj.load(path), dict)  # without a model: the state_dict, as before
+
+
+def test_auto_keeps_the_faster_and_stays_exact(deep_compressed):
+    path, baked = deep_compressed
+    model, info = load_into(mlp(), path, runtime="auto", batch=1, rounds=3, return_info=True)
+    assert [c.name for c in info.layers] == ["0", "2", "4"]
+    for c, m in zip(info.layers, [model[0], model[2], model[4]], strict=True):
+        assert c.chosen == ("dense" if c.dense_s < c.kernel_s else "kernel")
+        assert isinstance(m, nn.Linear if c.chosen == "dense" else CodebookLinear)
+    x = torch.randn(3, 40)
+    assert rel(model(x), baked(x)) <= 1e-5
+    assert info.file_bytes == path.stat().st_size
+
+
+def test_meta_skeleton_and_memory_accounting(deep_compressed):
+    path, baked = deep_compressed
+    with torch.device("meta"):
+        skeleton = mlp()
+    model, info = load_into(skeleton, path, runtime="kernel", return_info=True)
+    held = sum(m.weight_bytes + m.bias.numel() * 4 for m in model if isinstance(m, SparseLinear))
+    assert info.model_bytes == held
+    assert info.model_bytes < sum(4 * p.numel() for p in baked.parameters()) / 5
+    x = torch.randn(2, 40)
+    assert rel(model(x), baked(x)) <= 1e-5
+
+
+def test_stored_form_is_not_densified_and_decodes_equal(deep_compressed):
+    path, _ = deep_compressed
+    stored, info = load_stored(path)
+    state = pj.load(path)
+    assert isinstance(stored["2.weight"], StoredSparse)
+    assert info["2.weight"].nonzeros == len(stored["2.weight"].positions)
+    for k, v in stored.items():
+        assert torch.equal(densify(v) if isinstance(v, StoredSparse) else v, state[k])
+
+
+def test_conv_model_auto_needs_an_example(tmp_path):
+    torch.manual_seed(0)
+    model = cnn()
+    pj.prune(model, pj.PruneConfig(sparsity=0.8))
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    path = tmp_path / "c.pjz"
+    pj.save(model, path)
+    with pytest.raises(ValueError, match=r"^runtime='auto' times conv layer 0 on its input size: pass "
+                                         r"example=<an input of the model>, or use runtime='kernel'$"):
+        load_into(cnn(), path, runtime="auto")
+    x = torch.randn(2, 3, 6, 6)
+    loaded = load_into(cnn(), path, runtime="kernel")
+    assert isinstance(loaded[0], SparseConv2d) and isinstance(loaded[2], SparseConv2d)
+    assert rel(loaded(x), baked(x)) <= 1e-5
+    auto = load_into(cnn(), path, runtime="auto", example=x[:1], rounds=2)
+    assert rel(auto(x), baked(x)) <= 1e-5
+
+
+def test_ternary_model_runs_bit_planes(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    pj.ternarize(model, pj.TernaryConfig())
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    path = tmp_path / "t.pjz"
+    pj.save(model, path)
+    loaded = load_into(mlp(), path, runtime="kernel")
+    kinds = {type(m) for m in loaded if not isinstance(m, nn.ReLU)}
+    assert TernaryLinear in kinds
+    x = torch.randn(4, 40)
+    assert rel(loaded(x), baked(x)) <= 1e-5
+
+
+def test_bad_calls(deep_compressed, tmp_path):
+    path, _ = deep_compressed
+    with pytest.raises(ValueError, match=r"^runtime must be one of auto, kernel, dense; got 'fast'$"):
+        pj.load(path, mlp(), runtime="fast")
+    with pytest.raises(ValueError, match=r"^batch must be a positive integer, got 0$"):
+        pj.load(path, mlp(), batch=0)
+    wrong = nn.Sequential(nn.Linear(40, 95), nn.ReLU(), nn.Linear(95, 64), nn.ReLU(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match=r"does not fit the model: 0.weight is \[96, 40\] in the file, \[95, 40\] in the model$"):
+        pj.load(path, wrong, runtime="kernel")
+    extra = nn.Sequential(*mlp(), nn.Linear(10, 2))
+    with pytest.raises(ValueError, match=r"does not fit the model: missing 5.weight, 5.bias$"):
+        pj.load(path, extra, runtime="kernel")
+
+
+def test_speed_report_rows(deep_compressed):
+    path, _ = deep_compressed
+    model = pj.load(path, mlp(), runtime="kernel")
+    bw = bandwidth_probe(megabytes=8, rounds=2)
+    assert bw > 0
+    rows = speed_report(model, [1, 4], rounds=2, bandwidth=bw)
+    assert [(r.name, r.batch) for r in rows] == [(n, b) for n in ("0", "2", "4") for b in (1, 4)]
+    for r in rows:
+        assert r.weight_bytes == getattr(model, r.name).bytes_per_call(r.batch)
+        assert r.dense_bytes == 4 * getattr(model, r.name).dense_weight().numel()
+        assert r.time_s > 0 and r.dense_s > 0
+        assert r.predicted_s == pytest.approx(r.weight_bytes / bw)
+    text = format_report(rows, bw)
+    assert "| **all layers** | | | 4 |" in text and "bytes predict (ms)" in text
+
+
+def test_convert_swaps_live_layers():
+    from penjing.runtime import convert
+
+    torch.manual_seed(0)
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight[torch.rand_like(model[2].weight) < 0.9] = 0
+    ref = copy.deepcopy(model)
+    assert convert(model) == ["2"]  # the dense layers stay: BLAS beats any sparse kernel there
+    assert isinstance(model[2], SparseLinear) and isinstance(model[0], nn.Linear)
+    x = torch.randn(3, 40)
+    assert rel(model(x), ref(x)) <= 1e-5
+
+
+def test_n_of_m_pruned_model_runs_sparse(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    pj.prune(model, pj.PruneConfig(granularity="2:4"))
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    path = tmp_path / "nm.pjz"
+    pj.save(model, path)
+    loaded = load_into(mlp(), path, runtime="kernel")
+    assert all(isinstance(m, SparseLinear) for m in loaded if not isinstance(m, nn.ReLU))
+    assert loaded[0].weights.nnz == baked[0].weight.numel() // 2
+    x = torch.randn(5, 40)
+    assert rel(loaded(x), baked(x)) <= 1e-5
