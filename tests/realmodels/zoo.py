@@ -47,9 +47,13 @@ def _tokens(vocab, length=16, n=2, batch=4, seed=0):
 
 
 def _hidden(model: nn.Module, batch) -> torch.Tensor:
-    inputs = {k: v for k, v in batch.items() if k != "labels"} if isinstance(batch, dict) else {
-        "pixel_values": batch[0]}
-    return model(**inputs).last_hidden_state
+    """An HF model's last hidden state for a dict batch, an (images, labels) tuple or a bare
+    input tensor (token ids or pixels)."""
+    if isinstance(batch, dict):
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
+    if isinstance(batch, tuple | list):
+        return model(pixel_values=batch[0]).last_hidden_state
+    return model(batch).last_hidden_state
 
 
 def _seeded(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:

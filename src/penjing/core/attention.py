@@ -124,8 +124,8 @@ class SplitMultiheadAttention(nn.Module):
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         tgt_len, bsz, _ = query.shape
         src_len = key.shape[0]
-        heads, head_dim = self.num_heads, self.q_proj.out_features // self.num_heads
-        embed = self.q_proj.out_features
+        heads, head_dim = self.num_heads, self.embed_dim // self.num_heads
+        embed = self.embed_dim
 
         key_padding_mask = _float_mask(key_padding_mask, "key_padding_mask", query.dtype)
         if is_causal and attn_mask is None:

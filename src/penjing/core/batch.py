@@ -113,7 +113,7 @@ def correct_count(output: Any, batch: Batch) -> tuple[int, int]:
     if not isinstance(target, torch.Tensor) or target.is_floating_point():
         return 0, 0
     logits = logits_of(output)
-    if logits.dim() < 2 or logits.shape[0] != target.shape[0] or target.dim() != 1:
+    if logits.dim() != 2 or logits.shape[0] != target.shape[0] or target.dim() != 1:
         return 0, 0
     return int((logits.detach().argmax(1) == target).sum()), int(target.numel())
 
