@@ -109,6 +109,8 @@ def test_inspect_decompress_eval_commands(trained, tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "sparse-codebook" in out and f"{info.bytes:,}" in out and "fc2.weight" in out
+    # COLUMNS is unset under pytest, so the table fits 80 columns (the tmp path is its own line)
+    assert all(len(ln) <= 80 for ln in out.splitlines() if not ln.startswith(str(tmp_path))), out
     assert main(["decompress", str(path), "-o", str(tmp_path / "s.safetensors")]) == 0
     state = load_state_dict(tmp_path / "s.safetensors")
     assert set(state) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}

@@ -28,30 +28,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
+    import textwrap
+
+    from penjing.report.text_table import render
 
     try:
         info = _pjz.read("inspect", args.file, info=True)
     except _pjz.FileProblem as problem:
         return _pjz.report(problem)
-    table = Table(title=f"{info.path}: {info.bytes:,} bytes", title_justify="left")
     head = ["tensor", "shape", "dtype", "codec", "nonzeros", *PARTS, "header", "total", "vs fp32"]
-    for i, col in enumerate(head):
-        table.add_column(col, justify="left" if i < 4 else "right")
+    rows = []
     dense = 0
     for t in info.tensors:
         fp32 = 4 * t.numel
         dense += fp32
-        table.add_row(t.name, "x".join(map(str, t.shape)) or "scalar", str(t.dtype).removeprefix("torch."),
-                      t.codec, f"{t.nonzeros:,}", *(f"{t.parts.get(k, 0):,}" for k in PARTS),
-                      f"{t.header:,}", f"{t.total:,}", f"{fp32 / t.total:.1f}x" if t.total else "-")
+        rows.append([t.name, "x".join(map(str, t.shape)) or "scalar", str(t.dtype).removeprefix("torch."),
+                     t.codec, f"{t.nonzeros:,}", *(f"{t.parts.get(k, 0):,}" for k in PARTS),
+                     f"{t.header:,}", f"{t.total:,}", f"{fp32 / t.total:.1f}x" if t.total else "-"])
     totals = {k: sum(t.parts.get(k, 0) for t in info.tensors) for k in PARTS}
-    table.add_row("total", "", "", f"+{info.overhead} framing", f"{sum(t.nonzeros for t in info.tensors):,}",
-                  *(f"{totals[k]:,}" for k in PARTS), f"{sum(t.header for t in info.tensors):,}",
-                  f"{info.bytes:,}", f"{dense / info.bytes:.1f}x" if info.bytes else "-")
-    console = Console(width=max(Console().width, 170))  # the table is wide; never wrap it
-    console.print(table)
-    console.print("bytes per part; 'tables' = stream counts, widths, Huffman code-length tables and "
-                  "block offsets; 'framing' = magic, version, lengths and checksums")
+    rows.append(["total", "", "", f"+{info.overhead} framing", f"{sum(t.nonzeros for t in info.tensors):,}",
+                 *(f"{totals[k]:,}" for k in PARTS), f"{sum(t.header for t in info.tensors):,}",
+                 f"{info.bytes:,}", f"{dense / info.bytes:.1f}x" if info.bytes else "-"])
+    # fits the terminal (80 columns when it cannot be asked): abbreviated, names on their own
+    # line, or one block per tensor, never cut (penjing.report.text_table)
+    width = shutil.get_terminal_size((80, 24)).columns
+    title = f"{info.path}: {info.bytes:,} bytes"
+    if len(title) > width:  # a long path on its own line (never cut), the size below it
+        title = f"{info.path}\n{info.bytes:,} bytes"
+    print(render(head, rows, width, left=4, title=title))
+    print(textwrap.fill("bytes per part; 'tables' = stream counts, widths, Huffman code-length "
+                        "tables and block offsets; 'framing' = magic, version, lengths and checksums",
+                        width))
     return 0
