@@ -25,6 +25,7 @@ from penjing.hw.scalesim_io import (
     write_reports,
 )
 from penjing.hw.scalesim_ref import available, run_scalesim
+from test_hw_energy import AffineQuant, InputQuant  # the stand-ins of the duck-typed protocol
 
 REASON = available()
 needs_scalesim = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -173,28 +174,9 @@ def test_2_4_pruning_and_int8_simulate_fewer_cycles_and_dram_bytes():
     int8 = _conv_net()
     for m in int8:
         if isinstance(m, nn.Conv2d):  # 8-bit weights and inputs, as the tracer reads them
-            attach(m, Int8Grid(m.weight.detach()))
+            attach(m, AffineQuant(m.weight.detach(), bits=8))
             m.input_quant = InputQuant()
     q = simulate(int8, x, hw)
     assert [r.gemm for r in q.rows if r.kind == "gemm"] == ["256x144x32 (K'=36)", "256x288x32 (K'=72)"]
     assert q.compute_cycles < dense.compute_cycles and q.dram_bytes < dense.dram_bytes
     assert q.energy_pj < dense.energy_pj
-
-
-class Int8Grid(nn.Module):
-    bits = 8
-
-    def __init__(self, w):
-        super().__init__()
-        self.scale = w.abs().max() / 127
-        self.zero_point = torch.tensor(0)
-
-    def forward(self, w):
-        return torch.round(w / self.scale) * self.scale
-
-
-class InputQuant(nn.Module):
-    bits, enabled = 8, True
-
-    def forward(self, x):
-        return x

@@ -148,3 +148,19 @@ def input_for(layer: RuntimeLayer, batch: int, spatial: tuple[int, int] | None) 
             raise ValueError("timing a conv layer needs its input size: pass example=<an input tensor>")
         return torch.randn(batch, layer.in_channels, *spatial)
     return torch.randn(batch, layer.in_features)
+
+
+@torch.no_grad()
+def input_shapes(model: nn.Module, example, modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...]]:
+    """The first input's full shape of each of ``modules`` (name -> module) when ``model`` runs
+    on ``example`` once (layers that never run are absent)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    # (a pre-hook's return value would replace the input: these return None)
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=name: shapes.setdefault(n, tuple(a[0].shape)) and None)
+             for name, m in modules.items()]
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes

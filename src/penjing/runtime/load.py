@@ -25,7 +25,14 @@ from penjing.codec.dtypes import from_bits, to_bits
 from penjing.codec.file import MAX_ELEMENTS, load_stored
 from penjing.codec.file import load as codec_load
 from penjing.codec.tensors import StoredSparse
-from penjing.runtime.convert import dense_call, dense_twin, input_for, runtime_layer, time_pair
+from penjing.runtime.convert import (
+    dense_call,
+    dense_twin,
+    input_for,
+    input_shapes,
+    runtime_layer,
+    time_pair,
+)
 from penjing.runtime.modules import RuntimeLayer, SparseConv2d
 from penjing.runtime.ops import compiled_isa
 
@@ -119,17 +126,8 @@ def _load_rest(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
 
 
 def _input_sizes(model: nn.Module, layers: dict[str, RuntimeLayer], example) -> dict[str, tuple[int, int]]:
-    sizes: dict[str, tuple[int, int]] = {}
-    # (a pre-hook's return value would replace the input: these return None)
-    hooks = [layer.register_forward_pre_hook(lambda m, a, n=name: sizes.setdefault(n, tuple(a[0].shape[-2:])) and None)
-             for name, layer in layers.items() if isinstance(layer, SparseConv2d)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sizes
+    convs = {name: layer for name, layer in layers.items() if isinstance(layer, SparseConv2d)}
+    return {name: shape[-2:] for name, shape in input_shapes(model, example, convs).items()}
 
 
 def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batch: int = 1,

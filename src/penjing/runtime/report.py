@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from penjing.runtime.convert import dense_call, input_for, time_pair
+from penjing.runtime.convert import dense_call, input_for, input_shapes, time_pair
 from penjing.runtime.modules import RuntimeLayer, SparseConv2d
 from penjing.runtime.ops import compiled_isa, read_probe
 
@@ -61,21 +61,11 @@ class LayerSpeed:
 
 
 def _layer_inputs(model: nn.Module, example: torch.Tensor | None) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
     if example is None:
-        return shapes
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, (RuntimeLayer, nn.Linear, nn.Conv2d)):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, a, n=name: shapes.setdefault(n, tuple(a[0].shape[1:])) and None))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
+        return {}
+    layers = {name: m for name, m in model.named_modules()
+              if isinstance(m, (RuntimeLayer, nn.Linear, nn.Conv2d))}
+    return {name: shape[1:] for name, shape in input_shapes(model, example, layers).items()}
 
 
 @torch.no_grad()
