@@ -126,11 +126,17 @@ def test_kd_beats_labels_alone_averaged_over_three_seeds():
 def test_all_options_of_the_one_loop_together(teacher_and_data):
     """The API's example: distillation + fp16 master weights + DSD in one fit call."""
     teacher, train, test = teacher_and_data
-    student = student_mlp()
-    history = fit(student, train, epochs=3, lr=3e-3, teacher=teacher, test=test,
-                  distill=DistillConfig(T=4, alpha=0.9), precision="fp16-master",
-                  dsd=DSDConfig(sparsity=0.5), progress=False)
-    assert [p["phase"] for p in history["phases"]] == ["dense", "sparse", "re-dense"]
-    assert history["phases"][1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert all(p.dtype == torch.float32 for p in student.parameters())
-    assert history["test_acc"] > 0.4  # 66 steps, a third of them sparse; chance is 0.1
+    final = {}
+    for precision in ("fp32", "fp16-master"):
+        student = student_mlp()
+        history = fit(student, train, epochs=9, lr=3e-3, teacher=teacher, test=test,
+                      distill=DistillConfig(T=4, alpha=0.9), precision=precision,
+                      dsd=DSDConfig(sparsity=0.5), progress=False)
+        assert [p["phase"] for p in history["phases"]] == ["dense", "sparse", "re-dense"]
+        assert history["phases"][1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        assert all(p.dtype == torch.float32 for p in student.parameters())
+        final[precision] = history["test_acc"]
+    # Measured over data orders seed 0-5: 0.840-0.864 in both precisions, fp16-master within
+    # 0.007 of fp32 at the end (0.02 in the earlier phases).
+    assert final["fp16-master"] >= 0.82, final
+    assert abs(final["fp16-master"] - final["fp32"]) <= 0.02, final

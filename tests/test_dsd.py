@@ -77,16 +77,23 @@ def test_dsd_prunes_retrains_sparse_then_restores_at_zero_with_lower_lr(data):
 
 
 def test_dsd_with_fp16_master_weights_and_the_front_door(data):
+    """fp16 master weights track the fp32 run of the same schedule. Measured (120 steps, data
+    orders seed 0-5, the same init): final accuracy 0.913-0.929 in both precisions; fp16-master
+    minus fp32 at most 0.011 in any phase (0.002 at the end)."""
     train, test = data
-    model = lenet()
-    out = dsd(model, DSDConfig(sparsity=0.7, phases=(1, 2, 1)), data=train, steps=24, batch_size=32,
-              lr=3e-3, test=test, precision="fp16-master", progress=False)
-    assert out is model  # the verbs' shape: the model comes back
-    history = last_report(model).extra["history"]
-    assert [p["step"] for p in history["phases"]] == [6, 18, 24]
-    assert history["phases"][1]["sparsity"] == pytest.approx(0.7, abs=1e-3)
-    assert history["phases"][2]["test_acc"] > 0.3  # 24 short steps; chance is 0.1
-    assert not any(parametrizations(m) for m in model.modules())
+    runs = {}
+    for precision in ("fp32", "fp16-master"):
+        model = lenet()
+        out = dsd(model, DSDConfig(sparsity=0.7, phases=(1, 2, 1)), data=train, steps=120, batch_size=32,
+                  lr=3e-3, test=test, precision=precision, progress=False)
+        assert out is model  # the verbs' shape: the model comes back
+        history = last_report(model).extra["history"]
+        assert [p["step"] for p in history["phases"]] == [30, 90, 120]
+        assert history["phases"][1]["sparsity"] == pytest.approx(0.7, abs=1e-3)
+        assert not any(parametrizations(m) for m in model.modules())
+        runs[precision] = [p["test_acc"] for p in history["phases"]]
+    assert runs["fp16-master"][2] >= 0.90, runs
+    assert max(abs(a - b) for a, b in zip(*runs.values(), strict=True)) <= 0.02, runs
 
 
 def test_resume_in_the_sparse_phase_is_bit_identical(data, tmp_path):
