@@ -44,6 +44,25 @@ def _plan(model, config, **kwargs):
     lowrank(model, config, **kwargs)
     return last_report(model).extra["plan"]
 
+
+def _conv_method_rows(name, base, dense, train, test, epochs, config_for) -> list[str]:
+    """One table row per conv method: factorise a copy of ``base``, fine-tune, measure."""
+    from penjing.train import evaluate, fit
+
+    rows = []
+    for method in ("channel", "spatial", "tucker"):
+        model = copy.deepcopy(base)
+        result = _plan(model, config_for(method), data=train)
+        before = evaluate(model, test)
+        fit(model, train, epochs=epochs, lr=3e-4, progress=False)
+        after = evaluate(model, test)
+        ranks = ", ".join(f"{k}: {v}" for k, v in result.ranks.items())
+        rows.append(f"| {name} | {method} | {ranks} | {100 * result.param_ratio:.1f}% | "
+                    f"{100 * result.flop_ratio:.1f}% | {100 * before:.2f}% | {100 * after:.2f}% | "
+                    f"{100 * (after - dense):+.2f} |")
+    return rows
+
+
 def median_seconds(fn, x: torch.Tensor, min_time: float) -> float:
     timer = tbench.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_time).median
@@ -140,16 +159,8 @@ def accuracy(plot_path: str | None, epochs: int, budgets: list[float]) -> str:
     for name in ("lenet5", "resnet"):
         base = pretrained(name, train, progress=False)
         dense = evaluate(base, test)
-        for method in ("channel", "spatial", "tucker"):
-            model = copy.deepcopy(base)
-            result = _plan(model, LowRankConfig(params=0.5, conv_method=method), data=train)
-            before = evaluate(model, test)
-            fit(model, train, epochs=epochs, lr=3e-4, progress=False)
-            after = evaluate(model, test)
-            ranks = ", ".join(f"{k}: {v}" for k, v in result.ranks.items())
-            out.append(f"| {name} | {method} | {ranks} | {100 * result.param_ratio:.1f}% | "
-                       f"{100 * result.flop_ratio:.1f}% | {100 * before:.2f}% | {100 * after:.2f}% | "
-                       f"{100 * (after - dense):+.2f} |")
+        out += _conv_method_rows(name, base, dense, train, test, epochs,
+                                 lambda method: LowRankConfig(params=0.5, conv_method=method))
 
     out += ["", "#### convs only: each split at 70% spectrum energy (Linear layers left dense; fine-tuned)", "",
             "| model | method | ranks | params kept | MACs kept | accuracy (no fine-tune) | accuracy (fine-tuned) | vs dense |",
@@ -157,16 +168,8 @@ def accuracy(plot_path: str | None, epochs: int, budgets: list[float]) -> str:
     for name in ("lenet5", "resnet"):
         base = pretrained(name, train, progress=False)
         dense = evaluate(base, test)
-        for method in ("channel", "spatial", "tucker"):
-            model = copy.deepcopy(base)
-            result = _plan(model, LowRankConfig(energy=0.7, conv_method=method, layers="Conv2d"), data=train)
-            before = evaluate(model, test)
-            fit(model, train, epochs=epochs, lr=3e-4, progress=False)
-            after = evaluate(model, test)
-            ranks = ", ".join(f"{k}: {v}" for k, v in result.ranks.items())
-            out.append(f"| {name} | {method} | {ranks} | {100 * result.param_ratio:.1f}% | "
-                       f"{100 * result.flop_ratio:.1f}% | {100 * before:.2f}% | {100 * after:.2f}% | "
-                       f"{100 * (after - dense):+.2f} |")
+        out += _conv_method_rows(name, base, dense, train, test, epochs,
+                                 lambda method: LowRankConfig(energy=0.7, conv_method=method, layers="Conv2d"))
 
     out += ["", "#### budget with and without measured sensitivity (30% of the parameters)", "",
             "| model | sensitivity | ranks | accuracy (no fine-tune) | accuracy (fine-tuned) |",

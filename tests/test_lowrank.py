@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from lowrank_plans import decompose
 from penjing.core.report import last_report
 from penjing.low_rank import (
     ChannelSplitConv2d,
@@ -17,15 +18,6 @@ from penjing.low_rank import (
     Tucker2Conv2d,
 )
 from penjing.low_rank.plan import weighted_macs
-
-
-def decompose(model, config, **kwargs):
-    """``pj.lowrank`` and the per-layer plan it records."""
-    from penjing.core.report import last_report
-    from penjing.low_rank import lowrank
-
-    lowrank(model, config, **kwargs)
-    return last_report(model).extra["plan"]
 
 torch.set_num_threads(1)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lowrank_plans import decompose
 from penjing.core.report import last_report
 from penjing.low_rank import (
     LowRankConfig,
@@ -19,15 +20,6 @@ from penjing.low_rank import (
     lowrank,
 )
 from penjing.low_rank.sensitivity import measure
-
-
-def decompose(model, config, **kwargs):
-    """``pj.lowrank`` and the per-layer plan it records."""
-    from penjing.core.report import last_report
-    from penjing.low_rank import lowrank
-
-    lowrank(model, config, **kwargs)
-    return last_report(model).extra["plan"]
 
 torch.set_num_threads(1)
 
