@@ -16,3 +16,24 @@ def cpu_name() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return platform.processor() or "unknown CPU"
+
+
+def machine_header(command: str) -> str:
+    """Markdown header lines: command, date, CPU with its SIMD flags, torch, load average."""
+    import datetime
+    import os
+
+    import torch
+
+    from penjing.runtime.build import REPORTED_FLAGS, cpu_flags
+
+    flags = cpu_flags()
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    return "  \n".join([
+        f"Command: `{command}`",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"CPU: {cpu_name()} ({os.cpu_count()} cores visible), {platform.machine()}; flags: "
+        f"{', '.join(f for f in REPORTED_FLAGS if f in flags) or 'none of ' + ', '.join(REPORTED_FLAGS)}",
+        f"torch {torch.__version__}; load average at start {load}",
+    ])
