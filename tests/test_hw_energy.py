@@ -10,69 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from penjing.core.params import attach
+import penjing as pj
 from penjing.hw import energy, load_table, trace
 from penjing.models import LeNet300
-
-
-class Mask(nn.Module):
-    """A pruning mask written here (hw must not depend on penjing.pruning)."""
-
-    def __init__(self, keep: torch.Tensor):
-        super().__init__()
-        self.register_buffer("keep", keep.float())
-
-    def forward(self, w):
-        return w * self.keep
-
-
-class Codebook(nn.Module):
-    """Weight sharing: nonzeros snapped to 2**bits - 1 linear centroids, zero kept; .bits read
-    by the accounting."""
-
-    def __init__(self, w: torch.Tensor, bits: int):
-        super().__init__()
-        self.bits = bits
-        nz = w[w != 0]
-        self.register_buffer("centroids", torch.linspace(float(nz.min()), float(nz.max()), 2 ** bits - 1))
-
-    def forward(self, w):
-        idx = (w.unsqueeze(-1) - self.centroids).abs().argmin(-1)
-        return torch.where(w == 0, torch.zeros_like(w), self.centroids[idx])
-
-
-class AffineQuant(nn.Module):
-    """Fake quantization with a scale and zero-point (integer grid) at ``bits``."""
-
-    def __init__(self, w, bits=8):
-        super().__init__()
-        self.bits = bits
-        self.scale = w.abs().max() / (2 ** (bits - 1) - 1)
-        self.zero_point = torch.tensor(0)
-
-    def forward(self, w):
-        return torch.round(w / self.scale) * self.scale
-
-
-class InputQuant(nn.Module):
-    bits, enabled = 8, True
-
-    def forward(self, x):
-        return x
+from penjing.pruning import PruneConfig
+from penjing.quantization import QuantConfig
+from penjing.sharing import ShareConfig
 
 
 def prune_(model: nn.Module, keep: float) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            k = max(1, int(keep * m.weight.numel()))
-            thresh = m.weight.detach().abs().flatten().kthvalue(m.weight.numel() - k + 1).values
-            attach(m, Mask(m.weight.detach().abs() >= thresh))
+    """The real pruning verb: every layer keeps ``keep`` of its weights (a parametrization)."""
+    pj.prune(model, PruneConfig(sparsity=1 - keep), progress=False)
 
 
 def share_(model: nn.Module, bits: int) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            attach(m, Codebook(m.weight.detach(), bits))
+    """The real weight-sharing verb: ``bits``-bit k-means codebooks on the kept weights."""
+    pj.share(model, ShareConfig(bits=bits), progress=False)
 
 
 def test_dram_access_costs_6400_int_adds_and_128_sram_accesses():
@@ -140,16 +93,19 @@ def test_quantization_makes_ops_integer_and_cheaper():
     model = nn.Sequential(nn.Linear(32, 32))
     x = torch.rand(4, 32)
     fp32 = energy(model, x, on_chip_kib=1024)
-    attach(model[0], AffineQuant(model[0].weight.detach(), 8))
-    weight_only = energy(model, x, on_chip_kib=1024)
-    model[0].input_quant = InputQuant()  # activations quantized too: integer arithmetic
-    layer = trace(model, x)[0]
+    weight_only_model = copy.deepcopy(model)
+    pj.quantize(weight_only_model, QuantConfig(bits=8, activations="none"), data=[x], progress=False)
+    weight_only = energy(weight_only_model, x, on_chip_kib=1024)
+    # activations quantized too (calibrated on x): integer arithmetic
+    pj.quantize(model, QuantConfig(bits=8), data=[x], progress=False)
+    layer = next(lay for lay in trace(model, x) if lay.kind == "gemm")
     assert layer.integer and layer.compute_bits == 8 and layer.act_bits == 8
     int8 = energy(model, x, on_chip_kib=1024)
-    per_mac = [rep.rows[0].compute_pj / rep.rows[0].nonzero_macs for rep in (fp32, weight_only)]
+    fp32_row, wo_row, int8_row = (next(r for r in rep.rows if r.macs) for rep in (fp32, weight_only, int8))
+    per_mac = [row.compute_pj / row.nonzero_macs for row in (fp32_row, wo_row)]
     assert per_mac[0] == pytest.approx(per_mac[1])  # float arithmetic still
-    assert weight_only.rows[0].weight_bytes == fp32.rows[0].weight_bytes / 4
-    assert int8.rows[0].compute_pj == pytest.approx(int8.rows[0].nonzero_macs * (0.2 + 0.1))
+    assert wo_row.weight_bytes == fp32_row.weight_bytes / 4
+    assert int8_row.compute_pj == pytest.approx(int8_row.nonzero_macs * (0.2 + 0.1))
     assert int8.total_pj < weight_only.total_pj < fp32.total_pj
 
 

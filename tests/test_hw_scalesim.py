@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from penjing.core.params import attach
+import penjing as pj
 from penjing.hw import load_hw, simulate
 from penjing.hw.memory import _Epochs, array_counts, cyclic_scan, epoch_size, simulate_layer
 from penjing.hw.resnet_shapes import resnet18_convs
@@ -25,7 +25,7 @@ from penjing.hw.scalesim_io import (
     write_reports,
 )
 from penjing.hw.scalesim_ref import available, run_scalesim
-from test_hw_energy import AffineQuant, InputQuant  # the stand-ins of the duck-typed protocol
+from penjing.quantization import QuantConfig
 
 REASON = available()
 needs_scalesim = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -171,11 +171,8 @@ def test_2_4_pruning_and_int8_simulate_fewer_cycles_and_dram_bytes():
     assert sparse.rows[0].dram_filter_read_bytes == 72 * 32 * (32 + 2) / 8 and dense_w == 144 * 32 * 4
     assert sparse.compute_cycles < dense.compute_cycles
     assert sparse.dram_bytes < dense.dram_bytes
-    int8 = _conv_net()
-    for m in int8:
-        if isinstance(m, nn.Conv2d):  # 8-bit weights and inputs, as the tracer reads them
-            attach(m, AffineQuant(m.weight.detach(), bits=8))
-            m.input_quant = InputQuant()
+    int8 = _conv_net()  # the real verb: 8-bit weights and inputs, as the tracer reads them
+    pj.quantize(int8, QuantConfig(bits=8), data=[x], progress=False)
     q = simulate(int8, x, hw)
     assert [r.gemm for r in q.rows if r.kind == "gemm"] == ["256x144x32 (K'=36)", "256x288x32 (K'=72)"]
     assert q.compute_cycles < dense.compute_cycles and q.dram_bytes < dense.dram_bytes
