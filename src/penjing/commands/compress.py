@@ -8,11 +8,15 @@ from pathlib import Path
 from penjing.commands._common import add_model_args, load_model_and_data, out_dir
 
 DEFAULT_RECIPE = "deep_compression"
+#: what the default becomes for a model with no recipe of its own (the budget is measured)
+AUTO_RECIPE = "deep_compression_auto"
 
 EXAMPLES = """\
 examples:
   penjing compress                                   # Deep Compression of LeNet-300-100 on digits
   penjing compress --model lenet5                    # the same recipe on the LeNet-5-style net
+  penjing compress --model my.py:MyNet --weights my.pt --input-shape 64
+                                     # any other model: deep_compression_auto (measured budget)
   penjing compress --recipe iterative_pruning        # a shipped recipe by name
   penjing compress --model my.py:MyNet --weights my.pt --recipe my.yaml --out out/
 """
@@ -34,18 +38,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def recipe_name(recipe: str, model: str | None) -> str:
+    """The shipped recipe ``--recipe``/``--model`` run: the default recipe becomes its
+    model-specific variant (``deep_compression_lenet5``) when there is one, and, for any other
+    model than the one it was tuned for, :data:`AUTO_RECIPE`."""
+    from penjing.recipe import load_recipe
+    from penjing.recipe.schema import builtin_recipe
+
+    if recipe != DEFAULT_RECIPE or not model:
+        return recipe
+    try:
+        builtin_recipe(f"{recipe}_{model}")
+        return f"{recipe}_{model}"
+    except FileNotFoundError:
+        pass
+    # [auto budget, #15] a model the default recipe was not tuned for: its pruning budget is
+    # measured on the model (sensitivity scan + validation tolerance)
+    return recipe if model == load_recipe(builtin_recipe(recipe)).model else AUTO_RECIPE
+
+
 def run(args: argparse.Namespace) -> int:
     from penjing.recipe import RecipeContext, load_recipe, run_recipe
     from penjing.recipe.schema import builtin_recipe
 
     path = Path(args.recipe)
-    name = args.recipe
-    if name == DEFAULT_RECIPE and args.model:  # a model-specific variant, e.g. deep_compression_lenet5
-        try:
-            builtin_recipe(f"{name}_{args.model}")
-            name = f"{name}_{args.model}"
-        except FileNotFoundError:
-            pass
+    name = recipe_name(args.recipe, args.model)
     recipe = load_recipe(path if path.suffix in {".yaml", ".yml"} or path.exists() else builtin_recipe(name))
     args.model = args.model or recipe.model or "lenet300"
     if args.data == "digits" and recipe.data != "digits":

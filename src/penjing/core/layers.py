@@ -57,13 +57,18 @@ def _entries(selector: LayerSelector) -> list:
 
 
 def pick_layers(model: nn.Module, layers: LayerSelector, exclude: LayerSelector, *, verb: str,
-                supports: Support, report: Report) -> list[tuple[str, nn.Module]]:
+                supports: Support, report: Report,
+                split_mha: bool = True) -> list[tuple[str, nn.Module]]:
     """The layers ``verb`` acts on, by the rule in the module docstring.
 
-    Skips (default selector, unsupported layer) are recorded in ``report``.
+    Skips (default selector, unsupported layer) are recorded in ``report``. ``split_mha``: the
+    verb acts on ``nn.Linear``, so every ``nn.MultiheadAttention`` is first rewritten into
+    q/k/v/out Linears it can reach; a verb that never acts on Linear (Winograd: 2-D convs only)
+    passes ``False`` and the attention module stays as it is (a candidate its ``supports``
+    records as skipped).
     """
     # Packed attention projections are invisible to weight methods: split them into Linears.
-    split = split_attention(model)
+    split = split_attention(model) if split_mha else []
     if split:
         report.note(f"split {len(split)} MultiheadAttention into q/k/v/out Linear")
     candidates = weighted_layers(model)

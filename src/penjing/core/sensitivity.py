@@ -131,3 +131,73 @@ def _scan(model, layers, settings, apply, data, forward_fn, metric, restore, sto
                     swap(model, name, original)
         if curve:
             result.curves[name or "(root)"] = curve
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One move along a :func:`budget_path`: ``layer`` goes to ``setting``; ``saved`` and
+    ``drop`` are the totals over all layers once this move is made (units of ``saving``; the
+    predicted metric drop, the sum of each layer's own measured drop)."""
+
+    layer: str
+    setting: Any
+    saved: float
+    drop: float
+
+
+def budget_path(scan: Any, saving: Callable[[str, Any], float]) -> list[PathStep]:
+    """The order in which to compress layers further, cheapest first, from a scan's curves.
+
+    ``scan`` has ``baseline`` and ``curves`` (a :class:`ScanResult`, or a method's own result
+    such as pruning's); each curve lists settings from mildest to strongest. ``saving(layer,
+    setting)`` is what that setting saves on that layer (e.g. weights removed). At every move
+    the layer whose next setting costs the least metric per unit saved goes one setting
+    further (a layer's drop is its measured drop, made non-decreasing along its curve, so noise
+    never makes a stronger setting look free); ties go to the layer that has moved least, so
+    equally cheap layers advance together. A prefix of the path is a budget: every layer at the
+    last setting the prefix gave it. Layers only ever get stronger along the path.
+    """
+    drops: dict[str, list[float]] = {}
+    for layer, curve in scan.curves.items():
+        worst, out = 0.0, []
+        for _, value in curve:
+            worst = max(worst, scan.baseline - value)
+            out.append(worst)
+        drops[layer] = out
+    at = {layer: -1 for layer in scan.curves}  # index into the curve; -1: not compressed yet
+    saved_now = {layer: 0.0 for layer in scan.curves}
+    order = {layer: i for i, layer in enumerate(scan.curves)}
+    path: list[PathStep] = []
+    total_saved = total_drop = 0.0
+    while True:
+        best, best_key = None, None
+        for layer, curve in scan.curves.items():
+            nxt = at[layer] + 1
+            if nxt >= len(curve):
+                continue
+            gain = saving(layer, curve[nxt][0]) - saved_now[layer]
+            cost = drops[layer][nxt] - (drops[layer][at[layer]] if at[layer] >= 0 else 0.0)
+            key = (cost / gain if gain > 0 else float("inf"), nxt, order[layer])
+            if best_key is None or key < best_key:
+                best, best_key = layer, key
+        if best is None:
+            return path
+        nxt = at[best] + 1
+        setting = scan.curves[best][nxt][0]
+        new_saved = saving(best, setting)
+        total_saved += new_saved - saved_now[best]
+        total_drop += drops[best][nxt] - (drops[best][at[best]] if at[best] >= 0 else 0.0)
+        at[best], saved_now[best] = nxt, new_saved
+        path.append(PathStep(best, setting, total_saved, total_drop))
+
+
+def budget_at(path: Sequence[PathStep], saved: float, layers: Sequence[str],
+              none: Any = None) -> dict[str, Any]:
+    """Each layer's setting at the first point of ``path`` that saves at least ``saved``
+    (the whole path when none does); layers the prefix has not reached get ``none``."""
+    chosen = {layer: none for layer in layers}
+    for step in path:
+        chosen[step.layer] = step.setting
+        if step.saved >= saved:
+            break
+    return chosen

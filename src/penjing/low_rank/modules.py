@@ -4,7 +4,8 @@ Each is an ``nn.Sequential`` of plain ``nn.Linear`` / ``nn.Conv2d`` layers, so e
 else in penjing (summaries, quantization, the codec, a state_dict) sees ordinary layers. The
 subclass only adds what the factorisation was (``rank``, ``method``) and
 :meth:`dense_weight`, the equivalent single weight, used for the approximation error and
-in the tests.
+in the tests; it is also readable as ``.weight`` (computed on access, read-only), for code
+that reads the replaced layer's ``weight.dtype`` or ``weight.shape``.
 
 The constructors take shapes and ranks only (no weights), so a model can be rebuilt with
 the same structure and then given a saved state_dict; ``from_module`` builds and fills one
@@ -58,7 +59,20 @@ def _fill(new: nn.Sequential, original: nn.Module, factors: tuple[torch.Tensor, 
     return new
 
 
-class LowRankLinear(nn.Sequential):
+class _DenseWeight:
+    """A read-only ``weight``: code written for the layer that was replaced (HF's ViT reads
+    ``projection.weight.dtype``; others read ``.weight.device`` or ``.weight.shape``) keeps
+    working. It is the dense product of the factors, computed on every access (so it costs a
+    matrix product, is never stored, and is not a Parameter: the state_dict, the optimiser and
+    penjing's layer rules see only the factors). Assigning to it is refused."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The equivalent single weight (:meth:`dense_weight`), computed on access."""
+        return self.dense_weight()
+
+
+class LowRankLinear(_DenseWeight, nn.Sequential):
     """``Linear(in, out)`` as ``Linear(in, rank, bias=False) -> Linear(rank, out)``."""
 
     method = "svd"
@@ -76,7 +90,7 @@ class LowRankLinear(nn.Sequential):
         return self[1].weight @ self[0].weight
 
 
-class LowRankEmbedding(nn.Sequential):
+class LowRankEmbedding(_DenseWeight, nn.Sequential):
     """``Embedding(entries, dim)`` as ``Embedding(entries, rank) -> Linear(rank, dim, bias=False)``:
     the table ``E = A B`` (a lookup of ``A``'s row, then one ``rank x dim`` product per token).
     ``padding_idx`` and ``sparse`` carry over to the narrower table; ``max_norm`` cannot (it
@@ -110,7 +124,7 @@ class LowRankEmbedding(nn.Sequential):
         return self[0].weight @ self[1].weight.t()
 
 
-class ChannelSplitConv2d(nn.Sequential):
+class ChannelSplitConv2d(_DenseWeight, nn.Sequential):
     """KxK conv ``C -> N`` as KxK conv ``C -> rank`` then 1x1 conv ``rank -> N`` (Zhang et al. 2015)."""
 
     method = "channel"
@@ -131,7 +145,7 @@ class ChannelSplitConv2d(nn.Sequential):
         return torch.einsum("nr,rchw->nchw", self[1].weight[:, :, 0, 0], self[0].weight)
 
 
-class SpatialSplitConv2d(nn.Sequential):
+class SpatialSplitConv2d(_DenseWeight, nn.Sequential):
     """Kh x Kw conv ``C -> N`` as Kh x 1 conv ``C -> rank`` then 1 x Kw conv ``rank -> N``
     (Jaderberg et al. 2014). Stride, padding and dilation are split per axis."""
 
@@ -157,7 +171,7 @@ class SpatialSplitConv2d(nn.Sequential):
         return torch.einsum("nrj,rci->ncij", self[1].weight[:, :, 0, :], self[0].weight[:, :, :, 0])
 
 
-class Tucker2Conv2d(nn.Sequential):
+class Tucker2Conv2d(_DenseWeight, nn.Sequential):
     """KxK conv ``C -> N`` as 1x1 ``C -> r_in``, KxK ``r_in -> r_out``, 1x1 ``r_out -> N``
     (Tucker-2, Kim et al. 2016). ``rank`` is ``(r_in, r_out)``."""
 
@@ -182,7 +196,7 @@ class Tucker2Conv2d(nn.Sequential):
                             self[0].weight[:, :, 0, 0])
 
 
-class CPConv2d(nn.Sequential):
+class CPConv2d(_DenseWeight, nn.Sequential):
     """KxK conv ``C -> N`` as a rank-R CP decomposition (Lebedev et al. 2015): 1x1 ``C -> R``,
     depthwise Kh x 1, depthwise 1 x Kw, 1x1 ``R -> N``. Needs tensorly to build from a conv."""
 

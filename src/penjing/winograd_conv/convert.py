@@ -233,11 +233,12 @@ def _eligible(model: nn.Module, config: WinogradConfig, report: Report) -> list[
     def supports(name: str, module: nn.Module) -> str | None:
         return _ineligible(module, config)
 
+    # Winograd acts on Conv2d only: attention is left packed (split_mha=False), not rewritten.
     if config.layers is not None:
         return pick_layers(model, config.layers, config.exclude, verb="winograd", supports=supports,
-                           report=report)
+                           report=report, split_mha=False)
     chosen = pick_layers(model, None, config.exclude, verb="winograd", supports=lambda n, m: None,
-                         report=report)
+                         report=report, split_mha=False)
     eligible = []
     for name, module in chosen:
         reason = supports(name, module)
