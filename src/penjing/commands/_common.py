@@ -18,6 +18,11 @@ MODEL_HELP = ("a reference model (lenet300, lenet5, resnet), or FILE.py:Class fo
               "class (built with no arguments; add --weights for its state_dict)")
 
 
+#: --model of the commands that read a file's weights (no --weights flag of their own)
+FILE_MODEL_HELP = ("the architecture the file's weights load into: a reference model (lenet300, "
+                   "lenet5, resnet), or FILE.py:Class for your own class (built with no arguments)")
+
+
 DATA_HELP = ("digits (bundled), mnist:PATH, cifar10:PATH, imagefolder:PATH (PATH/<class>/<image>, "
              "resized to --input-shape) or tensors:FILE (.safetensors/.pt with x and y, or "
              "train_x/train_y/test_x/test_y)")
@@ -136,7 +141,10 @@ def announce_baseline(name: str, train, command: str) -> bool:
     path = baseline_path(name, train)
     if path.exists():
         return False
+    from penjing.train.loop import max_epochs_override
+
     epochs = BASELINE_EPOCHS.get(name, 30)
+    epochs = min(epochs, max_epochs_override(epochs))
     estimate = training_seconds(get_model(name, train.tensors[0][:1]), train, epochs)
     print(f"penjing {command}: no trained {name} baseline for this data yet: training it first "
           f"({epochs} epochs on {len(train):,} samples, {duration(estimate)} on this machine, "
