@@ -20,7 +20,7 @@ examples:
   penjing lowrank --model lenet5 --energy 0.9          # keep 90% of each layer's spectrum energy
   penjing lowrank --model resnet --flops 0.6 --conv-method tucker
   penjing lowrank --model lenet5 --rank 8 --conv-method spatial --exclude conv1
-  penjing lowrank --rank 'fc1=64,*=16'                 # per layer, first match wins
+  penjing lowrank --rank 'fc1=64,fc3=8,*=16'           # per layer, first match wins
   penjing lowrank --model lenet300 --curve 0.2,0.3,0.4,0.5,0.7   # accuracy vs parameters
 """
 
