@@ -38,7 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"penjing.commands.{info.name}").register(sub)
+    for command in sub.choices.values():
+        show_defaults(command)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """End every option's help with its default where the command did not say it itself, so
+    ``penjing COMMAND --help`` shows every default (switches: ``off``; no value: ``none``)."""
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS \
+                or isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        if "default" in (action.help or "").lower():
+            continue
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreConstAction) \
+                and not isinstance(action, argparse._StoreFalseAction):
+            shown = "off"
+        elif action.default is None or action.default == []:
+            shown = "none"
+        else:
+            shown = "%(default)s"
+        action.help = f"{action.help} (default: {shown})" if action.help else f"(default: {shown})"
 
 
 def main(argv: list[str] | None = None) -> int:

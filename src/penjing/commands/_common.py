@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from penjing.core.config import MethodConfig, option
+from penjing.core.report import DEFAULT_MAX_DROP, accuracy_drop_warning
+
 MODEL_HELP = ("a reference model (lenet300, lenet5, resnet), or FILE.py:Class for your own "
               "class (built with no arguments; add --weights for its state_dict)")
+
+
+#: --model of the commands that read a file's weights (no --weights flag of their own)
+FILE_MODEL_HELP = ("the architecture the file's weights load into: a reference model (lenet300, "
+                   "lenet5, resnet), or FILE.py:Class for your own class (built with no arguments)")
 
 
 DATA_HELP = ("digits (bundled), mnist:PATH, cifar10:PATH, imagefolder:PATH (PATH/<class>/<image>, "
@@ -86,6 +96,7 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[nn.Module, object, ob
         if args.weights:
             model = load_user_model(None, args.weights, base=get_model(args.model, train.tensors[0][:1]))
         else:
+            announce_baseline(args.model, train, getattr(args, "command", None) or "penjing")
             model = pretrained(args.model, train, progress=not args.no_progress)
     else:
         model = load_user_model(args.model, args.weights)
@@ -94,6 +105,91 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[nn.Module, object, ob
                           "weights, so accuracies are near chance", UserWarning, stacklevel=2)
         check_input_fits(model, args, train)
     return model, train, test
+
+
+def training_seconds(model: nn.Module, train, epochs: int, batch_size: int = 64) -> float:
+    """Seconds ``fit`` will take for ``epochs`` over ``train``, measured on this machine: a
+    copy of ``model`` runs the real loop for 1 and for 4 steps; the difference is the cost of
+    3 steps, the 1-step run the fixed cost."""
+    import copy
+    import math
+    import time
+
+    from penjing.train import fit
+
+    def timed(steps: int) -> float:
+        start = time.perf_counter()
+        fit(copy.deepcopy(model), train, steps=steps, batch_size=batch_size, progress=False)
+        return time.perf_counter() - start
+
+    one = timed(1)
+    per_step = max(timed(4) - one, 0.0) / 3
+    return one + per_step * math.ceil(len(train) / batch_size) * epochs
+
+
+def duration(seconds: float) -> str:
+    """``"about 40 s"``, ``"about 8 min"``."""
+    return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+
+
+def announce_baseline(name: str, train, command: str) -> bool:
+    """Say (on stderr, before it starts) that reference model ``name`` is about to be trained
+    as the baseline, for how many epochs and how long; ``False`` when it is cached already."""
+    from penjing.models import get_model
+    from penjing.models.registry import BASELINE_EPOCHS, baseline_path
+
+    path = baseline_path(name, train)
+    if path.exists():
+        return False
+    from penjing.train.loop import max_epochs_override
+
+    epochs = BASELINE_EPOCHS.get(name, 30)
+    epochs = min(epochs, max_epochs_override(epochs))
+    estimate = training_seconds(get_model(name, train.tensors[0][:1]), train, epochs)
+    print(f"penjing {command}: no trained {name} baseline for this data yet: training it first "
+          f"({epochs} epochs on {len(train):,} samples, {duration(estimate)} on this machine, "
+          f"measured); cached in {path.parent} for later runs (give --weights to use your own)",
+          file=sys.stderr, flush=True)
+    return True
+
+
+@dataclass
+class AccuracyTolerance(MethodConfig):
+    """How much accuracy a command's step may lose before it warns."""
+
+    max_drop: float = option(DEFAULT_MAX_DROP, "warn loudly (table, report, closing line) when "
+                             "a step loses more than this many accuracy points")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, int | float) \
+                or not 0 <= self.max_drop < float("inf"):
+            raise ValueError(f"--max-drop (accuracy points) must be a number >= 0, got {self.max_drop!r}")
+
+
+def add_tolerance_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-drop``, generated from :class:`AccuracyTolerance` like the method flags."""
+    from penjing.core.cli_config import add_config_flags
+
+    add_config_flags(parser, AccuracyTolerance, title="accuracy tolerance")
+
+
+def max_drop(args: argparse.Namespace) -> float:
+    """The validated ``--max-drop`` of the parsed flags."""
+    from penjing.core.cli_config import config_from_args
+
+    return config_from_args(AccuracyTolerance, args).max_drop
+
+
+def check_accuracy(args: argparse.Namespace, step: str, before: float, after: float,
+                   table=None) -> str | None:
+    """The loud warning when ``step`` lost more than ``--max-drop`` points: printed to
+    stderr and, when given, under ``table`` (a :class:`~penjing.report.summary.Summary`)."""
+    warning = accuracy_drop_warning(step, before, after, max_drop(args))
+    if warning:
+        print(f"penjing {args.command}: {warning}", file=sys.stderr, flush=True)
+        if table is not None:
+            table.warnings.append(warning)
+    return warning
 
 
 def out_dir(path: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from penjing.commands._common import MODEL_HELP
+from penjing.commands._common import FILE_MODEL_HELP
 
 EXAMPLES = """\
 examples:
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", help="a .pjz file written by penjing")
-    p.add_argument("--model", default="lenet300", help=MODEL_HELP + " (default: lenet300)")
+    p.add_argument("--model", default="lenet300", help=FILE_MODEL_HELP + " (default: lenet300)")
     p.add_argument("--data", default="digits", help="where the input shape comes from when --input-shape "
                    "is not given: digits (bundled), mnist:PATH or cifar10:PATH (default: digits)")
     p.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 784 or 3,32,32")

@@ -38,13 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from penjing.commands._common import load_model_and_data
     from penjing.commands.ternarize import check_epochs, finish
     from penjing.core.cli_config import config_from_args
-    from penjing.core.report import last_report
+    from penjing.core.report import dense_fp32_bytes, last_report
     from penjing.lowbit import BinaryConfig, binarize
 
     config = config_from_args(BinaryConfig, args)
     check_epochs(args)
     model, train, test = load_model_and_data(args)
     before = pj.evaluate(model, test)
+    original = dense_fp32_bytes(model)
     binarize(model, config)
     print(last_report(model))
-    return finish(args, model, train, test, before, stochastic=config.stochastic)
+    return finish(args, model, train, test, before, stochastic=config.stochastic, original=original)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from penjing.commands._common import add_model_args, load_model_and_data, out_dir
+from penjing.commands._common import (
+    add_model_args,
+    add_tolerance_args,
+    load_model_and_data,
+    max_drop,
+    out_dir,
+)
 
 DEFAULT_RECIPE = "deep_compression"
 #: what the default becomes for a model with no recipe of its own (the budget is measured)
@@ -35,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"a YAML file or a shipped recipe name (default: {DEFAULT_RECIPE})")
     p.add_argument("--out", default="out", help="output folder (default: out/)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning (default: 0)")
+    add_tolerance_args(p)
     p.set_defaults(func=run)
 
 
@@ -58,6 +65,7 @@ def recipe_name(recipe: str, model: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from penjing.core.report import size_line
     from penjing.recipe import RecipeContext, load_recipe, run_recipe
     from penjing.recipe.schema import builtin_recipe
 
@@ -67,13 +75,17 @@ def run(args: argparse.Namespace) -> int:
     args.model = args.model or recipe.model or "lenet300"
     if args.data == "digits" and recipe.data != "digits":
         args.data = recipe.data
+    tolerance = max_drop(args)  # validated before loading (or training) anything
     model, train, test = load_model_and_data(args)
     ctx = RecipeContext(train=train, test=test, out_dir=out_dir(args.out), progress=not args.no_progress,
-                        seed=args.seed)
+                        seed=args.seed, max_drop=tolerance)
     result = run_recipe(recipe, model, ctx)
     first, last = result.summaries[0], result.final
-    print(f"\n{args.model}: {last.ratio:.1f}x smaller than dense float32;\naccuracy "  # fits 80 columns
+    source = "file" if last.file_bytes is not None else "estimated"
+    print(f"\n{args.model}: {size_line(last.reference_bytes, last.bytes, source)}\naccuracy "
           f"{100 * first.accuracy:.2f}% -> {100 * last.accuracy:.2f}% "
           f"({100 * (last.accuracy - first.accuracy):+.2f} points)")
+    for warning in ctx.warnings:  # again at the end, where the eye lands
+        print(warning)
     print(f"report: {result.report_path}")
     return 0

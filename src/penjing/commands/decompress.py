@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "decompress", help="decode a .pjz file into a plain state_dict (.safetensors)",
         description="Decode a .pjz file and write its tensors as a plain safetensors "
         "state_dict (load it with safetensors.torch.load_file(path) and "
-        "model.load_state_dict, or pass it as --weights).",
+        "model.load_state_dict, or give it to another command: penjing prune --weights FILE).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", help="a .pjz file written by penjing")

@@ -78,6 +78,8 @@ def _params(model: nn.Module) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from penjing.commands._common import announce_baseline
+    from penjing.core.report import dense_fp32_bytes, ratio_text
     from penjing.data import get_data
     from penjing.models import MODELS, pretrained
     from penjing.train import DistillConfig, evaluate, fit
@@ -85,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     config = DistillConfig(T=args.T, alpha=args.alpha, hints=dict(args.hint), hint_weight=args.hint_weight)
     train, test = get_data(args.data)
     if args.teacher in MODELS and not args.teacher_weights:
+        announce_baseline(args.teacher, train, "distill")
         teacher = pretrained(args.teacher, train, progress=not args.no_progress)
     else:
         teacher = fresh_model(args.teacher, args.teacher_weights, train, args.seed)
     student = student_model(args.student, args.weights, train, args.seed)
     t_params, s_params = _params(teacher), _params(student)
     print(f"teacher {args.teacher}: {t_params:,} params, test accuracy {100 * evaluate(teacher, test):.2f}%; "
-          f"student {args.student}: {s_params:,} params ({t_params / s_params:.1f}x fewer)")
+          f"student {args.student}: {s_params:,} params "
+          f"({ratio_text(dense_fp32_bytes(teacher), dense_fp32_bytes(student))} smaller as float32)")
     history = fit(student, train, test=test, teacher=teacher, distill=config, desc="distill",
                   **training_kwargs(args))
     print(f"student with KD (T={args.T:g}, alpha={args.alpha:g}): {100 * history['test_acc']:.2f}%")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from penjing.commands import _pjz
-from penjing.commands._common import MODEL_HELP
+from penjing.commands._common import FILE_MODEL_HELP
 
 EXAMPLES = """\
 examples:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", help="a .pjz file written by penjing")
-    p.add_argument("--model", default="lenet300", help=MODEL_HELP + " (default: lenet300)")
+    p.add_argument("--model", default="lenet300", help=FILE_MODEL_HELP + " (default: lenet300)")
     p.add_argument("--data", default="digits", help="digits (bundled), mnist:PATH or cifar10:PATH")
     p.set_defaults(func=run)
 

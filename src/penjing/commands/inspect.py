@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import textwrap
 
+    from penjing.core.report import ratio_text
     from penjing.report.text_table import render
 
     try:
@@ -45,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
         dense += fp32
         rows.append([t.name, "x".join(map(str, t.shape)) or "scalar", str(t.dtype).removeprefix("torch."),
                      t.codec, f"{t.nonzeros:,}", *(f"{t.parts.get(k, 0):,}" for k in PARTS),
-                     f"{t.header:,}", f"{t.total:,}", f"{fp32 / t.total:.1f}x" if t.total else "-"])
+                     f"{t.header:,}", f"{t.total:,}", ratio_text(fp32, t.total)])
     totals = {k: sum(t.parts.get(k, 0) for t in info.tensors) for k in PARTS}
     rows.append(["total", "", "", f"+{info.overhead} framing", f"{sum(t.nonzeros for t in info.tensors):,}",
                  *(f"{totals[k]:,}" for k in PARTS), f"{sum(t.header for t in info.tensors):,}",
-                 f"{info.bytes:,}", f"{dense / info.bytes:.1f}x" if info.bytes else "-"])
+                 f"{info.bytes:,}", ratio_text(dense, info.bytes)])
     # fits the terminal (80 columns when it cannot be asked): abbreviated, names on their own
     # line, or one block per tensor, never cut (penjing.report.text_table)
     width = shutil.get_terminal_size((80, 24)).columns
@@ -58,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         title = f"{info.path}\n{info.bytes:,} bytes"
     print(render(head, rows, width, left=4, title=title))
     print(textwrap.fill("bytes per part; 'tables' = stream counts, widths, Huffman code-length "
-                        "tables and block offsets; 'framing' = magic, version, lengths and checksums",
+                        "tables and block offsets; 'framing' = magic, version, lengths and checksums; "
+                        "'vs fp32' = the stored tensors as dense float32 / their bytes (a file holds "
+                        "no copy of the original model: a rewrite that shrank shapes shows here "
+                        "against the new shapes)",
                         width))
     return 0

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
-from penjing.commands._common import add_model_args, load_model_and_data
+from penjing.commands._common import (
+    add_model_args,
+    add_tolerance_args,
+    check_accuracy,
+    load_model_and_data,
+    max_drop,
+)
 
 EXAMPLES = """\
 examples:
@@ -38,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-convert", action="store_true", help="keep fake quantization (no int8 kernels)")
     p.add_argument("--sensitivity", action="store_true",
                    help="also quantize each layer alone at 2/4/8 bits and suggest mixed precision")
-    p.add_argument("--save", help="write the quantized model here (.pjz, penjing's format)")
+    p.add_argument("--save", help="write the quantized model here (.pjz, penjing's format; "
+                   "default: not written)")
+    add_tolerance_args(p)
     p.set_defaults(func=run)
 
 
@@ -46,12 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from penjing.core.cli_config import config_from_args
-    from penjing.core.report import last_report
+    from penjing.core.report import dense_fp32_bytes, last_report, size_line
     from penjing.quantization import QuantConfig, convert, qat_fit, quantize, sensitivity
     from penjing.quantization.report import layer_report, rich_table, state_bytes
     from penjing.train import evaluate
 
     config = config_from_args(QuantConfig, args)
+    max_drop(args)
     model, train, test = load_model_and_data(args)
     console = Console()
     float_model = copy.deepcopy(model)
@@ -68,11 +78,12 @@ def run(args: argparse.Namespace) -> int:
     acts = "" if config.weight_only else f" A{config.act_bits}"
     console.print(rich_table(layer_report(model), title=f"{args.model}: {config.mode.upper()} W{config.bits}{acts}"))
     line = f"accuracy: float {100 * before:.2f}% -> fake-quant {100 * fake:.2f}%"
+    final = fake
     if not args.no_convert:
         convert(model)
         for skip in last_report(model).skipped:
             console.print(f"stays float: {skip.name}: {skip.reason}")
-        int8 = evaluate(model, test)
+        int8 = final = evaluate(model, test)
         line += (f" -> int8 kernels {100 * int8:.2f}% ({100 * (int8 - before):+.2f} points); "
                  f"state_dict {state_bytes(float_model):,} -> {state_bytes(model):,} bytes")
     if args.save:
@@ -80,5 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
         save_quantized(model, args.save)
         line += f"; saved {args.save}"
+    warning = check_accuracy(args, f"quantization ({config.mode}, W{config.bits}{acts})", before, final)
     print(line)
+    original = dense_fp32_bytes(float_model)
+    if args.save:
+        print(size_line(original, Path(args.save).stat().st_size, "file"))
+    elif not args.no_convert:
+        print(size_line(original, state_bytes(model), "state_dict"))
+    if warning:
+        print(warning)
     return 0

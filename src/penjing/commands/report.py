@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 def describe_pjz(path: Path, width: int = 80) -> str:
     """Per-tensor description of a ``.pjz`` file as text no wider than ``width``."""
     from penjing.codec import inspect
+    from penjing.core.report import ratio_text
     from penjing.report.text_table import pack, render
 
     info = inspect(path)
@@ -52,10 +53,10 @@ def describe_pjz(path: Path, width: int = 80) -> str:
         fp32 = 4 * t.numel
         dense += fp32
         rows.append([t.name, "x".join(map(str, t.shape)) or "scalar", t.codec, f"{t.nonzeros:,}",
-                     f"{t.total:,}", f"{fp32 / t.total:.1f}x" if t.total else "-"])
+                     f"{t.total:,}", ratio_text(fp32, t.total)])
     table = render(["tensor", "shape", "codec", "nonzeros", "bytes", "vs fp32"], rows, width, left=3,
                    short_header={"nonzeros": "nnz", "vs fp32": "ratio"},
                    short_cell=lambda col, text: text.replace("sparse-", "sp-") if col == "codec" else text)
     totals = [f"{path}", f"{len(info.tensors)} tensors", f"{info.bytes:,} bytes ({info.overhead} framing)",
-              f"{dense:,} bytes as float32", f"ratio {dense / info.bytes:.1f}x" if info.bytes else "ratio -"]
+              f"{dense:,} bytes as float32", f"ratio {ratio_text(dense, info.bytes)}"]
     return table + "\n" + "\n".join(pack(totals, width))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from penjing.commands._common import add_model_args, load_model_and_data
+from penjing.commands._common import (
+    add_model_args,
+    add_tolerance_args,
+    check_accuracy,
+    load_model_and_data,
+    max_drop,
+)
 
 EXAMPLES = """\
 examples:
@@ -37,14 +43,18 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     """Command-level arguments shared with ``penjing binarize``."""
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default: 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default: 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (default: 0)")
     p.add_argument("--out", help="write the model with penjing.save (the .pjz file; load it "
-                   "with penjing.load / penjing eval)")
+                   "with penjing.load / penjing eval; default: not written)")
+    add_tolerance_args(p)
 
 
-def finish(args: argparse.Namespace, model, train, test, before: float, stochastic: bool) -> int:
-    """Fine-tune, print the per-layer table and storage, and write ``--out``."""
+def finish(args: argparse.Namespace, model, train, test, before: float, stochastic: bool,
+           original: int) -> int:
+    """Fine-tune, print the per-layer table and storage, and write ``--out``; ``original`` is
+    the dense float32 bytes of the model before the conversion (the ratio's reference)."""
     import penjing as pj
+    from penjing.core.report import size_line
     from penjing.lowbit import recalibrate_batchnorm, ternary_sparsity
     from penjing.lowbit.report import storage
 
@@ -54,7 +64,9 @@ def finish(args: argparse.Namespace, model, train, test, before: float, stochast
     if stochastic and args.epochs > 0:
         # BatchNorm statistics were gathered under random signs; evaluation uses the sign
         recalibrate_batchnorm(model, train)
-    result = pj.summary(model, test, title=f"{args.model} after {args.command}")
+    result = pj.summary(model, test, title=f"{args.model} after {args.command}", original=original)
+    warning = check_accuracy(args, f"{args.command} + {args.epochs} fine-tuning epochs", before,
+                             result.accuracy, result)
     zeros = ternary_sparsity(model)
     if zeros:
         result.extra_columns["zeros %"] = [
@@ -63,30 +75,36 @@ def finish(args: argparse.Namespace, model, train, test, before: float, stochast
     size = storage(model)
     print(f"accuracy {100 * before:.2f}% full precision -> {100 * converted:.2f}% converted -> "
           f"{100 * result.accuracy:.2f}% after {args.epochs} epochs")
-    print(f"stored (.pjz codec): low-bit weights {size.lowbit_ratio:.1f}x smaller than float32; "
-          f"whole model {size.fp32_bytes:,} B -> {size.packed_bytes:,} B ({size.ratio:.1f}x)")
+    lowbit = sum(r.packed_bytes for r in size.layers)
     if args.out:
         info = pj.save(model, args.out)
-        print(f"wrote {args.out}: {info.bytes:,} B ({size.fp32_bytes / info.bytes:.1f}x smaller "
-              "than float32)")
+        print(size_line(original, info.bytes, "file"))
+        print(f"wrote {args.out}: {info.bytes:,} B, of which {lowbit:,} B are the low-bit weights' payload")
+    else:  # the codec's payload without the file's framing (no file was written)
+        print(size_line(original, size.packed_bytes, "payload, estimated"))
+        print(f"of which {lowbit:,} B are the low-bit weights' payload; --out writes the file")
+    if warning:
+        print(warning)
     return 0
 
 
 def check_epochs(args: argparse.Namespace) -> None:
     if args.epochs < 0:
         raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
+    max_drop(args)
 
 
 def run(args: argparse.Namespace) -> int:
     import penjing as pj
     from penjing.core.cli_config import config_from_args
-    from penjing.core.report import last_report
+    from penjing.core.report import dense_fp32_bytes, last_report
     from penjing.lowbit import TernaryConfig, ternarize
 
     config = config_from_args(TernaryConfig, args)  # validate before loading anything
     check_epochs(args)
     model, train, test = load_model_and_data(args)
     before = pj.evaluate(model, test)
+    original = dense_fp32_bytes(model)
     ternarize(model, config)
     print(last_report(model))
-    return finish(args, model, train, test, before, stochastic=False)
+    return finish(args, model, train, test, before, stochastic=False, original=original)

@@ -23,7 +23,8 @@ examples:
 def add_training_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     """The options every training command shares."""
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the data (default: {epochs})")
-    p.add_argument("--steps", type=int, help="train exactly this many optimizer steps instead of --epochs")
+    p.add_argument("--steps", type=int, help="train exactly this many optimizer steps instead of --epochs "
+                   "(default: none: --epochs decides)")
     p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default: {lr:g})")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--precision", default="fp32",
@@ -68,9 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_training_args(p, epochs=30, lr=1e-3)
-    p.add_argument("--eval-every", type=int, help="evaluate on the test split every N steps")
+    p.add_argument("--eval-every", type=int, help="evaluate on the test split every N steps "
+                   "(default: none: once, at the end)")
     p.add_argument("--checkpoint", help="checkpoint file, written atomically at --checkpoint-every and at the end")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: none: only at the end)")
     p.add_argument("--resume", help="continue from this checkpoint (same seed/data: bit-identical result)")
     p.add_argument("--out", default="out/train/model.safetensors", help="where to write the trained state_dict")
     p.add_argument("--nproc", type=int, default=1,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import copy
 
-from penjing.commands._common import add_model_args, load_model_and_data
+from penjing.commands._common import (
+    add_model_args,
+    add_tolerance_args,
+    check_accuracy,
+    load_model_and_data,
+    max_drop,
+)
 
 EXAMPLES = """\
 examples:
@@ -32,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p, WinogradConfig)
     p.add_argument("--batch", type=int, default=32,
                    help="batch of test images used as the example input (default: 32)")
+    add_tolerance_args(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(WinogradConfig, args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    max_drop(args)
     model, _train, test = load_model_and_data(args)
     model.eval()
     original = copy.deepcopy(model)
@@ -69,4 +77,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"test accuracy {100 * acc_before:.2f}% -> {100 * acc_after:.2f}%; "
                   f"identical predictions on {100 * same:.2f}% of {len(x)} images; "
                   f"max |logit difference| {(before - after).abs().max().item():.2e}")
+    warning = check_accuracy(args, "the Winograd rewrite", acc_before, acc_after)
+    if warning:
+        console.print(warning, markup=False)
     return 0

@@ -89,9 +89,10 @@ def _kwargs_for(field: dataclasses.Field, hint: Any) -> dict[str, Any]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[MethodConfig],
-                     skip: tuple[str, ...] = ()) -> argparse._ArgumentGroup:
-    """Add one flag per CLI field of ``cls`` to ``parser`` (in an argument group named after it)."""
-    group = parser.add_argument_group(f"{cls.__name__} (penjing.{cls.__name__})")
+                     skip: tuple[str, ...] = (), title: str | None = None) -> argparse._ArgumentGroup:
+    """Add one flag per CLI field of ``cls`` to ``parser`` (in an argument group named after
+    it, or ``title``)."""
+    group = parser.add_argument_group(title or f"{cls.__name__} (penjing.{cls.__name__})")
     hints = typing.get_type_hints(cls)
     for field in cls.options():
         if not field.metadata.get("cli", True) or field.name in skip:

@@ -123,3 +123,52 @@ def last_report(model: nn.Module) -> Report:
     except KeyError:
         raise LookupError("no penjing verb has run on this model yet (or it ran on a copy): "
                           "call a verb such as pj.prune(model, config) first") from None
+
+
+#: How every size ratio penjing prints is computed; tables and reports quote it in their header.
+RATIO_BASIS = "ratio = dense float32 bytes of the original model / stored bytes"
+
+
+def dense_fp32_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter of ``model`` stored densely as float32 (the ratios' numerator:
+    pass the *original* model, before any rewrite changed its shapes)."""
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def size_ratio(original_fp32_bytes: float, stored_bytes: float) -> float:
+    """The one size ratio: dense float32 bytes of the original model over the stored bytes
+    (the written file's size when there is one, else the estimate); ``inf`` for 0 stored bytes."""
+    if original_fp32_bytes < 0 or stored_bytes < 0:
+        raise ValueError(f"size_ratio takes byte counts >= 0, got {original_fp32_bytes} and {stored_bytes}")
+    return original_fp32_bytes / stored_bytes if stored_bytes else float("inf")
+
+
+def ratio_text(original_fp32_bytes: float, stored_bytes: float) -> str:
+    """``"8.1x"`` (``"-"`` when nothing is stored): how every table cell shows :func:`size_ratio`."""
+    return f"{size_ratio(original_fp32_bytes, stored_bytes):.1f}x" if stored_bytes else "-"
+
+
+def size_line(original_fp32_bytes: int, stored_bytes: float, source: str) -> str:
+    """The closing size line every command prints: stored bytes (``source``: ``"file"`` or
+    ``"estimated"``) vs the original model's dense float32, and :func:`size_ratio`."""
+    return (f"{ratio_text(original_fp32_bytes, stored_bytes)} smaller than dense float32 of the "
+            f"original model ({original_fp32_bytes:,} B -> {int(stored_bytes):,} B {source})")
+
+
+#: Accuracy points a step may lose before penjing warns (``--max-drop``, recipe ``max_drop``).
+DEFAULT_MAX_DROP = 2.0
+
+
+def accuracy_drop_warning(step: str, before: float | None, after: float | None,
+                          max_drop: float | None = DEFAULT_MAX_DROP) -> str | None:
+    """The loud line to print when ``step`` took accuracy (fractions in [0, 1]) from ``before``
+    to ``after``, more than ``max_drop`` points down; ``None`` when within (or not measured,
+    or ``max_drop`` is ``None``: the check is off)."""
+    if before is None or after is None or max_drop is None:
+        return None
+    drop = 100 * (before - after)
+    if drop <= max_drop:
+        return None
+    return (f"WARNING: {step} lost {drop:.2f} accuracy points ({100 * before:.2f}% -> "
+            f"{100 * after:.2f}%), more than the tolerance of {max_drop:g} (--max-drop); "
+            "fine-tune longer or compress less")

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from penjing.core.report import DEFAULT_MAX_DROP, accuracy_drop_warning
 from penjing.report.summary import Summary, summary
 
 
@@ -32,6 +33,10 @@ class RecipeContext:
     val: TensorDataset | None = None
     #: fraction of the training data held out as ``val`` when none is given
     val_fraction: float = 0.1
+    #: accuracy points a step may lose before its table and the report warn (None: no check)
+    max_drop: float | None = DEFAULT_MAX_DROP
+    #: the warnings so far (also under their step's table), for the report's head
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.val is None:
@@ -49,7 +54,14 @@ class RecipeContext:
 
     def record(self, model: nn.Module, title: str) -> Summary:
         """Measure ``model`` after a step, keep the table and print it."""
-        result = summary(model, self.test, title=title, file_bytes=self.file_bytes)
+        result = summary(model, self.test, title=title, file_bytes=self.file_bytes,
+                         original=self.artifacts.get("dense_model"))
+        if self.summaries:  # a step: did it lose more than the tolerance?
+            warning = accuracy_drop_warning(title, self.summaries[-1].accuracy, result.accuracy,
+                                            self.max_drop)
+            if warning:
+                result.warnings.append(warning)
+                self.warnings.append(warning)
         from penjing.hw.energy import energy_column  # energy per inference, 45 nm model
 
         column = energy_column(model, self.test, [r.name for r in result.rows])

@@ -12,6 +12,7 @@ import html
 import io
 from pathlib import Path
 
+from penjing.core.report import RATIO_BASIS
 from penjing.report.run_data import load_run
 
 STYLE = """
@@ -126,7 +127,7 @@ def render_html(data: dict, out_dir: str | Path) -> str:
         headline.append(f"Accuracy {100 * first['accuracy']:.2f}% dense &rarr; {100 * last['accuracy']:.2f}% final "
                         f"({100 * (last['accuracy'] - first['accuracy']):+.2f} points)")
     if last["ratio"]:
-        headline.append(f"size <b>{last['ratio']:.1f}x</b> smaller than dense float32")
+        headline.append(f"size <b>{last['ratio']:.1f}x</b> smaller than dense float32 of the original model")
     if headline:
         parts.append(f'<p class="headline">{"; ".join(headline)}.</p>')
     parts.append("<nav>" + "".join(f'<a href="#{k}">{_esc(t)}</a>' for k, t in SECTIONS) + "</nav>")
@@ -136,6 +137,8 @@ def render_html(data: dict, out_dir: str | Path) -> str:
                   f"{s['bytes']:,.0f}", "file" if s["file_bytes"] is not None else "estimate",
                   f"{s['ratio']:.1f}x" if s["ratio"] else "-",
                   f"{100 * s['accuracy']:.2f}" if s["accuracy"] is not None else "-"] for s in summaries]
+    parts.append(f"<p>{_esc(RATIO_BASIS)}.</p>")
+    parts += [f'<p class="headline"><b>{_esc(w)}</b></p>' for s in summaries for w in s.get("warnings", [])]
     parts.append(_table(["step", "params", "kept %", "bytes", "bytes from", "ratio", "accuracy %"], step_rows))
     parts.append(_png(_steps_plot(summaries), "size ratio and accuracy per step"))
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from penjing.core.report import RATIO_BASIS
 from penjing.report.plots import sparsity_per_layer, weight_histogram
 
 
@@ -16,17 +17,20 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
     Markdown sections as ``ctx.artifacts["sections"] = [markdown, ...]``.
     """
     out = ctx.out_dir
-    plots = [
+    own = [
         ("Weight values, dense vs final (zeros left out)",
          weight_histogram({"dense": dense, "final": model}, out / "weights_histogram.png")),
         ("Weights kept per layer", sparsity_per_layer(model, out / "sparsity_per_layer.png")),
-        *ctx.artifacts.get("plots", []),
     ]
+    plots = _distinct([*own, *ctx.artifacts.get("plots", [])], len(own))
     lines = ["# penjing report", ""]
     first, last = ctx.summaries[0], ctx.summaries[-1]
     if first.accuracy is not None and last.accuracy is not None:
         lines += [f"Accuracy {100 * first.accuracy:.2f}% dense -> {100 * last.accuracy:.2f}% final; "
-                  f"size {last.ratio:.1f}x smaller than dense float32.", ""]
+                  f"size {last.ratio:.1f}x smaller than dense float32 of the original model.", ""]
+    lines += [f"Size ratios: {RATIO_BASIS} (the written file once a step encodes, else the "
+              "estimate from each layer's nonzeros and bits).", ""]
+    lines += [f"> **{w}**\n" for w in getattr(ctx, "warnings", [])]
     lines += [s.to_markdown() for s in ctx.summaries]
     lines += ctx.artifacts.get("sections", [])
     for title, path in plots:
@@ -35,6 +39,31 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
     path.write_text("\n".join(lines))
     _write_html(ctx, dense, model, plots)
     return path
+
+
+def _distinct(plots: list[tuple[str, Path]], own: int) -> list[tuple[str, Path]]:
+    """``plots`` with each picture once. The first ``own`` are the report's own files: one
+    byte-identical to a step's plot (the per-layer sparsity when no step after pruning changed
+    it) is deleted and the step's kept; a step plot repeating another step's is listed once."""
+    import hashlib
+
+    first: dict[str, int] = {}
+    keep: list[tuple[str, Path] | None] = []
+    for i, (title, path) in enumerate(plots):
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if digest not in first:
+            first[digest] = i
+            keep.append((title, path))
+            continue
+        earlier = first[digest]
+        if earlier < own and keep[earlier] is not None:
+            Path(keep[earlier][1]).unlink()
+            keep[earlier] = None
+            first[digest] = i
+            keep.append((title, path))
+        else:
+            keep.append(None)
+    return [entry for entry in keep if entry is not None]
 
 
 def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:

@@ -24,7 +24,8 @@ def summary_record(s: Summary) -> dict:
     return {"title": s.title, "header": s.header(), "rows": s.table_rows(), "totals": s.totals(),
             "accuracy": s.accuracy, "ratio": s.ratio if s.bytes else None, "params": s.params,
             "nonzeros": s.nonzeros, "bytes": s.bytes, "dense_bytes": s.dense_bytes,
-            "file_bytes": s.file_bytes, "layer_kept": {r.name: r.kept for r in s.rows}}
+            "file_bytes": s.file_bytes, "layer_kept": {r.name: r.kept for r in s.rows},
+            "warnings": list(s.warnings)}
 
 
 def costs(dense: nn.Module, model: nn.Module, example) -> dict | None:

@@ -21,13 +21,20 @@ def human_bytes(n: float) -> str:
 @dataclass
 class Summary:
     """Per-layer rows and whole-model totals. ``file_bytes`` is set once a real compressed
-    file exists; the ratio then uses it instead of the estimate."""
+    file exists; the ratio then uses it instead of the estimate. The ratio's numerator is
+    ``original_bytes``, the dense float32 bytes of the model before any step changed it
+    (:data:`~penjing.core.report.RATIO_BASIS`); ``other_bytes`` are the parameters outside the
+    rows (BatchNorm, LayerNorm...), counted as float32 in the estimate. ``warnings`` (a step
+    that lost more accuracy than its tolerance) print under the totals."""
 
     title: str
     rows: list[LayerStats]
     accuracy: float | None = None
     file_bytes: int | None = None
     extra_columns: dict[str, list[str]] = field(default_factory=dict)
+    original_bytes: int | None = None
+    other_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -45,11 +52,19 @@ class Summary:
     def bytes(self) -> float:
         if self.file_bytes is not None:
             return float(self.file_bytes)
-        return sum(r.bytes + 4 * r.bias_params for r in self.rows)
+        return sum(r.bytes + 4 * r.bias_params for r in self.rows) + self.other_bytes
+
+    @property
+    def reference_bytes(self) -> int:
+        """The ratio's numerator: dense float32 of the original model (this model's own when
+        no original was given)."""
+        return self.original_bytes if self.original_bytes is not None else self.dense_bytes + self.other_bytes
 
     @property
     def ratio(self) -> float:
-        return self.dense_bytes / self.bytes if self.bytes else float("inf")
+        from penjing.core.report import size_ratio
+
+        return size_ratio(self.reference_bytes, self.bytes)
 
     def header(self) -> list[str]:
         return ["layer", "type", "shape", "params", "nonzeros", "kept %", "bits", "bytes",
@@ -67,8 +82,8 @@ class Summary:
         kept = 100 * self.nonzeros / self.params if self.params else 0.0
         source = "file" if self.file_bytes is not None else "estimated"
         parts = [f"params {self.params:,}", f"kept {kept:.1f}%",
-                 f"size {human_bytes(self.bytes)} ({source}) vs {human_bytes(self.dense_bytes)} dense fp32",
-                 f"ratio {self.ratio:.1f}x"]
+                 f"size {human_bytes(self.bytes)} ({source}) vs {human_bytes(self.reference_bytes)} "
+                 "original fp32", f"ratio {self.ratio:.1f}x (original fp32 / stored)"]
         if self.accuracy is not None:
             parts.append(f"accuracy {100 * self.accuracy:.2f}%")
         return " | ".join(parts)
@@ -80,7 +95,12 @@ class Summary:
 
         table = render(self.header(), self.table_rows(), width, left=3, short_header=SHORT_HEADERS,
                        short_cell=_short_cell, title=self.title)
-        return table + "\n" + "\n".join(pack(self.totals().split(" | "), width))
+        text = table + "\n" + "\n".join(pack(self.totals().split(" | "), width))
+        import textwrap
+
+        loud = [line for w in self.warnings
+                for line in textwrap.wrap(f"!! {w}", width, subsequent_indent="!! ")]
+        return "\n".join([text, *loud])
 
     def __str__(self) -> str:
         return self.to_text(80)
@@ -96,6 +116,7 @@ class Summary:
                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in self.table_rows()]
         lines += ["", self.totals(), ""]
+        lines += [f"> **{w}**\n" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -125,10 +146,34 @@ class _FitText:
 
 
 def summary(model: nn.Module, test: Dataset | None = None, *, title: str = "model",
-            file_bytes: int | None = None) -> Summary:
+            file_bytes: int | None = None, original: nn.Module | int | None = None) -> Summary:
     """Measure ``model``: per-layer params, nonzeros, kept %, bits and bytes, and the test
-    accuracy when ``test`` is given."""
+    accuracy when ``test`` is given. ``original`` (the model before compression, or its dense
+    float32 bytes) is the ratio's reference; default ``model`` itself as dense float32."""
+    from penjing.core.report import dense_fp32_bytes
     from penjing.train import evaluate
 
     accuracy = evaluate(model, test) if test is not None else None
-    return Summary(title=title, rows=layer_stats(model), accuracy=accuracy, file_bytes=file_bytes)
+    rows = layer_stats(model)
+    other = _other_bytes(model, {r.name for r in rows})
+    reference = dense_fp32_bytes(original) if isinstance(original, nn.Module) else original
+    if reference is None:
+        reference = sum(r.dense_bytes for r in rows) + other
+    return Summary(title=title, rows=rows, accuracy=accuracy, file_bytes=file_bytes,
+                   original_bytes=reference, other_bytes=other)
+
+
+def _other_bytes(model: nn.Module, row_names: set[str]) -> int:
+    """float32 bytes of the parameters no row covers (norms, embeddings' scales...): a row's
+    own weight and bias, and its parametrization's tensors, are in the row already."""
+    total = 0
+    for name, module in model.named_modules():
+        owner = name.split(".parametrizations")[0] if "parametrizations" in name.split(".") or \
+            name.startswith("parametrizations") else None
+        if owner is not None and (owner or "(root)") in row_names:
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if (name or "(root)") in row_names and pname in ("weight", "bias"):
+                continue
+            total += p.numel()
+    return 4 * total

@@ -390,6 +390,22 @@ class _Run:
         return self.history
 
 
+#: caps every run's epochs: the docs' commands run under test in seconds (never set it for real work)
+MAX_EPOCHS_ENV = "PENJING_MAX_EPOCHS"
+
+
+def max_epochs_override(default: int) -> int:
+    """``$PENJING_MAX_EPOCHS`` as an int >= 0 when set, else ``default``."""
+    import os
+
+    text = os.environ.get(MAX_EPOCHS_ENV)
+    if text is None or text == "":
+        return default
+    if not text.isdigit():
+        raise ValueError(f"{MAX_EPOCHS_ENV} must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def fit(
     model: nn.Module,
     train: Dataset | DataLoader,
@@ -442,6 +458,7 @@ def fit(
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    epochs = min(epochs, max_epochs_override(epochs))
     if steps is not None and steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not lr > 0:

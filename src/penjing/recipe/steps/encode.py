@@ -98,8 +98,9 @@ def _stages(ctx) -> list[tuple[str, float | None]]:
 def stage_table(model: nn.Module, info, ctx):
     """The Deep Compression table (per layer: weights, kept %, bits, file bytes, ratio) as
     Markdown and as a rich renderable fitting the terminal, plus the accuracy after every stage."""
+    from penjing.core.report import RATIO_BASIS, dense_fp32_bytes, ratio_text
     from penjing.core.stats import layer_stats
-    from penjing.report.summary import human_bytes
+    from penjing.report.summary import human_bytes, summary
     from penjing.report.text_table import FitText, render
 
     names = {t.name: t for t in info.tensors}
@@ -111,24 +112,26 @@ def stage_table(model: nn.Module, info, ctx):
         size = sum(t.total for t in tensors)
         codec = names[f"{prefix}weight"].codec if f"{prefix}weight" in names else "-"
         rows.append([r.name, f"{r.params:,}", f"{100 * r.kept:.1f}", f"{r.bits:g}", codec, f"{size:,}",
-                     f"{r.dense_bytes / size:.1f}x" if size else "-"])
+                     ratio_text(r.dense_bytes, size)])
     dense = ctx.artifacts.get("dense_model")
-    dense_bytes = 4 * sum(p.numel() for p in (dense or model).parameters())
+    dense_bytes = dense_fp32_bytes(dense) if dense is not None else summary(model).reference_bytes
     weights = sum(r.params for r in layer_stats(model))
     kept = sum(r.nonzeros for r in layer_stats(model))
     rows.append(["total (whole file)", f"{weights:,}", f"{100 * kept / max(weights, 1):.1f}", "", "",
-                 f"{info.bytes:,}", f"{dense_bytes / info.bytes:.1f}x"])
+                 f"{info.bytes:,}", ratio_text(dense_bytes, info.bytes)])
     lines = ["### Deep Compression", "",
              f"Dense float32 parameters: {human_bytes(dense_bytes)} ({dense_bytes:,} bytes); "
              f"compressed file `{info.path.name}`: {info.bytes:,} bytes "
-             f"(**{dense_bytes / info.bytes:.1f}x**). Per layer, bytes include the layer's bias and "
-             f"its header entries; the total includes the file's {info.overhead} bytes of framing.", "",
+             f"(**{ratio_text(dense_bytes, info.bytes)}**). {RATIO_BASIS}; per layer, the layer's own "
+             f"dense float32 over its stored bytes (its bias and header entries included); the total "
+             f"includes the file's {info.overhead} bytes of framing.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "| stage | test accuracy |", "|---|---:|"]
     stages = _stages(ctx)
     lines += [f"| {label} | {100 * acc:.2f}% |" for label, acc in stages if acc is not None]
-    title = f"Deep Compression: {dense_bytes / info.bytes:.1f}x ({info.bytes:,} bytes)"
+    title = (f"Deep Compression: {ratio_text(dense_bytes, info.bytes)} ({info.bytes:,} bytes; "
+             "original fp32 / file)")
     accuracies = [[label, f"{100 * acc:.2f}%"] for label, acc in stages if acc is not None]
     table = FitText(lambda width: render(head, rows, width, short_header={"file bytes": "bytes"}, title=title)
                     + "\n" + render(["stage", "test accuracy"], accuracies, width))
