@@ -141,7 +141,7 @@ def test_int8_weight_only_computes_in_float_on_the_int8_weight():
     x = torch.randn(4, 20)
     fake = model(x)
     int8 = convert(copy.deepcopy(model))
-    assert int8[0].mode == "weight" and int8[0].weight.dtype == torch.int8
+    assert int8[0].mode == "weight" and int8[0].weight_int8.dtype == torch.int8
     assert torch.allclose(int8(x), fake, rtol=0, atol=ULPS * float(fake.abs().max()))
     # weight-only: a sample's output does not depend on the rest of its batch (up to the
     # float32 GEMM's own blocking)

@@ -48,7 +48,7 @@ def test_int8_resnet_round_trips_through_pjz(tmp_path):
     model, x = _int8_resnet(tmp_path)
     fresh = load_quantized(tmp_path / "resnet.pjz", SmallResNet())
     assert torch.equal(fresh(x), model(x))
-    assert fresh.layers[1].conv1.weight.dtype == torch.int8
+    assert fresh.layers[1].conv1.weight_int8.dtype == torch.int8
 
 
 @pytest.mark.slow

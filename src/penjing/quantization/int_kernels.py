@@ -83,7 +83,47 @@ def _engine() -> str:
     return "x86" if "x86" in engines else "fbgemm"
 
 
-class _Int8Base(nn.Module):
+class _Int8Storage:
+    """The integers live in the ``weight`` *buffer* (so ``state_dict()["...weight"]`` is the int8
+    tensor the codec, the runtime and :mod:`.saving` read), while the *attribute* ``weight`` is a
+    float32 view, ``(q - z) * s``: model code that reads ``layer.weight.dtype`` (HF ViT casts its
+    pixels to ``patch_embeddings.projection.weight.dtype``) keeps seeing float. The view is
+    built on first read and cached (no cost to the forward, which runs on the integers), and
+    dropped when new weights load. ``weight_int8`` is the integer tensor itself."""
+
+    @property
+    def weight_int8(self) -> torch.Tensor:
+        return self._buffers["weight"]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._dequantized_weight()
+
+    def _set_int8_weight(self, weight_q: torch.Tensor) -> None:
+        # register_buffer refuses a name the class defines (the property): store it directly
+        self._buffers["weight"] = weight_q.contiguous()
+        self._non_persistent_buffers_set.discard("weight")
+
+    def _dequantized_weight(self) -> torch.Tensor:
+        """The float weight (``(q - z) * s``, exactly the fake-quant value), cached."""
+        cached = self.__dict__.get("_float_weight")
+        if cached is None:
+            q = self.weight_int8
+            view = [-1] + [1] * (q.dim() - 1)
+            cached = (q.float() - self.weight_zero_point.float().reshape(view)) * self.weight_scale.reshape(view)
+            self.__dict__["_float_weight"] = cached
+        return cached
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__["_float_weight"] = None  # moved or cast: rebuild the view from the integers
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__["_float_weight"] = None  # new integers: a new view
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class _Int8Base(_Int8Storage, nn.Module):
     """State shared by the int8 layers: int8 weight, scales, input qparams, a packed cache."""
 
     def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, weight_zero_point: torch.Tensor,
@@ -95,7 +135,7 @@ class _Int8Base(nn.Module):
         if weight_q.dtype != torch.int8:
             raise ValueError(f"int8 layers take an int8 weight, got {weight_q.dtype}")
         out = weight_q.shape[0]
-        self.register_buffer("weight", weight_q.contiguous())
+        self._set_int8_weight(weight_q)
         self.register_buffer("weight_scale", weight_scale.detach().float().expand(out).contiguous())
         self.register_buffer("weight_zero_point", weight_zero_point.detach().to(torch.int32).expand(out).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
@@ -126,21 +166,12 @@ class _Int8Base(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed = None  # new weights: repack lazily
         self._static_qparams = None
-        self._float_weight = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _input_qparams(self, x: torch.Tensor) -> tuple[float, int]:
         if self._static_qparams is None:  # cached as Python numbers: no tensor sync per call
             self._static_qparams = (float(self.input_scale), int(self.input_zero_point))
         return self._static_qparams
-
-    def _dequantized_weight(self) -> torch.Tensor:
-        """The float weight (``(q - z) * s``, exactly the fake-quant value), cached."""
-        if getattr(self, "_float_weight", None) is None:
-            view = [-1] + [1] * (self.weight.dim() - 1)
-            self._float_weight = ((self.weight.float() - self.weight_zero_point.float().reshape(view))
-                                  * self.weight_scale.reshape(view))
-        return self._float_weight
 
     def _quantize_u8(self, x: torch.Tensor, scale: float, zp: int) -> tuple[torch.Tensor, int]:
         """Integer input on an unsigned grid starting at 0 (what the x86 kernels take)."""
@@ -152,13 +183,13 @@ class _Int8Base(nn.Module):
         return (q - zp).double()
 
     def _weight_ints(self) -> torch.Tensor:
-        view = [-1] + [1] * (self.weight.dim() - 1)
-        return self.weight.double() - self.weight_zero_point.double().reshape(view)
+        view = [-1] + [1] * (self.weight_int8.dim() - 1)
+        return self.weight_int8.double() - self.weight_zero_point.double().reshape(view)
 
     def extra_repr(self) -> str:
         relu = ", relu" if self.fused_relu else ""
         grid = f" [{self.in_qmin}, {self.in_qmax}]" if self.static else ""
-        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={self.mode}{grid}{relu}"
+        return f"{tuple(self.weight_int8.shape)}, backend={self.backend}, input={self.mode}{grid}{relu}"
 
     @property
     def _post_op(self) -> str:
@@ -192,14 +223,14 @@ class Int8Linear(_Int8Base):
 
     def _pack(self):
         if self._packed is None and self.backend == "onednn":
-            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
         if self._packed is None:
             # fbgemm packs from a qint8 tensor; creating one warns of the deprecation of
             # quantized tensors (the onednn backend is the planned replacement, see above)
             with _quantized_engine(_engine()), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 qw = torch._make_per_channel_quantized_tensor(
-                    self.weight, self.weight_scale.double(), self.weight_zero_point.long(), 0)
+                    self.weight_int8, self.weight_scale.double(), self.weight_zero_point.long(), 0)
                 # dynamic rows scale the sums after the kernel, so the bias is added after
                 self._packed = torch.ops.quantized.linear_prepack(qw, None if self.mode == "dynamic" else self.bias)
         return self._packed
@@ -286,7 +317,7 @@ class Int8Conv2d(_Int8Base):
     def _pack(self, scale: float, zp: int):
         if self._packed is None:
             self._packed = torch.ops.onednn.qconv_prepack(
-                self.weight, self.weight_scale, scale, zp, self.stride, self.padding, self.dilation,
+                self.weight_int8, self.weight_scale, scale, zp, self.stride, self.padding, self.dilation,
                 self.groups, None)
         return self._packed
 
@@ -320,7 +351,7 @@ class Int8Conv2d(_Int8Base):
         return torch.relu(y) if self.fused_relu else y
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Int8Storage, nn.Module):
     """An embedding table stored as int8 rows with one scale (and zero-point) per row.
 
     A lookup gathers the int8 rows and dequantizes only those, ``(q - z) * s``: the same
@@ -331,7 +362,7 @@ class Int8Embedding(nn.Module):
                  padding_idx: int | None):
         super().__init__()
         rows = weight_q.shape[0]
-        self.register_buffer("weight", weight_q.contiguous())
+        self._set_int8_weight(weight_q)
         self.register_buffer("weight_scale", scale.detach().float().reshape(-1).expand(rows).contiguous())
         self.register_buffer("weight_zero_point", zero_point.detach().float().reshape(-1).expand(rows).contiguous())
         self.padding_idx = padding_idx
@@ -342,11 +373,11 @@ class Int8Embedding(nn.Module):
         return cls(weight_q, scale, zp, layer.padding_idx)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(indices, self.weight)
+        rows = F.embedding(indices, self.weight_int8)
         return (rows.float() - self.weight_zero_point[indices].unsqueeze(-1)) * self.weight_scale[indices].unsqueeze(-1)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, int8 rows, one scale per row"
+        return f"{tuple(self.weight_int8.shape)}, int8 rows, one scale per row"
 
 
 class _quantized_engine:
