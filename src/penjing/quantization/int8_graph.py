@@ -345,19 +345,21 @@ class _Builder:
         return getattr(node.target, "__name__", str(node.target))
 
 
-def build_int8_graph(model: nn.Module, report: Report) -> bool:
+def build_int8_graph(model: nn.Module, report: Report) -> str | None:
     """Rewrite ``model`` (in place) so its int8 layers exchange int8 tensors; record each
-    layer in ``report``. False (nothing changed) when there is no graph to rewrite."""
+    layer in ``report``. Returns None when done, else why there is no graph to rewrite
+    (nothing changed then)."""
     ranges_module = graph_ranges(model)
     if ranges_module is None:
-        return False
+        return ("no graph was calibrated (static PTQ on a model torch.fx traces records one; QAT, "
+                "dynamic or weight-only activations, or an untraceable model do not)")
     gm = trace(model)
     if gm is None:
-        return False
+        return "torch.fx cannot trace this model"
     _skip_identities(gm)
     builder = _Builder(model, gm, ranges_module.ranges)
     if not any(builder.layer(n) is not None for n in gm.graph.nodes):
-        return False
+        return "no layer has 8-bit static inputs and symmetric per-channel 8-bit weights"
     for node in gm.graph.nodes:
         builder.emit(node)
     builder.graph.lint()
@@ -368,7 +370,7 @@ def build_int8_graph(model: nn.Module, report: Report) -> bool:
         report.touch(name, layer, "fake-quantized", after)
     floats = ", ".join(f"{k} x{v}" for k, v in sorted(builder.float_ops.items()))
     report.note("int8 tensors flow between layers" + (f"; float around: {floats}" if floats else ""))
-    return True
+    return None
 
 
 def _skip_identities(gm: fx.GraphModule) -> None:

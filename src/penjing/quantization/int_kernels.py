@@ -452,13 +452,27 @@ def _graph_safe(targets: list[tuple[str, nn.Module]]) -> bool:
     return all(_weight_quantizer(m).spec.reduce_range or _weight_quantizer(m).spec.bits < 8 for _, m in targets)
 
 
+def _no_graph(model: nn.Module, targets: list[tuple[str, nn.Module]], backend: str, asked: bool) -> str | None:
+    """Why ``model`` does not get the int8 graph, before trying to build it (None: try)."""
+    if not asked and not any(isinstance(m, nn.Conv2d) for _, m in targets):
+        # measured: on MLPs the layer-by-layer kernels already match torch.ao static int8
+        return "no quantized Conv2d (graph=None builds the int8 graph for CNNs; graph=True asks for it)"
+    if backend != "auto":
+        return f"backend={backend!r} was asked for (the int8 graph runs PyTorch's x86 quantized engine)"
+    if not _graph_safe(targets):
+        return ("8-bit weights meet full 8-bit activations, which can saturate the int16 sums of "
+                "AVX2 kernels on this CPU (no VNNI); quantize with reduce_range='weights' for the graph")
+    return None
+
+
 def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_relu: bool = True,
-                 graph: bool = False) -> None:
+                 graph: bool | None = None) -> None:
     """Swap the fake-quantized layers of ``model`` for int8 modules, recording each in ``report``.
 
-    With ``graph`` (and the ``auto`` backend) a traceable, statically calibrated model gets
-    int8 tensors flowing between its layers (:mod:`.int8_graph`); the layers that graph cannot
-    take are converted one by one after it."""
+    With ``graph`` (None, the default: for CNNs; True: any model; ``auto`` backend) a
+    traceable, statically calibrated model gets int8 tensors flowing between its layers (:mod:`.int8_graph`); the layers that graph
+    cannot take are converted one by one after it. When no graph can be built the model
+    converts layer by layer and the report says why."""
     if backend not in BACKENDS:
         raise ValueError(f"convert: backend must be one of {list(BACKENDS)}, got {backend!r}")
     targets = [(n, m) for n, m in model.named_modules() if _weight_quantizer(m) is not None]
@@ -467,13 +481,16 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
                          "run penjing.quantize(model, config, data=...) first")
     if any(not name for name, _ in targets):
         raise ValueError("convert: cannot convert a bare layer in place; wrap it in a model (nn.Sequential)")
-    graph = backend == "auto" and graph and _graph_safe(targets)
-    if graph:
+    why = "graph=False was asked for" if graph is False else _no_graph(model, targets, backend, graph is True)
+    if why is None:
         from penjing.quantization.int8_graph import build_int8_graph
 
-        graph = build_int8_graph(model, report)
-        if graph:
-            targets = [(n, m) for n, m in targets if _weight_quantizer(model.get_submodule(n)) is not None
+        why = build_int8_graph(model, report)
+    graph = why is None
+    if not graph:
+        report.note(f"converted layer by layer (float tensors between int8 layers): {why}")
+    else:
+        targets = [(n, m) for n, m in targets if _weight_quantizer(model.get_submodule(n)) is not None
                        and model.get_submodule(n) is m]
     converted = []
     for name, module in targets:
@@ -501,19 +518,26 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
     model.eval()
 
 
-def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True, graph: bool = False) -> nn.Module:
+def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True,
+            graph: bool | None = None) -> nn.Module:
     """Swap every fake-quantized layer of ``model`` for an int8 module (in place); return it.
 
     Linear and Conv2d run on x86 int8 kernels (static, dynamic per-row or weight-only input,
     as quantized), Embedding as int8 rows. Layers that cannot (16-bit weights or
     activations, other layer types) stay fake-quantized; ``pj.last_report(model)`` names each
-    with the reason. With ``fuse_relu`` an ``nn.ReLU`` that only follows an int8 layer runs
-    inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU module becomes ``nn.Identity``).
-    With ``graph=True`` a statically calibrated model that ``torch.fx`` traces gets int8
-    tensors flowing from layer to layer instead (:mod:`.int8_graph`: the fast path on CNNs;
-    its layers are ``torch.ao.nn.quantized`` modules, which penjing's codec, tracer and
-    summary do not read yet, so it is opt-in). Without it, or with a backend other than
-    ``auto``, layers convert one by one, float in and out.
+    with the reason.
+
+    By default (``graph=None``) a statically calibrated CNN that ``torch.fx`` traces gets
+    int8 tensors flowing from layer to layer (:mod:`.int8_graph`: BN folded, ReLU / ReLU6 /
+    SiLU / Hardswish and residual sums fused; its layers are ``torch.ao.nn.quantized``
+    modules, saved by :func:`~penjing.quantization.save_quantized`). A model that cannot
+    (QAT or dynamic activations, untraceable, a backend other than ``auto``) converts layer by
+    layer, float in and out of each int8 layer, and ``pj.last_report(model)`` says why. A model
+    without a quantized Conv2d (an MLP, where the layer kernels measured at parity with
+    torch.ao's static int8) converts layer by layer unless ``graph=True``;
+    ``graph=False`` asks for layer by layer explicitly (what ONNX export and the codec's size
+    accounting read). There, with ``fuse_relu`` an ``nn.ReLU`` that only follows an int8 layer
+    runs inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU becomes ``nn.Identity``).
     """
     report = Report("convert")
     convert_into(model, report, backend, fuse_relu, graph)
