@@ -76,15 +76,13 @@ def test_int8_encoder_with_smoothing_and_embeddings_round_trips_in_a_new_process
     assert torch.equal(load_quantized(tmp_path / "enc.pjz", Encoder())(x), model(x))
 
 
-def test_graph_converted_and_fake_quantized_models_are_refused_with_the_reason(tmp_path):
+def test_fake_quantized_models_and_plain_files_are_refused_with_the_reason(tmp_path):
     import penjing as pj
     from penjing.models import LeNet5
 
     fake = quantize(LeNet5().eval(), QuantConfig(), data=torch.rand(8, 1, 8, 8), progress=False)
     with pytest.raises(ValueError, match="layer conv1 is still fake-quantized"):
         save_quantized(fake, tmp_path / "f.pjz")
-    with pytest.raises(ValueError, match="converted with graph=True"):
-        save_quantized(convert(fake, graph=True), tmp_path / "g.pjz")
     pj.save(LeNet5(), tmp_path / "plain.pjz")
     with pytest.raises(ValueError, match="holds no quantized-model structure"):
         load_quantized(tmp_path / "plain.pjz", LeNet5())
