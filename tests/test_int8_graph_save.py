@@ -107,3 +107,57 @@ def test_int8_graph_resnet_loads_in_a_new_process_identically(tmp_path):
                         out=str(tmp_path / "out.pt"))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), model(x))
+
+
+REAL = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_int8_graph_save import _real
+    from penjing.quantization import load_quantized
+    model = load_quantized({path!r}, _real({name!r}, fresh=True))
+    x = torch.load({x!r}, weights_only=True)
+    torch.save(model(**x).last_hidden_state if isinstance(x, dict) else model(x), {out!r})
+""")
+
+
+def _real(name: str, fresh: bool = False) -> nn.Module:
+    torch.manual_seed(123 if fresh else 0)
+    if name == "resnet18":
+        import torchvision
+
+        return torchvision.models.resnet18(weights=None).eval()
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=512, max_position_embeddings=64)
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "bert"])
+def test_real_int8_models_load_in_a_new_process_identically(tmp_path, name):
+    pytest.importorskip("torchvision" if name == "resnet18" else "transformers")
+    model = _real(name)
+    if name == "resnet18":
+        model.train()
+        with torch.no_grad():  # BN statistics from random data
+            for _ in range(2):
+                model(torch.randn(4, 3, 64, 64))
+        model.eval()
+        quantize(model, QuantConfig(), data=[torch.randn(4, 3, 64, 64)], progress=False)
+        x = torch.randn(2, 3, 64, 64)
+    else:
+        ids = torch.randint(1, 1000, (8, 16), generator=torch.Generator().manual_seed(1))
+        quantize(model, QuantConfig(activations="dynamic", smooth_alpha="auto"),
+                 data=[{"input_ids": ids, "attention_mask": torch.ones_like(ids)}],
+                 forward_fn=lambda m, b: m(**b).last_hidden_state, progress=False)
+        x = {"input_ids": torch.randint(1, 1000, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    convert(model)
+    assert (int8_graph(model) is not None) == (name == "resnet18")
+    expected = model(**x).last_hidden_state if isinstance(x, dict) else model(x)
+    save_quantized(model, tmp_path / "m.pjz")
+    torch.save(x, tmp_path / "x.pt")
+    code = REAL.format(tests=str(Path(__file__).parent), path=str(tmp_path / "m.pjz"), name=name,
+                       x=str(tmp_path / "x.pt"), out=str(tmp_path / "out.pt"))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True), expected)
