@@ -287,6 +287,9 @@ class Int8Linear(_Int8Base):
             acc = ((ints @ self._weight_ints().t()) * self.weight_scale.double()).float()
         # in place on the kernel's fresh output: a new activation-sized tensor per layer costs
         # page faults on first touch (measured: addcmul 7.9 -> 1.3 ms per call on BERT at batch 32)
+        if torch.is_grad_enabled():  # autograd takes no out= (the kernels have no gradient anyway)
+            y = acc * s if self.bias is None else torch.addcmul(self.bias, acc, s)
+            return torch.relu(y) if self.fused_relu else y
         y = acc.mul_(s) if self.bias is None else torch.addcmul(self.bias, acc, s, out=acc)
         return y.relu_() if self.fused_relu else y
 
