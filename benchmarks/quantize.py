@@ -221,6 +221,20 @@ def accuracy_table() -> list[str]:
     return rows
 
 
+def header(what: str) -> str:
+    """Date, CPU model, its SIMD flags, torch and the machine's load (``uptime``) at the start."""
+    import os
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    simd = " ".join(f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f) or "unknown"
+    return (f"- {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu_name()}, {os.cpu_count()} cores, "
+            f"flags: {simd}; torch {torch.__version__}, 1 thread; load (1/5/15 min) at the start "
+            f"{' / '.join(f'{v:.1f}' for v in os.getloadavg())}; {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -241,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from quantize_bert import bert_table
 
-        print(f"- {cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, 1 thread, torch {torch.__version__}, "
-              f"load {os.getloadavg()[0]:.1f}; {args.rounds} rounds")
+        print(header(f"{args.rounds} rounds"), flush=True)
         print("\n".join(bert_table(args.rounds)))
+        print(f"- load at the end {os.getloadavg()[0]:.1f}")
         return 0
     if args.cnn:
         import os
@@ -251,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         from quantize_cnn import MODELS, cnn_table
 
         names = tuple(args.models.split(",")) if args.models else MODELS
-        print(f"- {cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, 1 thread, torch {torch.__version__}, "
-              f"load {os.getloadavg()[0]:.1f}; {args.size}x{args.size}, {args.rounds} rounds")
+        print(header(f"{args.size}x{args.size}, {args.rounds} rounds"), flush=True)
         print("\n".join(cnn_table(names, args.rounds, args.size)))
+        print(f"- load at the end {os.getloadavg()[0]:.1f}")
         return 0
     rounds, budget = (3, 0.1) if args.quick else (15, 0.25)
     from datetime import datetime, timezone

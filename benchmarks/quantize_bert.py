@@ -67,8 +67,9 @@ def int8_bert(model: nn.Module, calib: list[dict], smooth) -> nn.Module:
 
 @torch.no_grad()
 def bert_table(rounds: int) -> list[str]:
-    lines = ["| model | variant | min cosine (40 inputs) | mean cosine | ms @32x64 | x fp32 time |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | variant | Linear layers int8 | min cosine (40 inputs) | mean cosine | ms @32x64 (min-max) "
+             "| x fp32 time, median of per-round ratios (min-max) |",
+             "|---|---|---|---|---|---|---|"]
     for outliers in (True, False):
         model = build(outliers)
         calib = batches(32, 8, seed=1)
@@ -90,7 +91,14 @@ def bert_table(rounds: int) -> list[str]:
         for k, m in variants.items():
             y = torch.cat([pooled(m, b) for b in probe])
             cos = torch.nn.functional.cosine_similarity(y, ref, dim=1)
-            lines.append(f"| BERT 4x384 {'with' if outliers else 'without'} outliers | {k} | {float(cos.min()):.4f} "
-                         f"| {float(cos.mean()):.4f} | {med[k]:.1f} | {med[k] / med['fp32']:.2f} |")
+            ratios = [a / f for a, f in zip(samples[k], samples["fp32"], strict=True)]  # paired by round
+            from penjing.quantization import Int8Linear
+
+            linears = sum(isinstance(x, nn.Linear | Int8Linear) for x in m.modules())
+            int8 = sum(isinstance(x, Int8Linear) for x in m.modules())
+            lines.append(f"| BERT 4x384 {'with' if outliers else 'without'} outliers | {k} | {int8}/{linears} "
+                         f"| {float(cos.min()):.4f} | {float(cos.mean()):.4f} | {med[k]:.1f} "
+                         f"({min(samples[k]):.1f}-{max(samples[k]):.1f}) | {statistics.median(ratios):.2f} "
+                         f"({min(ratios):.2f}-{max(ratios):.2f}) |")
             print(lines[-1], flush=True)
     return lines

@@ -113,7 +113,7 @@ def test_binary_inputs_export_as_sign(tmp_path):
 
 def _int8(model: nn.Module, x: torch.Tensor) -> nn.Module:
     pj.quantize(model, pj.QuantConfig(bits=8), data=x)
-    return pj.convert(model)
+    return pj.convert(model, graph=False)
 
 
 @pytest.mark.parametrize("name", ["cnn", pytest.param("lenet300", marks=pytest.mark.slow),
@@ -210,7 +210,7 @@ def test_converted_four_bit_activations_export_clamped(tmp_path):
     torch.manual_seed(0)
     model, x = get_model("lenet300").eval(), torch.randn(32, 64)
     pj.quantize(model, pj.QuantConfig(bits=8, act_bits=4), data=x)
-    pj.convert(model)
+    pj.convert(model, graph=False)
     result = pj.export(model, tmp_path / "m.onnx", x, exporter="torchscript")
     # one flipped rounding tie is 1/15 of an activation's range at 4 bits, hence the looser bound
     assert "Clip" in ops(result.path) and result.max_rel_error < 0.1, result.describe()
@@ -234,7 +234,7 @@ def test_a_layer_onnx_cannot_express_is_named(tmp_path):
 def test_dynamic_int8_layers_are_refused_with_the_layer_name(tmp_path):
     model, x = get_model("lenet300").eval(), torch.randn(16, 64)
     pj.quantize(model, pj.QuantConfig(bits=8, activations="none"), data=x)
-    pj.convert(model)
+    pj.convert(model, graph=False)
     with pytest.raises(ValueError, match=r"^layer 'fc1' \(Int8Linear\) quantizes its input per batch"):
         pj.export(model, tmp_path / "m.onnx", x)
 

@@ -78,7 +78,7 @@ def test_int8_embedding_is_bit_identical_to_its_fake_quant():
     ids = torch.randint(0, 30, (4, 5))
     fake = emb(ids)
     int8 = convert(copy.deepcopy(emb))
-    assert int8[0].weight.dtype == torch.int8 and torch.equal(int8(ids), fake)
+    assert int8[0].weight_int8.dtype == torch.int8 and torch.equal(int8(ids), fake)
 
 
 def test_smoothing_needs_dynamic_activations_and_is_rolled_back_on_failure():

@@ -31,8 +31,8 @@ def test_lenet300_relus_fold_into_the_linears_with_identical_output(backend):
 
 def test_conv_relus_fold_and_match():
     model, x = _quantized(LeNet5(), (1, 8, 8))
-    plain = convert(copy.deepcopy(model), fuse_relu=False)
-    fused = convert(copy.deepcopy(model))
+    plain = convert(copy.deepcopy(model), fuse_relu=False, graph=False)
+    fused = convert(copy.deepcopy(model), graph=False)
     assert fused.conv1.fused_relu and fused.conv2.fused_relu and fused.fc1.fused_relu
     assert torch.allclose(fused(x), plain(x), atol=1e-6)
 
@@ -85,8 +85,8 @@ def test_unsafe_relus_are_left_alone(cls):
 
 def test_resnet_folds_conv_relus_but_keeps_the_one_after_the_sum():
     model, x = _quantized(SmallResNet(), (1, 8, 8))
-    plain = convert(copy.deepcopy(model), fuse_relu=False)
-    fused = convert(copy.deepcopy(model))
+    plain = convert(copy.deepcopy(model), fuse_relu=False, graph=False)
+    fused = convert(copy.deepcopy(model), graph=False)
     assert torch.allclose(fused(x), plain(x), atol=1e-5)
     assert any(getattr(m, "fused_relu", False) for m in fused.modules())
     assert sum(isinstance(m, nn.ReLU) for m in fused.modules()) >= 1  # after each residual sum

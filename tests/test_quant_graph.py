@@ -137,3 +137,73 @@ def test_silu_and_hardswish_fuse_into_the_conv_and_match_the_fake_quant_model():
     # only the activations' int8 rounding separates it from the fake-quant model
     assert _rel(model(x), fake) < 0.03
     assert _rel(model(x), reference(x)) < 0.05
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's layout (``timm.layers.BatchNormAct2d``): a BN subclass running batch_norm in its
+    own forward, then its ``drop`` and ``act`` children."""
+
+    def __init__(self, channels: int, act: nn.Module):
+        super().__init__(channels)
+        self.drop, self.act = nn.Identity(), act
+
+    def forward(self, x):
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                     self.training, 0.1, self.eps)
+        return self.act(self.drop(x))
+
+
+class NormActNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), BatchNormAct2d(8, nn.Hardswish())
+        self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, groups=8), BatchNormAct2d(8, nn.ReLU())
+        self.c3, self.bn3 = nn.Conv2d(8, 4, 1), BatchNormAct2d(4, nn.Identity())
+
+    def forward(self, x):
+        return self.bn3(self.c3(self.bn2(self.c2(self.bn1(self.c1(x))))))
+
+
+def test_norm_act_modules_fold_keeping_their_activation_and_it_fuses():
+    from penjing.quantization import fold_batchnorm
+    from penjing.quantization.int8_graph import ConvAct2d
+
+    model, reference, x = _prepared(NormActNet(), (3, 6, 6))
+    # the fold alone is exact in float: the BN goes into the conv, its activation stays
+    folded = copy.deepcopy(reference)
+    assert fold_batchnorm(folded) == [("c1", "bn1"), ("c2", "bn2"), ("c3", "bn3")]
+    assert type(folded.bn1) is nn.Hardswish and type(folded.bn2) is nn.ReLU and type(folded.bn3) is nn.Identity
+    assert torch.allclose(folded(x), reference(x), atol=1e-5)
+    assert "folded 3 BatchNorm" in " ".join(last_report(model).notes)
+    convert(model)
+    code = int8_graph(model).code
+    assert isinstance(model.c1, ConvAct2d) and model.c1.act == "hardswish"  # Hardswish in the kernel
+    assert type(model.c2).__name__ == "ConvReLU2d" and "bn" not in code  # no float op left
+    assert last_report(model).notes[-1] == "int8 tensors flow between layers"
+    assert _rel(model(x), reference(x)) < 0.05
+
+
+def test_default_convert_says_why_a_model_converts_layer_by_layer():
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    quantize(mlp, QuantConfig(), data=torch.rand(16, 8), progress=False)
+    convert(mlp)
+    assert int8_graph(mlp) is None and type(mlp[0]).__name__ == "Int8Linear"
+    assert last_report(mlp).notes[-1] == ("converted layer by layer (float tensors between int8 layers): no "
+                                          "quantized Conv2d (graph=None builds the int8 graph for CNNs; "
+                                          "graph=True asks for it)")
+    cnn, _, _ = _prepared(LeNet5(), (1, 8, 8))
+    convert(cnn, graph=False)
+    assert int8_graph(cnn) is None and last_report(cnn).notes[-1].endswith(": graph=False was asked for")
+    dynamic = LeNet5().eval()
+    quantize(dynamic, QuantConfig(activations="dynamic"), progress=False)
+    convert(dynamic)
+    assert int8_graph(dynamic) is None and "no graph was calibrated" in last_report(dynamic).notes[-1]
+
+
+def test_onnx_export_of_an_int8_graph_is_refused_with_the_way_out():
+    from penjing.export.prepare import export_ready
+
+    model, _, _ = _prepared(LeNet5(), (1, 8, 8))
+    convert(model)
+    with pytest.raises(ValueError, match=r"convert it layer by layer: pj.convert\(model, graph=False\)"):
+        export_ready(model)

@@ -110,8 +110,8 @@ def test_int8_kernels_match_the_exact_float64_reference(backend, grid):
     cfg = QuantConfig(bits=8, act_symmetric=grid == "sym-acts",
                       reduce_range="weights" if grid == "7-bit-weights" else "activations")
     quantize(model, cfg, data=_calib((1, 8, 8)), progress=False)
-    reference = convert(copy.deepcopy(model), backend="reference", fuse_relu=False)
-    int8 = convert(copy.deepcopy(model), backend=backend, fuse_relu=False)
+    reference = convert(copy.deepcopy(model), backend="reference", fuse_relu=False, graph=False)
+    int8 = convert(copy.deepcopy(model), backend=backend, fuse_relu=False, graph=False)
     assert isinstance(int8.conv1, Int8Conv2d) and isinstance(int8.fc2, Int8Linear)
     assert int8.conv1.backend != "reference"
     # layer by layer, on inputs exactly on the grid: the kernels sum the same integers, so
@@ -141,7 +141,7 @@ def test_int8_weight_only_computes_in_float_on_the_int8_weight():
     x = torch.randn(4, 20)
     fake = model(x)
     int8 = convert(copy.deepcopy(model))
-    assert int8[0].mode == "weight" and int8[0].weight.dtype == torch.int8
+    assert int8[0].mode == "weight" and int8[0].weight_int8.dtype == torch.int8
     assert torch.allclose(int8(x), fake, rtol=0, atol=ULPS * float(fake.abs().max()))
     # weight-only: a sample's output does not depend on the rest of its batch (up to the
     # float32 GEMM's own blocking)
@@ -326,7 +326,7 @@ def test_converted_int8_layers_are_rows_of_the_summary():
     torch.manual_seed(0)
     model = LeNet5().eval()
     quantize(model, QuantConfig(), data=_calib((1, 8, 8)), progress=False)
-    rows = {r.name: r for r in layer_stats(convert(model))}
+    rows = {r.name: r for r in layer_stats(convert(model, graph=False))}
     assert list(rows) == ["conv1", "conv2", "fc1", "fc2"]
     assert rows["fc1"].type == "Int8Linear" and rows["conv1"].type == "Int8Conv2d"
     assert all(r.bits == 8 and r.bytes == r.params for r in rows.values())

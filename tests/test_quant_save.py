@@ -37,7 +37,7 @@ def _int8_resnet(tmp_path):
     torch.manual_seed(0)
     model = SmallResNet().eval()
     quantize(model, QuantConfig(), data=torch.rand(32, 1, 8, 8), progress=False)
-    convert(model)
+    convert(model, graph=False)  # the layer-by-layer record; the int8 graph has its own tests
     save_quantized(model, tmp_path / "resnet.pjz")
     return model, torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
 
@@ -48,7 +48,7 @@ def test_int8_resnet_round_trips_through_pjz(tmp_path):
     model, x = _int8_resnet(tmp_path)
     fresh = load_quantized(tmp_path / "resnet.pjz", SmallResNet())
     assert torch.equal(fresh(x), model(x))
-    assert fresh.layers[1].conv1.weight.dtype == torch.int8
+    assert fresh.layers[1].conv1.weight_int8.dtype == torch.int8
 
 
 @pytest.mark.slow
@@ -76,15 +76,13 @@ def test_int8_encoder_with_smoothing_and_embeddings_round_trips_in_a_new_process
     assert torch.equal(load_quantized(tmp_path / "enc.pjz", Encoder())(x), model(x))
 
 
-def test_graph_converted_and_fake_quantized_models_are_refused_with_the_reason(tmp_path):
+def test_fake_quantized_models_and_plain_files_are_refused_with_the_reason(tmp_path):
     import penjing as pj
     from penjing.models import LeNet5
 
     fake = quantize(LeNet5().eval(), QuantConfig(), data=torch.rand(8, 1, 8, 8), progress=False)
     with pytest.raises(ValueError, match="layer conv1 is still fake-quantized"):
         save_quantized(fake, tmp_path / "f.pjz")
-    with pytest.raises(ValueError, match="converted with graph=True"):
-        save_quantized(convert(fake, graph=True), tmp_path / "g.pjz")
     pj.save(LeNet5(), tmp_path / "plain.pjz")
     with pytest.raises(ValueError, match="holds no quantized-model structure"):
         load_quantized(tmp_path / "plain.pjz", LeNet5())

@@ -272,5 +272,5 @@ def test_quantize_on_real_pruned_and_shared_layers_keeps_their_structure():
     assert max(row.unique().numel() for row in model[2].weight.detach()) <= 17
     x = torch.randn(8, 16)
     int8 = convert(copy.deepcopy(model))
-    assert int8[0].weight.dtype == torch.int8 and bool((int8[0].weight[zeros] == 0).all())
+    assert int8[0].weight_int8.dtype == torch.int8 and bool((int8[0].weight_int8[zeros] == 0).all())
     assert torch.allclose(int8(x), model(x), atol=1e-5)

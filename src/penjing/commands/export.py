@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         quantize(model, QuantConfig(bits=8, per_channel=True), data=train)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "left fake-quantized" layers are reported by export
-            convert(model)
+            convert(model, graph=False)  # ONNX export reads the layer-by-layer int8 modules
     out = Path(args.output) if args.output else (Path(args.file).with_suffix(".onnx") if args.file
                                                  else Path("model.onnx"))
     example = test.tensors[0][: args.batch]

@@ -47,7 +47,8 @@ def weight_bits(module: nn.Module, name: str = "weight") -> float:
     declared = [p.bits for p in parametrizations(module, name) if getattr(p, "bits", None)]
     if declared:
         return float(min(declared))
-    tensor = getattr(module, name)
+    tensor = getattr(module, name + "_int8", None) if name == "weight" else None  # int8 layers' stored integers
+    tensor = getattr(module, name) if tensor is None else tensor
     return float(torch.finfo(tensor.dtype).bits if tensor.is_floating_point() else torch.iinfo(tensor.dtype).bits)
 
 
@@ -66,7 +67,8 @@ def layer_stats(model: nn.Module, types: tuple[type, ...] = WEIGHTED_TYPES) -> l
     module that stores an integer ``weight``, such as a converted int8 layer)."""
     rows = []
     for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
+        weight = getattr(module, "weight_int8", None)  # int8 layers: the stored integers, not the float view
+        weight = getattr(module, "weight", None) if weight is None else weight
         if not isinstance(weight, torch.Tensor):
             continue
         # integer weights: a layer converted for integer execution (e.g. Int8Linear) counts too

@@ -104,9 +104,11 @@ def trace(model: nn.Module, example: torch.Tensor | tuple | Mapping) -> list[Lay
         raise ValueError("the example input must be a tensor, a tuple of tensors or a dict of tensors")
     state = State(model)
     modules = {name or "(root)": m for name, m in model.named_modules()}
-    int_modules = {id(m) for m in modules.values()
-                   if isinstance(getattr(m, "weight", None), torch.Tensor)
-                   and not m.weight.is_floating_point() and m.weight.dim() in (2, 3, 4, 5)}
+    # int8 layers keep their integers in weight_int8 (their weight attribute is a float view)
+    stored = {id(m): getattr(m, "weight_int8", None) if hasattr(m, "weight_int8") else getattr(m, "weight", None)
+              for m in modules.values()}
+    int_modules = {i for i, w in stored.items()
+                   if isinstance(w, torch.Tensor) and not w.is_floating_point() and w.dim() in (2, 3, 4, 5)}
     handles = []
 
     def pre(name: str, module: nn.Module):

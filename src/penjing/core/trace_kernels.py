@@ -451,7 +451,7 @@ class Kernels(TorchDispatchMode):
 
 def int_kernel_layer(name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Layer:
     """An integer-kernel layer (int8 weight buffer, custom op): cost it from its weight shape."""
-    w = module.weight
+    w = getattr(module, "weight_int8", None) if hasattr(module, "weight_int8") else module.weight
     nonzeros = int(torch.count_nonzero(w))
     if w.dim() == 2:
         K = w.shape[1]

@@ -78,6 +78,10 @@ def export_ready(model: nn.Module) -> tuple[nn.Module, list[str]]:
     from penjing.quantization.int_kernels import Int8Conv2d, Int8Linear
     from penjing.winograd_conv.conv import WinogradConv2d
 
+    if "_pj_int8_graph" in model.__dict__:  # torch.ao quantized modules in an fx graph
+        raise ValueError("this model runs penjing's int8 graph (pj.convert's default for CNNs), which ONNX "
+                         "export does not read; convert it layer by layer: pj.convert(model, graph=False)")
+
     # int8 layers cache packed vendor weights that cannot be copied: the copy starts without
     memo = {id(m._packed): None for m in model.modules() if isinstance(m, (Int8Linear, Int8Conv2d))
             and m._packed is not None}

@@ -69,15 +69,15 @@ class _QDQBase(nn.Module):
         scale, zp = float(layer.input_scale), int(layer.input_zero_point)
         self.in_scale, self.in_zero_point = scale, zp
         self.in_lo, self.in_hi = (layer.in_qmin - zp) * scale, (layer.in_qmax - zp) * scale
-        view = [-1] + [1] * (layer.weight.dim() - 1)
-        w_int = layer.weight.float() - layer.weight_zero_point.float().reshape(view)
+        view = [-1] + [1] * (layer.weight_int8.dim() - 1)
+        w_int = layer.weight_int8.float() - layer.weight_zero_point.float().reshape(view)
         if int(w_int.abs().max()) > 127:
             raise ValueError(f"layer {name!r}: asymmetric weights reach beyond the int8 grid; "
                              "ONNX export takes symmetric int8 weights")
         self.register_buffer("weight", w_int * layer.weight_scale.float().reshape(view))
         self.register_buffer("weight_int8", w_int.to(torch.int8))
         self.register_buffer("weight_scale", layer.weight_scale.float().clone())
-        self.register_buffer("weight_zero_point", torch.zeros(layer.weight.shape[0], dtype=torch.int32))
+        self.register_buffer("weight_zero_point", torch.zeros(layer.weight_int8.shape[0], dtype=torch.int32))
         self.register_buffer("bias", None if layer.bias is None else layer.bias.float().clone())
         self.fused_relu = bool(layer.fused_relu)
 

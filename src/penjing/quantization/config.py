@@ -84,7 +84,8 @@ class QuantConfig(MethodConfig):
     calib_samples: int | None = option(None, "calibration samples (default: all of data)")
     calib_batch_size: int = option(256, "batch size when data is a Dataset")
     int8: bool = option(False, "convert to int8 kernels afterwards (pj.convert)")
-    int8_graph: bool = option(False, "with int8: int8 tensors flow between layers (pj.convert(graph=True))")
+    int8_graph: bool | None = option(None, "with int8: pj.convert(graph=...): None (CNNs get int8 tensors "
+                                     "flowing between layers), True (any model), False (layer by layer)")
     layers: LayerSelector = option(None, "layers to quantize (default: every supported layer)")
     exclude: LayerSelector = option((), "layers to leave in float")
 

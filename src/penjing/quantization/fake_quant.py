@@ -202,7 +202,11 @@ class DynamicRowQuant(nn.Module):
 
 def row_scales(x: torch.Tensor, qmax: int = 127) -> torch.Tensor:
     """``max|x_row| / qmax`` per row of the last dimension (kept as a trailing size-1 dim)."""
-    return torch.clamp(x.detach().abs().amax(-1, keepdim=True).float() / qmax, min=1e-8)
+    # max and -min: two reads of x and no activation-sized temporary (x.abs() allocates one,
+    # page faults included: measured 3-6 ms vs 0.4-0.5 ms on a 2048 x 1536 activation)
+    x = x.detach()
+    peak = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())
+    return torch.clamp(peak.float() / qmax, min=1e-8)
 
 
 def mark_dynamic(module: nn.Module, smooth: torch.Tensor | None = None) -> None:

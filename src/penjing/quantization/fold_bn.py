@@ -10,6 +10,11 @@ Pairs are found on a ``torch.fx`` trace of the model (a BN whose only input is a
 whose only user is that BN); models fx cannot trace fall back to consecutive children of
 ``nn.Sequential`` containers. A folded conv keeps any pruning mask on its weight: the
 per-output-channel BN scale multiplies the dense tensor under the mask, which commutes with it.
+
+A *norm + activation* module (timm's ``BatchNormAct2d``: a ``BatchNorm2d`` subclass whose
+forward is the batch norm, then its ``drop`` and ``act`` children) folds the same way, and is
+replaced by what follows its norm (its ``act``, after its ``drop`` when that is not an
+identity), so the activation stays and can fuse into the int8 conv.
 """
 
 from __future__ import annotations
@@ -25,10 +30,31 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def _norm_act(bn: nn.Module) -> bool:
+    """timm's norm + activation layout: a BN subclass with exactly ``drop`` and ``act`` children."""
+    return type(bn) not in _BN and sorted(bn._modules) == ["act", "drop"]
+
+
+def _foldable_bn(module: nn.Module | None) -> bool:
+    return type(module) in _BN or (isinstance(module, _BN) and _norm_act(module))
+
+
+def after_norm(bn: nn.Module) -> nn.Module:
+    """What replaces a folded BN: ``Identity``, or a norm + activation module's ``drop`` / ``act``."""
+    if not _norm_act(bn):
+        return nn.Identity()
+    rest = [m for m in (bn.drop, bn.act) if type(m) is not nn.Identity]
+    return nn.Identity() if not rest else rest[0] if len(rest) == 1 else nn.Sequential(*rest)
+
+
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
     import torch.fx
 
-    graph = torch.fx.symbolic_trace(model).graph
+    class _BNLeaves(torch.fx.Tracer):  # a norm + act subclass is a BN too: keep it one call
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return _foldable_bn(m) or super().is_leaf_module(m, qualname)
+
+    graph = _BNLeaves().trace(model)
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -36,7 +62,7 @@ def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
+        if node.op != "call_module" or not _foldable_bn(modules.get(node.target)):
             continue
         if len(node.args) != 1 or not isinstance(node.args[0], torch.fx.Node) or node.kwargs:
             continue
@@ -56,7 +82,7 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(module.named_children())
         for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
-            if isinstance(a, _FOLDABLE) and isinstance(b, _BN):
+            if isinstance(a, _FOLDABLE) and _foldable_bn(b):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
     return pairs
@@ -105,7 +131,7 @@ def fold_batchnorm(model: nn.Module, undo: list | None = None) -> list[tuple[str
             layer.bias = nn.Parameter(new_b.detach().clone())
         else:
             layer.bias.data.copy_(new_b.detach())
-        swap(model, bn_name, nn.Identity())
+        swap(model, bn_name, after_norm(bn))
     return pairs
 
 

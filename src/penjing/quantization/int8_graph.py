@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,6 +75,31 @@ def _graph_layer(module: nn.Module) -> bool:
     return True
 
 
+@dataclass
+class LayerQuant:
+    """What the int8 graph needs of one quantized layer (the rest is the layer's geometry and
+    bias): its weight integers and scales, and the grid of its input."""
+
+    codes: torch.Tensor  #: int8 weight integers
+    scale: torch.Tensor  #: float32 weight scale, one per output channel (or one)
+    in_scale: float
+    in_zero_point: int  #: on the unsigned 0..255 grid the x86 kernels take
+
+
+def layer_quants(model: nn.Module) -> dict[str, LayerQuant]:
+    """The :class:`LayerQuant` of every fake-quantized layer that can run in the int8 graph."""
+    out = {}
+    for name, module in model.named_modules():
+        if not name or not _graph_layer(module):
+            continue
+        wq, act = _weight_quant(module), _act_quant(module)
+        with torch.no_grad():
+            codes = wq.integers(module.weight.detach()).to(torch.int8)
+        out[name] = LayerQuant(codes, wq.scale.detach().reshape(-1).float().clone(), float(act.scale),
+                               int(act.zero_point) - act.spec.qrange[0])
+    return out
+
+
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """``"relu"`` / ``"relu6"`` when ``node`` applies one to its single tensor input."""
     if node.op == "call_module":
@@ -100,11 +126,8 @@ def _full_u8(lo: float, hi: float) -> tuple[float, int]:
     return float(scale), int(min(max(round(-lo / scale), 0), 255))
 
 
-def _qweight(module: nn.Module) -> torch.Tensor:
-    wq = _weight_quant(module)
-    with torch.no_grad():
-        codes = wq.integers(module.weight.detach()).to(torch.int8)
-        scale = wq.scale.detach().reshape(-1).double()
+def _qweight(quant: LayerQuant) -> torch.Tensor:
+    codes, scale = quant.codes, quant.scale.double()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # quantized tensors' deprecation notice
         if scale.numel() == 1:
@@ -112,7 +135,7 @@ def _qweight(module: nn.Module) -> torch.Tensor:
         return torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros_like(scale, dtype=torch.long), 0)
 
 
-def _int8_module(module: nn.Module, relu: bool, scale: float, zp: int) -> nn.Module:
+def _int8_module(module: nn.Module, quant: LayerQuant, relu: bool, scale: float, zp: int) -> nn.Module:
     import torch.ao.nn.intrinsic.quantized as nniq
     import torch.ao.nn.quantized as nnq
 
@@ -125,7 +148,7 @@ def _int8_module(module: nn.Module, relu: bool, scale: float, zp: int) -> nn.Mod
             new = (nniq.ConvReLU2d if relu else nnq.Conv2d)(
                 module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, bias=module.bias is not None)
-        new.set_weight_bias(_qweight(module), bias)
+        new.set_weight_bias(_qweight(quant), bias)
     new.scale, new.zero_point = float(scale), int(zp)
     return new
 
@@ -135,12 +158,11 @@ class ConvAct2d(nn.Module):
     ``swish`` / ``hardswish`` post-op), int8 in and out: torch.ao has no such module, and
     without it each of these activations costs a dequantize, a float pass and a quantize."""
 
-    def __init__(self, conv: nn.Conv2d, act: str, in_qparams: tuple[float, int], out_qparams: tuple[float, int]):
+    def __init__(self, conv: nn.Conv2d, quant: LayerQuant, act: str, in_qparams: tuple[float, int],
+                 out_qparams: tuple[float, int]):
         super().__init__()
-        wq = _weight_quant(conv)
-        with torch.no_grad():
-            codes = wq.integers(conv.weight.detach()).to(torch.int8)
-        scale = wq.scale.detach().reshape(-1).float().expand(codes.shape[0]).contiguous()
+        codes = quant.codes
+        scale = quant.scale.float().expand(codes.shape[0]).contiguous()
         self.register_buffer("weight", codes)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
@@ -177,9 +199,16 @@ def _fusable_act(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
 class _Builder:
     """Walks the traced graph once, emitting the int8 graph (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, ranges: dict[str, tuple[float, float]]):
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, ranges: dict[str, tuple[float, float]],
+                 quants: dict[str, LayerQuant]):
         self.model, self.gm, self.ranges = model, gm, ranges
         self.modules = dict(model.named_modules())
+        calls: dict[str, int] = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_module":
+                calls[n.target] = calls.get(n.target, 0) + 1
+        # a layer called twice keeps one module for both calls: it stays out of the graph
+        self.quants = {k: q for k, q in quants.items() if calls.get(k) == 1}
         self.graph = fx.Graph()
         self.env: dict[fx.Node, fx.Node] = {}
         self.isq: dict[fx.Node, bool] = {}
@@ -195,7 +224,7 @@ class _Builder:
         if node.op != "call_module":
             return None
         m = self.modules.get(node.target)
-        return m if m is not None and _graph_layer(m) and len(node.args) == 1 and not node.kwargs else None
+        return m if node.target in self.quants and len(node.args) == 1 and not node.kwargs else None
 
     def is_add(self, node: fx.Node) -> bool:
         return (node.op == "call_function" and node.target in _ADDS and len(node.args) == 2 and not node.kwargs
@@ -204,12 +233,9 @@ class _Builder:
     def qparams(self, tensor: fx.Node) -> tuple[float, int]:
         """Scale / zero-point of the int8 tensor ``tensor`` (see the module docstring)."""
         for user in tensor.users:
-            m = self.layer(user)
-            if m is not None:
-                q = _act_quant(m)
-                lo, hi = q.spec.qrange
-                zp = int(q.zero_point) - lo  # onto the u8 grid that starts at 0
-                return float(q.scale), zp
+            if self.layer(user) is not None:
+                q = self.quants[user.target]
+                return q.in_scale, q.in_zero_point
         return _full_u8(*self.ranges[tensor.name])
 
     def fusable(self, node: fx.Node) -> fx.Node | None:
@@ -261,10 +287,10 @@ class _Builder:
             user = next(iter(node.users))
             act = _fusable_act(user, self.modules)
             if act is not None and user.name in self.ranges and _has_onednn_conv():
-                q = _act_quant(layer)
-                x = self.as_q(node.args[0], float(q.scale), int(q.zero_point) - q.spec.qrange[0])
+                q = self.quants[node.target]
+                x = self.as_q(node.args[0], q.in_scale, q.in_zero_point)
                 out = self.qparams(user)
-                new = ConvAct2d(layer, act, self.input_qparams(node.args[0]), out)
+                new = ConvAct2d(layer, q, act, self.input_qparams(node.args[0]), out)
                 swap(self.model, node.target, new)
                 self.modules[node.target] = new
                 self.env[node] = self.graph.call_module(node.target, (x,))
@@ -276,9 +302,9 @@ class _Builder:
             relu = self.fusable(node)
             out = relu or node
             scale, zp = self.qparams(out)
-            q = _act_quant(layer)
-            x = self.as_q(node.args[0], float(q.scale), int(q.zero_point) - q.spec.qrange[0])
-            new = _int8_module(layer, relu is not None, scale, zp)
+            q = self.quants[node.target]
+            x = self.as_q(node.args[0], q.in_scale, q.in_zero_point)
+            new = _int8_module(layer, q, relu is not None, scale, zp)
             new.train(layer.training)
             swap(self.model, node.target, new)
             self.modules[node.target] = new
@@ -345,30 +371,45 @@ class _Builder:
         return getattr(node.target, "__name__", str(node.target))
 
 
-def build_int8_graph(model: nn.Module, report: Report) -> bool:
+#: what :func:`build_int8_graph` keeps on the model so :mod:`.graph_saving` can replay it
+INPUTS = "_pj_int8_graph_inputs"
+
+
+def build_int8_graph(model: nn.Module, report: Report, quants: dict[str, LayerQuant] | None = None,
+                     ranges: dict[str, tuple[float, float]] | None = None) -> str | None:
     """Rewrite ``model`` (in place) so its int8 layers exchange int8 tensors; record each
-    layer in ``report``. False (nothing changed) when there is no graph to rewrite."""
-    ranges_module = graph_ranges(model)
-    if ranges_module is None:
-        return False
+    layer in ``report``. Returns None when done, else why there is no graph to rewrite
+    (nothing changed then). ``quants`` / ``ranges`` default to the model's calibrated
+    quantizers and graph ranges; :mod:`.graph_saving` passes stored ones to rebuild the same
+    graph on a fresh float model."""
+    if ranges is None:
+        ranges_module = graph_ranges(model)
+        if ranges_module is None:
+            return ("no graph was calibrated (static PTQ on a model torch.fx traces records one; QAT, "
+                    "dynamic or weight-only activations, or an untraceable model do not)")
+        ranges = ranges_module.ranges
     gm = trace(model)
     if gm is None:
-        return False
+        return "torch.fx cannot trace this model"
     _skip_identities(gm)
-    builder = _Builder(model, gm, ranges_module.ranges)
+    builder = _Builder(model, gm, ranges, layer_quants(model) if quants is None else quants)
     if not any(builder.layer(n) is not None for n in gm.graph.nodes):
-        return False
+        return "no layer has 8-bit static inputs and symmetric per-channel 8-bit weights"
+    nodes = [n.name for n in gm.graph.nodes]
     for node in gm.graph.nodes:
         builder.emit(node)
     builder.graph.lint()
     int8 = fx.GraphModule(model, builder.graph, class_name=f"Int8{type(model).__name__}")
     object.__setattr__(model, "_pj_int8_graph", int8)  # not a child: its modules are the model's
     model.forward = int8.forward  # the instance's forward; the class (and its state_dict) stay
+    taken = {name for name, _, _ in builder.converted}
+    model.__dict__[INPUTS] = {"quants": {k: q for k, q in builder.quants.items() if k in taken},
+                              "ranges": dict(ranges), "nodes": nodes}
     for name, layer, after in builder.converted:
         report.touch(name, layer, "fake-quantized", after)
     floats = ", ".join(f"{k} x{v}" for k, v in sorted(builder.float_ops.items()))
     report.note("int8 tensors flow between layers" + (f"; float around: {floats}" if floats else ""))
-    return True
+    return None
 
 
 def _skip_identities(gm: fx.GraphModule) -> None:

@@ -83,7 +83,47 @@ def _engine() -> str:
     return "x86" if "x86" in engines else "fbgemm"
 
 
-class _Int8Base(nn.Module):
+class _Int8Storage:
+    """The integers live in the ``weight`` *buffer* (so ``state_dict()["...weight"]`` is the int8
+    tensor the codec, the runtime and :mod:`.saving` read), while the *attribute* ``weight`` is a
+    float32 view, ``(q - z) * s``: model code that reads ``layer.weight.dtype`` (HF ViT casts its
+    pixels to ``patch_embeddings.projection.weight.dtype``) keeps seeing float. The view is
+    built on first read and cached (no cost to the forward, which runs on the integers), and
+    dropped when new weights load. ``weight_int8`` is the integer tensor itself."""
+
+    @property
+    def weight_int8(self) -> torch.Tensor:
+        return self._buffers["weight"]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._dequantized_weight()
+
+    def _set_int8_weight(self, weight_q: torch.Tensor) -> None:
+        # register_buffer refuses a name the class defines (the property): store it directly
+        self._buffers["weight"] = weight_q.contiguous()
+        self._non_persistent_buffers_set.discard("weight")
+
+    def _dequantized_weight(self) -> torch.Tensor:
+        """The float weight (``(q - z) * s``, exactly the fake-quant value), cached."""
+        cached = self.__dict__.get("_float_weight")
+        if cached is None:
+            q = self.weight_int8
+            view = [-1] + [1] * (q.dim() - 1)
+            cached = (q.float() - self.weight_zero_point.float().reshape(view)) * self.weight_scale.reshape(view)
+            self.__dict__["_float_weight"] = cached
+        return cached
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__["_float_weight"] = None  # moved or cast: rebuild the view from the integers
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__["_float_weight"] = None  # new integers: a new view
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class _Int8Base(_Int8Storage, nn.Module):
     """State shared by the int8 layers: int8 weight, scales, input qparams, a packed cache."""
 
     def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, weight_zero_point: torch.Tensor,
@@ -95,7 +135,7 @@ class _Int8Base(nn.Module):
         if weight_q.dtype != torch.int8:
             raise ValueError(f"int8 layers take an int8 weight, got {weight_q.dtype}")
         out = weight_q.shape[0]
-        self.register_buffer("weight", weight_q.contiguous())
+        self._set_int8_weight(weight_q)
         self.register_buffer("weight_scale", weight_scale.detach().float().expand(out).contiguous())
         self.register_buffer("weight_zero_point", weight_zero_point.detach().to(torch.int32).expand(out).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
@@ -126,21 +166,12 @@ class _Int8Base(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed = None  # new weights: repack lazily
         self._static_qparams = None
-        self._float_weight = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _input_qparams(self, x: torch.Tensor) -> tuple[float, int]:
         if self._static_qparams is None:  # cached as Python numbers: no tensor sync per call
             self._static_qparams = (float(self.input_scale), int(self.input_zero_point))
         return self._static_qparams
-
-    def _dequantized_weight(self) -> torch.Tensor:
-        """The float weight (``(q - z) * s``, exactly the fake-quant value), cached."""
-        if getattr(self, "_float_weight", None) is None:
-            view = [-1] + [1] * (self.weight.dim() - 1)
-            self._float_weight = ((self.weight.float() - self.weight_zero_point.float().reshape(view))
-                                  * self.weight_scale.reshape(view))
-        return self._float_weight
 
     def _quantize_u8(self, x: torch.Tensor, scale: float, zp: int) -> tuple[torch.Tensor, int]:
         """Integer input on an unsigned grid starting at 0 (what the x86 kernels take)."""
@@ -152,13 +183,13 @@ class _Int8Base(nn.Module):
         return (q - zp).double()
 
     def _weight_ints(self) -> torch.Tensor:
-        view = [-1] + [1] * (self.weight.dim() - 1)
-        return self.weight.double() - self.weight_zero_point.double().reshape(view)
+        view = [-1] + [1] * (self.weight_int8.dim() - 1)
+        return self.weight_int8.double() - self.weight_zero_point.double().reshape(view)
 
     def extra_repr(self) -> str:
         relu = ", relu" if self.fused_relu else ""
         grid = f" [{self.in_qmin}, {self.in_qmax}]" if self.static else ""
-        return f"{tuple(self.weight.shape)}, backend={self.backend}, input={self.mode}{grid}{relu}"
+        return f"{tuple(self.weight_int8.shape)}, backend={self.backend}, input={self.mode}{grid}{relu}"
 
     @property
     def _post_op(self) -> str:
@@ -192,14 +223,14 @@ class Int8Linear(_Int8Base):
 
     def _pack(self):
         if self._packed is None and self.backend == "onednn":
-            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
         if self._packed is None:
             # fbgemm packs from a qint8 tensor; creating one warns of the deprecation of
             # quantized tensors (the onednn backend is the planned replacement, see above)
             with _quantized_engine(_engine()), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 qw = torch._make_per_channel_quantized_tensor(
-                    self.weight, self.weight_scale.double(), self.weight_zero_point.long(), 0)
+                    self.weight_int8, self.weight_scale.double(), self.weight_zero_point.long(), 0)
                 # dynamic rows scale the sums after the kernel, so the bias is added after
                 self._packed = torch.ops.quantized.linear_prepack(qw, None if self.mode == "dynamic" else self.bias)
         return self._packed
@@ -254,8 +285,13 @@ class Int8Linear(_Int8Base):
         else:
             ints = torch.clamp(torch.round(xs), -127, 127).double()
             acc = ((ints @ self._weight_ints().t()) * self.weight_scale.double()).float()
-        y = acc * s if self.bias is None else torch.addcmul(self.bias, acc, s)
-        return torch.relu(y) if self.fused_relu else y
+        # in place on the kernel's fresh output: a new activation-sized tensor per layer costs
+        # page faults on first touch (measured: addcmul 7.9 -> 1.3 ms per call on BERT at batch 32)
+        if torch.is_grad_enabled():  # autograd takes no out= (the kernels have no gradient anyway)
+            y = acc * s if self.bias is None else torch.addcmul(self.bias, acc, s)
+            return torch.relu(y) if self.fused_relu else y
+        y = acc.mul_(s) if self.bias is None else torch.addcmul(self.bias, acc, s, out=acc)
+        return y.relu_() if self.fused_relu else y
 
 
 class Int8Conv2d(_Int8Base):
@@ -286,7 +322,7 @@ class Int8Conv2d(_Int8Base):
     def _pack(self, scale: float, zp: int):
         if self._packed is None:
             self._packed = torch.ops.onednn.qconv_prepack(
-                self.weight, self.weight_scale, scale, zp, self.stride, self.padding, self.dilation,
+                self.weight_int8, self.weight_scale, scale, zp, self.stride, self.padding, self.dilation,
                 self.groups, None)
         return self._packed
 
@@ -320,7 +356,7 @@ class Int8Conv2d(_Int8Base):
         return torch.relu(y) if self.fused_relu else y
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Int8Storage, nn.Module):
     """An embedding table stored as int8 rows with one scale (and zero-point) per row.
 
     A lookup gathers the int8 rows and dequantizes only those, ``(q - z) * s``: the same
@@ -331,7 +367,7 @@ class Int8Embedding(nn.Module):
                  padding_idx: int | None):
         super().__init__()
         rows = weight_q.shape[0]
-        self.register_buffer("weight", weight_q.contiguous())
+        self._set_int8_weight(weight_q)
         self.register_buffer("weight_scale", scale.detach().float().reshape(-1).expand(rows).contiguous())
         self.register_buffer("weight_zero_point", zero_point.detach().float().reshape(-1).expand(rows).contiguous())
         self.padding_idx = padding_idx
@@ -342,11 +378,11 @@ class Int8Embedding(nn.Module):
         return cls(weight_q, scale, zp, layer.padding_idx)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(indices, self.weight)
+        rows = F.embedding(indices, self.weight_int8)
         return (rows.float() - self.weight_zero_point[indices].unsqueeze(-1)) * self.weight_scale[indices].unsqueeze(-1)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, int8 rows, one scale per row"
+        return f"{tuple(self.weight_int8.shape)}, int8 rows, one scale per row"
 
 
 class _quantized_engine:
@@ -421,13 +457,27 @@ def _graph_safe(targets: list[tuple[str, nn.Module]]) -> bool:
     return all(_weight_quantizer(m).spec.reduce_range or _weight_quantizer(m).spec.bits < 8 for _, m in targets)
 
 
+def _no_graph(model: nn.Module, targets: list[tuple[str, nn.Module]], backend: str, asked: bool) -> str | None:
+    """Why ``model`` does not get the int8 graph, before trying to build it (None: try)."""
+    if not asked and not any(isinstance(m, nn.Conv2d) for _, m in targets):
+        # measured: on MLPs the layer-by-layer kernels already match torch.ao static int8
+        return "no quantized Conv2d (graph=None builds the int8 graph for CNNs; graph=True asks for it)"
+    if backend != "auto":
+        return f"backend={backend!r} was asked for (the int8 graph runs PyTorch's x86 quantized engine)"
+    if not _graph_safe(targets):
+        return ("8-bit weights meet full 8-bit activations, which can saturate the int16 sums of "
+                "AVX2 kernels on this CPU (no VNNI); quantize with reduce_range='weights' for the graph")
+    return None
+
+
 def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_relu: bool = True,
-                 graph: bool = False) -> None:
+                 graph: bool | None = None) -> None:
     """Swap the fake-quantized layers of ``model`` for int8 modules, recording each in ``report``.
 
-    With ``graph`` (and the ``auto`` backend) a traceable, statically calibrated model gets
-    int8 tensors flowing between its layers (:mod:`.int8_graph`); the layers that graph cannot
-    take are converted one by one after it."""
+    With ``graph`` (None, the default: for CNNs; True: any model; ``auto`` backend) a
+    traceable, statically calibrated model gets int8 tensors flowing between its layers (:mod:`.int8_graph`); the layers that graph
+    cannot take are converted one by one after it. When no graph can be built the model
+    converts layer by layer and the report says why."""
     if backend not in BACKENDS:
         raise ValueError(f"convert: backend must be one of {list(BACKENDS)}, got {backend!r}")
     targets = [(n, m) for n, m in model.named_modules() if _weight_quantizer(m) is not None]
@@ -436,13 +486,16 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
                          "run penjing.quantize(model, config, data=...) first")
     if any(not name for name, _ in targets):
         raise ValueError("convert: cannot convert a bare layer in place; wrap it in a model (nn.Sequential)")
-    graph = backend == "auto" and graph and _graph_safe(targets)
-    if graph:
+    why = "graph=False was asked for" if graph is False else _no_graph(model, targets, backend, graph is True)
+    if why is None:
         from penjing.quantization.int8_graph import build_int8_graph
 
-        graph = build_int8_graph(model, report)
-        if graph:
-            targets = [(n, m) for n, m in targets if _weight_quantizer(model.get_submodule(n)) is not None
+        why = build_int8_graph(model, report)
+    graph = why is None
+    if not graph:
+        report.note(f"converted layer by layer (float tensors between int8 layers): {why}")
+    else:
+        targets = [(n, m) for n, m in targets if _weight_quantizer(model.get_submodule(n)) is not None
                        and model.get_submodule(n) is m]
     converted = []
     for name, module in targets:
@@ -470,19 +523,26 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
     model.eval()
 
 
-def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True, graph: bool = False) -> nn.Module:
+def convert(model: nn.Module, backend: str = "auto", fuse_relu: bool = True,
+            graph: bool | None = None) -> nn.Module:
     """Swap every fake-quantized layer of ``model`` for an int8 module (in place); return it.
 
     Linear and Conv2d run on x86 int8 kernels (static, dynamic per-row or weight-only input,
     as quantized), Embedding as int8 rows. Layers that cannot (16-bit weights or
     activations, other layer types) stay fake-quantized; ``pj.last_report(model)`` names each
-    with the reason. With ``fuse_relu`` an ``nn.ReLU`` that only follows an int8 layer runs
-    inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU module becomes ``nn.Identity``).
-    With ``graph=True`` a statically calibrated model that ``torch.fx`` traces gets int8
-    tensors flowing from layer to layer instead (:mod:`.int8_graph`: the fast path on CNNs;
-    its layers are ``torch.ao.nn.quantized`` modules, which penjing's codec, tracer and
-    summary do not read yet, so it is opt-in). Without it, or with a backend other than
-    ``auto``, layers convert one by one, float in and out.
+    with the reason.
+
+    By default (``graph=None``) a statically calibrated CNN that ``torch.fx`` traces gets
+    int8 tensors flowing from layer to layer (:mod:`.int8_graph`: BN folded, ReLU / ReLU6 /
+    SiLU / Hardswish and residual sums fused; its layers are ``torch.ao.nn.quantized``
+    modules, saved by :func:`~penjing.quantization.save_quantized`). A model that cannot
+    (QAT or dynamic activations, untraceable, a backend other than ``auto``) converts layer by
+    layer, float in and out of each int8 layer, and ``pj.last_report(model)`` says why. A model
+    without a quantized Conv2d (an MLP, where the layer kernels measured at parity with
+    torch.ao's static int8) converts layer by layer unless ``graph=True``;
+    ``graph=False`` asks for layer by layer explicitly (what ONNX export and the codec's size
+    accounting read). There, with ``fuse_relu`` an ``nn.ReLU`` that only follows an int8 layer
+    runs inside that layer's kernel (see :mod:`.fuse_relu`; the ReLU becomes ``nn.Identity``).
     """
     report = Report("convert")
     convert_into(model, report, backend, fuse_relu, graph)

@@ -40,6 +40,8 @@ from penjing.quantization.fake_quant import (
 )
 from penjing.quantization.fold_bn import fold_batchnorm, unfold_batchnorm
 
+#: the model's ``__dict__`` entry listing the ``[layer, bn]`` pairs :func:`quantize` folded
+FOLDED = "_pj_folded_bn"
 #: Layer types that get fake-quantized weights (output channels / rows on axis 0).
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.EmbeddingBag)
 #: Of those, the ones whose input is a float activation (an Embedding's input is an index).
@@ -222,6 +224,7 @@ class _Undo:
             for tensor, value in reversed(self.weights):
                 tensor.copy_(value)
         unfold_batchnorm(self.model, self.folded)
+        self.model.__dict__.pop(FOLDED, None)
 
 
 @verb(QuantConfig)
@@ -270,6 +273,8 @@ def _prepare(model: nn.Module, config: QuantConfig, run: Run, layers, bits, undo
     if config.fold_bn:
         with eval_mode(model):
             fold_batchnorm(model, undo.folded)
+        # which BNs went into which layer: a saved int8 graph replays these folds on a fresh model
+        model.__dict__[FOLDED] = [[layer, bn] for layer, bn, *_ in undo.folded]
     factors: dict = {}
     if config.smooth_alpha is not None:
         from penjing.quantization.smooth import smooth_linears

@@ -7,10 +7,10 @@ their mode, backend, fused ReLU, input grid, conv geometry) and which became ``I
 on a freshly built float model from the stored integers and scales, without calibration data,
 so the result computes exactly what the saved int8 model did.
 
-Supported: models converted layer by layer (``pj.convert(model)``: static, dynamic per-row or
-weight-only layers, int8 embeddings). A model converted with ``graph=True`` holds
-``torch.ao`` packed modules and an fx graph, which this format does not describe yet: saving
-one is refused with that reason.
+Supported: models converted layer by layer (``pj.convert(model, graph=False)``, and every
+model the int8 graph does not apply to: static, dynamic per-row or weight-only layers, int8
+embeddings). A model running the int8 graph (``pj.convert``'s default on CNNs) is saved and
+replayed by :mod:`.graph_saving`, which these two functions call.
 """
 
 from __future__ import annotations
@@ -62,7 +62,12 @@ def save_quantized(model: nn.Module, path: str | Path):
     """Write the int8 ``model`` and its structure record to ``path`` (``.pjz``); returns the
     codec's ``FileInfo``."""
     from penjing.codec import save
+    from penjing.quantization.int8_graph import int8_graph
 
+    if int8_graph(model) is not None:  # pj.convert's int8 graph: its own record (graph_saving.py)
+        from penjing.quantization.graph_saving import save_graph
+
+        return save_graph(model, path)
     record = json.dumps({"format": FORMAT, "modules": _record(model)}).encode()
     state = dict(model.state_dict())
     if KEY in state:
@@ -116,6 +121,10 @@ def load_quantized(path: str | Path, model: nn.Module) -> nn.Module:
     from penjing.codec import load
 
     state = dict(load(path))
+    from penjing.quantization.graph_saving import is_graph_file, load_graph
+
+    if is_graph_file(state):
+        return load_graph(state, model, path)
     if KEY not in state:
         raise ValueError(f"load_quantized: {path} holds no quantized-model structure (saved with pj.save, "
                          "not save_quantized); load it with model.load_state_dict(pj.load(path))")
