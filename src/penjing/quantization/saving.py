@@ -27,6 +27,8 @@ from torch import nn
 
 from penjing.core import structure
 from penjing.core.select import swap
+from penjing.quantization.graph_ranges import ATTR as RANGES
+from penjing.quantization.graph_ranges import GraphRanges
 from penjing.quantization.int_kernels import Int8Conv2d, Int8Embedding, Int8Linear, _Int8Base
 
 KIND = "int8"
@@ -161,6 +163,8 @@ def _record_act_quant(model: nn.Module) -> list[dict]:
                         "observe": bool(q.observe), "enabled": bool(q.enabled)})
         elif isinstance(q, DynamicRowQuant):
             out.append({"name": name, "quantizer": "dynamic", "smooth": q.smooth is not None})
+        if isinstance(m._modules.get(RANGES), GraphRanges):
+            out.append({"name": name, "quantizer": "graph_ranges"})
     return [{"kind": "act_quant", "modules": out}] if out else []
 
 
@@ -171,6 +175,15 @@ def _replay_act_quant(model: nn.Module, step: dict, state) -> None:
     for entry in step["modules"]:
         name = entry["name"]
         module = structure.module_at(model, name, "act_quant")
+        if entry["quantizer"] == "graph_ranges":  # the calibrated ranges of the whole graph
+            ranges = GraphRanges()
+            for buffer in ("names", "bounds"):
+                key = f"{name}.{RANGES}.{buffer}"
+                if key not in state:
+                    raise structure.mismatch(name, "act_quant", f"needs {key!r}, which the file does not hold")
+                setattr(ranges, buffer, torch.zeros(state[key].shape, dtype=state[key].dtype))
+            module.add_module(RANGES, ranges)
+            continue
         if "input_quant" in module._modules:
             continue  # already quantized (its state is loaded next)
         if entry["quantizer"] == "dynamic":
