@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import zlib
 import sys
 
 import pytest
@@ -78,10 +79,11 @@ def test_the_cli_names_the_module_in_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------- damaged record
 
-def _save_raw_record(path, payload: bytes, monkeypatch, key: str = codec_file.RECORD_KEY):
+def _save_raw_record(path, payload: bytes, monkeypatch, compress: bool = True):
     """A file whose record tensor holds ``payload`` (save() itself refuses to write a bad one)."""
     state = pj.models.LeNet300().state_dict()
-    state[key] = torch.frombuffer(bytearray(payload), dtype=torch.uint8).clone()
+    data = zlib.compress(payload) if compress else payload
+    state[codec_file.RECORD_KEY] = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
     monkeypatch.setattr(codec_file, "decode_record", lambda *a, **k: None)
     pj.save(state, path)
     monkeypatch.undo()
@@ -119,8 +121,22 @@ def test_a_malformed_step_says_so(tmp_path, monkeypatch):
 def test_an_oversized_record_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "big.pjz"
     _save_raw_record(path, json.dumps({"format": 1, "steps": []}).encode(), monkeypatch)
-    monkeypatch.setattr(codec_file, "MAX_RECORD_BYTES", 8)
-    with pytest.raises(CorruptFileError, match="bad structure record .*: 26 bytes, over the limit of 8"):
+    monkeypatch.setattr(codec_file, "MAX_RECORD_BYTES", 30)
+    with pytest.raises(CorruptFileError, match=r"bad structure record .*: 32 bytes, over the limit of 30$"):
+        inspect(path)
+    # a zlib bomb: a few hundred bytes that would inflate to 100 MB stop at the limit
+    _save_raw_record(path, b" " * 100_000_000, monkeypatch)
+    monkeypatch.setattr(codec_file, "MAX_RECORD_BYTES", 1 << 24)
+    with pytest.raises(CorruptFileError, match="inflates to more than 16,777,216 bytes"):
+        inspect(path)
+
+
+@pytest.mark.parametrize("data, why", [(b"plain json", "not zlib-compressed JSON (Error -3 while decompressing"),
+                                       (zlib.compress(b"[]")[:-3], "the compressed JSON is truncated")])
+def test_a_record_that_is_not_zlib_is_refused(tmp_path, monkeypatch, data, why):
+    path = tmp_path / "bad.pjz"
+    _save_raw_record(path, data, monkeypatch, compress=False)
+    with pytest.raises(CorruptFileError, match=re.escape(why)):
         inspect(path)
 
 

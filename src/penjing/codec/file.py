@@ -21,9 +21,9 @@ index covers at most ``2^16 - 1`` elements per symbol). Any malformed input rais
 
 A model that penjing rewrote structurally (split attention, channel pruning, low-rank,
 Winograd, int8...) also carries its *structure record* (:mod:`penjing.core.structure`): JSON
-``{"format": 1, "steps": [...]}`` as one 1-D uint8 tensor named :data:`RECORD_KEY`, coded like
-any other tensor. It is data only, at most :data:`MAX_RECORD_BYTES`, checked on read (valid
-UTF-8 JSON, known format, every step of a known kind listing its modules by name); it is never
+``{"format": 1, "steps": [...]}``, zlib-compressed, as one 1-D uint8 tensor named
+:data:`RECORD_KEY`. It is data only, at most :data:`MAX_RECORD_BYTES` stored and inflated
+(decompression stops there), checked on read (valid UTF-8 JSON, known format, every step of a known kind listing its modules by name); it is never
 part of the state_dict :func:`load` returns, but :attr:`FileInfo.structure`. Files written by
 ``save_quantized`` before it carry the int8 record under :data:`OLD_INT8_KEY`, read the same way.
 """
@@ -269,7 +269,22 @@ def encode_record(steps: list[dict]) -> torch.Tensor:
     if len(raw) > MAX_RECORD_BYTES:
         raise ValueError(f"the structure record is {len(raw):,} bytes, over the limit of "
                          f"{MAX_RECORD_BYTES:,}")
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+    # zlib: the JSON repeats its keys and shapes, and a pruned model's kept indices count up
+    return torch.frombuffer(bytearray(zlib.compress(raw, 9)), dtype=torch.uint8).clone()
+
+
+def _inflate(data: bytes, bad) -> bytes:
+    """zlib-decompress at most :data:`MAX_RECORD_BYTES` (a bomb stops there)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, MAX_RECORD_BYTES)
+    except zlib.error as exc:
+        raise bad(f"not zlib-compressed JSON ({exc})") from None
+    if inflater.unconsumed_tail:
+        raise bad(f"inflates to more than {MAX_RECORD_BYTES:,} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise bad("the compressed JSON is truncated or followed by other bytes")
+    return raw
 
 
 def decode_record(tensor: torch.Tensor, path: Path | str, key: str = RECORD_KEY) -> list[dict]:
@@ -284,8 +299,10 @@ def decode_record(tensor: torch.Tensor, path: Path | str, key: str = RECORD_KEY)
                   f"{tuple(getattr(tensor, 'shape', ()))}, not 1-D uint8")
     if tensor.numel() > MAX_RECORD_BYTES:
         raise bad(f"{tensor.numel():,} bytes, over the limit of {MAX_RECORD_BYTES:,}")
+    data = tensor.numpy().tobytes()
+    raw = data if key == OLD_INT8_KEY else _inflate(data, bad)  # save_quantized wrote plain JSON
     try:
-        record = json.loads(tensor.numpy().tobytes().decode("utf-8"))
+        record = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise bad(f"not JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:

@@ -36,6 +36,8 @@ def load_into(command: str, path: str, model, model_name: str, **options: Any):
 
     try:
         return runtime_load(model, path, **options)
+    except FileNotFoundError as exc:
+        raise FileProblem(f"penjing {command}: error: {exc}") from None
     except CorruptFileError as exc:
         raise FileProblem(f"penjing {command}: error: {path} is damaged or not a .pjz file: {exc}") from None
     except (OSError, MemoryError) as exc:
