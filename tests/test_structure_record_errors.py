@@ -232,3 +232,20 @@ def test_split_by_hand_before_loading_still_works(tmp_path):
     fresh = build("attention", 5)
     split_attention(fresh)
     _same(model, pj.load(tmp_path / "m.pjz", fresh, runtime="dense"), x)
+
+
+@pytest.mark.parametrize("m", [2, None])
+def test_the_winograd_tile_comes_back(tmp_path, m):
+    """Outputs alone cannot tell F(2) from F(6) on a small net (both within float rounding)."""
+    from penjing.winograd_conv import WinogradConv2d
+
+    x = _inputs()
+    model = build("resnet", 0)
+    pj.winograd(model, m=m, measure=False, progress=False)
+    pj.save(model, tmp_path / "w.pjz")
+    loaded = pj.load(tmp_path / "w.pjz", build("resnet", 5), runtime="dense")
+    tiles = {n: mod.m for n, mod in loaded.named_modules() if isinstance(mod, WinogradConv2d)}
+    assert tiles == {n: mod.m for n, mod in model.named_modules() if isinstance(mod, WinogradConv2d)}
+    assert len(tiles) == 5 and set(tiles.values()) == {m}  # the stride-2 convs stay direct
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
