@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import zlib
 import sys
+import zlib
 
 import pytest
 import torch
