@@ -249,3 +249,22 @@ def test_the_winograd_tile_comes_back(tmp_path, m):
     assert len(tiles) == 5 and set(tiles.values()) == {m}  # the stride-2 convs stay direct
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("step, why", [
+    ({"kind": "lowrank", "modules": [{"name": "fc1", "method": "svd", "shape": [300, 64], "rank": 10**9}]},
+     "bad structure record: rank 1000000000 for fc1 (svd, weight [300, 64]) is outside 1..64"),
+    ({"kind": "lowrank", "modules": [{"name": "fc1", "method": "svd", "shape": [300, 64], "rank": 0}]},
+     "bad structure record: rank 0 for fc1 (svd, weight [300, 64]) is outside 1..64"),
+    ({"kind": "prune_channels", "modules": [{"name": "fc1", "type": "Linear", "attrs": {},
+                                             "was": {"weight": [300, 64], "bias": [300]},
+                                             "now": {"weight": [10**9, 64], "bias": [300]}}]},
+     "bad structure record: the prune_channels entry of fc1 gives weight the shape [1000000000, 64], "
+     "not within [300, 64]"),
+])
+def test_a_record_cannot_make_load_allocate_more_than_the_model(tmp_path, monkeypatch, step, why):
+    path = tmp_path / "bomb.pjz"
+    _save_raw_record(path, json.dumps({"format": 1, "steps": [step]}).encode(), monkeypatch)
+    with pytest.raises(ValueError) as err:
+        pj.load(path, pj.models.LeNet300(), runtime="dense")
+    assert str(err.value) == f"{path}: {why}"

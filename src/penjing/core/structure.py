@@ -174,7 +174,11 @@ def replay(model: nn.Module, steps: list[dict], state: Mapping, where: str = "th
             if where != "the file":
                 exc.args = (str(exc).replace("the file", where, 1),)
             raise
-        except (KeyError, TypeError, IndexError) as exc:  # a field missing or of the wrong type
+        except ValueError as exc:
+            if str(exc).startswith("bad structure record"):  # a replay's check of a field's value
+                raise ValueError(f"{where}: {exc}") from None
+            raise
+        except (KeyError, TypeError, IndexError, RuntimeError) as exc:  # a field missing or of the wrong type
             raise ValueError(f"{where}: bad structure record: a {step['kind']} step is malformed "
                              f"({type(exc).__name__}: {exc})") from None
         if rewrite.record is None:

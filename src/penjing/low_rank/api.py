@@ -250,7 +250,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, run: Run) -> None:
             row.error = float((new.dense_weight().double() - w).norm() / w.norm()) if w.norm() > 0 else 0.0
         swap(model, cand.name, new)
         factorised.append({"name": cand.name, "method": new.method, "shape": list(cand.module.weight.shape),
-                           "rank": list(state) if isinstance(state, tuple) else state})
+                           "rank": [int(r) for r in state] if isinstance(state, tuple) else int(state)})
         row.rank = state
         row.params_after = cand.params(state)
         row.flops_after = cand.flops(state)

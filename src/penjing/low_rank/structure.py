@@ -40,6 +40,23 @@ def empty_factorisation(module: nn.Module, method: str, rank) -> nn.Sequential:
     return new.to(device=weight.device, dtype=weight.dtype)
 
 
+def _check_rank(name: str, method: str, rank, module: nn.Module) -> None:
+    """A rank within the layer's own bound (so a record cannot make load allocate more than
+    the fresh model holds): ``1 <= rank <= min`` of the truncated matrix, Tucker per side."""
+    shape = tuple(module.weight.shape)
+    if method in ("svd", "embedding"):
+        bounds = [min(shape)]
+    else:
+        n, c, kh, kw = shape
+        bounds = {"channel": [min(n, c * kh * kw)], "spatial": [min(c * kh, n * kw)], "tucker": [c, n],
+                  "cp": [min(n, c * kh * kw)]}[method]
+    ranks = rank if isinstance(rank, list) else [rank]
+    if len(ranks) != len(bounds) or any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= b
+                                        for r, b in zip(ranks, bounds, strict=False)):
+        raise ValueError(f"bad structure record: rank {rank} for {name} ({method}, weight "
+                         f"{list(shape)}) is outside 1..{'/'.join(map(str, bounds))}")
+
+
 def _replay(model: nn.Module, step: dict, state) -> None:
     for entry in step["modules"]:
         name, method, rank = entry["name"], entry["method"], entry["rank"]
@@ -57,6 +74,7 @@ def _replay(model: nn.Module, step: dict, state) -> None:
         if list(module.weight.shape) != entry["shape"]:
             raise structure.mismatch(name, KIND, f"has a {list(module.weight.shape)} weight; the file "
                                      f"factorised a {entry['shape']} one")
+        _check_rank(name, method, rank, module)
         swap(model, name, empty_factorisation(module, method, rank))
 
 

@@ -453,6 +453,11 @@ def _replay_prune(model: nn.Module, step: dict, state) -> None:
             expected = ", ".join(f"{k} {v}" for k, v in was.items()) or "no tensors"
             raise structure.mismatch(name, kind, f"has {have}; the file's model had {expected} "
                                      "before pruning")
+        grown = [k for k, shape in now.items() if k not in was or len(shape) != len(was[k])
+                 or any(not isinstance(d, int) or not 0 <= d <= w for d, w in zip(shape, was[k], strict=False))]
+        if grown:  # pruning only shrinks: a record cannot make load allocate more than the model
+            raise ValueError(f"bad structure record: the prune_channels entry of {name} gives "
+                             f"{grown[0]} the shape {now[grown[0]]}, not within {was.get(grown[0])}")
         if "kept" in entry:
             _check_kept(name, module, entry)
         for key, shape in now.items():

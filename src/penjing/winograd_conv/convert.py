@@ -311,7 +311,8 @@ def to_winograd(model: nn.Module, config: WinogradConfig | None = None, *, examp
         tile = f"F({m}x{m}, {r}x{r})" if m is not None else f"F(m x m, {r}x{r}), m per input shape"
         saving = f"; {d.reduction:.2f}x fewer multiplications" if d.reduction else ""
         report.touch(name, module, f"direct {r}x{r} conv", f"Winograd {tile}", d.reason + saving)
-    structure.note(model, KIND, [{"name": d.name, "m": d.m} for d in decisions.values() if d.converted])
+    structure.note(model, KIND, [{"name": d.name, "m": None if d.m is None else int(d.m)}
+                                 for d in decisions.values() if d.converted])
     return WinogradReport([decisions[name] for name, _ in eligible])
 
 
