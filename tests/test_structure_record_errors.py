@@ -268,3 +268,36 @@ def test_a_record_cannot_make_load_allocate_more_than_the_model(tmp_path, monkey
     with pytest.raises(ValueError) as err:
         pj.load(path, pj.models.LeNet300(), runtime="dense")
     assert str(err.value) == f"{path}: {why}"
+
+
+def test_the_commands_take_a_file_with_a_record(tmp_path, capsys):
+    """penjing eval / inspect / decompress / bench on a low-rank + int8 LeNet-300-100 (issue 22, 2)."""
+    from safetensors import safe_open
+
+    from penjing.cli import main
+    from penjing.train import evaluate
+
+    x = _inputs()
+    model = build("lenet300", 0)
+    lowrank(model, x)
+    pj.quantize(model, bits=8, data=[x], progress=False)
+    pj.convert(model)
+    path = tmp_path / "m.pjz"
+    pj.save(model, path)
+    capsys.readouterr()
+    assert main(["eval", str(path)]) == 0
+    accuracy = evaluate(model, pj.data.digits()[1])
+    assert capsys.readouterr().out.strip() == (f"{path}: lenet300 on digits: accuracy {100 * accuracy:.2f}% "
+                                               "(450 test samples)")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "structure record: 2 rewrite(s)" in out
+    assert "1. lowrank: fc1 (svd rank 4), fc2 (svd rank 4), fc3 (svd rank 4)" in out
+    assert "2. int8: fc1.0 (Int8Linear), fc1.1 (Int8Linear)" in out
+    assert main(["decompress", str(path), "-o", str(tmp_path / "s.safetensors")]) == 0
+    assert "the file records 2 structural rewrite(s)" in capsys.readouterr().out
+    with safe_open(str(tmp_path / "s.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["penjing_structure"]) == inspect(path).structure
+        assert "__penjing_structure__" not in f.keys()
+    assert main(["bench", str(path), "--runtime", "dense", "--batch", "1", "--rounds", "1", "--probe-mb", "1"]) == 0
+    assert f"{path}: {path.stat().st_size:,} bytes; runtime dense" in capsys.readouterr().out
