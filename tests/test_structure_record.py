@@ -71,7 +71,7 @@ def winograd(m, x):
 
 def int8(m, x):
     pj.quantize(m, bits=8, data=[x], progress=False)
-    pj.convert(m)
+    pj.convert(m, graph=False)  # layer by layer: the int8 graph has its own record (graph_saving)
 
 
 def ternary(m, x):

@@ -204,7 +204,7 @@ def test_the_plain_state_dict_has_no_record_and_old_int8_files_still_load(tmp_pa
     x = _inputs()
     model = build("lenet300", 0)
     pj.quantize(model, bits=8, data=[x], progress=False)
-    pj.convert(model)
+    pj.convert(model, graph=False)
     save_quantized(model, tmp_path / "new.pjz")
     assert "__penjing_structure__" not in pj.load(tmp_path / "new.pjz")
     # the layout save_quantized wrote before the structure record: its own key and JSON
@@ -281,7 +281,7 @@ def test_the_commands_take_a_file_with_a_record(tmp_path, capsys):
     model = build("lenet300", 0)
     lowrank(model, x)
     pj.quantize(model, bits=8, data=[x], progress=False)
-    pj.convert(model)
+    pj.convert(model, graph=False)
     path = tmp_path / "m.pjz"
     pj.save(model, path)
     capsys.readouterr()
