@@ -52,6 +52,21 @@ def test_int8_graph_round_trips_through_pjz_identically(tmp_path, cls, shape):
     assert int8_graph(fresh).code == int8_graph(model).code  # the same graph, op for op
 
 
+@pytest.mark.parametrize("runtime", ["dense", "kernel", "auto"])
+def test_pj_save_and_pj_load_take_the_int8_graph_the_default_convert_builds(tmp_path, runtime):
+    """The front door: pj.convert's default on a CNN is the int8 graph, and pj.save / pj.load
+    write and rebuild it (a registered whole-model format), whatever runtime is asked for."""
+    import penjing as pj
+    from penjing.quantization.graph_saving import KEY
+
+    model, _, x = _graph_model(SmallResNet, (1, 8, 8))
+    info = pj.save(model, tmp_path / "g.pjz")
+    assert KEY in {t.name for t in info.tensors} and info.structure is None
+    fresh = pj.load(tmp_path / "g.pjz", _fresh(SmallResNet), runtime=runtime)
+    assert int8_graph(fresh) is not None
+    assert torch.equal(fresh(x), model(x))
+
+
 def test_record_is_json_and_replay_needs_no_calibration(tmp_path):
     model, _, x = _graph_model(Mobile, (3, 8, 8))
     rec, tensors = record_graph(model)

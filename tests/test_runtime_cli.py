@@ -44,4 +44,4 @@ def test_bench_errors(lenet_file, tmp_path, capsys):
     assert main(["bench", str(tmp_path / "none.pjz")]) != 0
     assert f"penjing bench: error: {tmp_path / 'none.pjz'} not found" in capsys.readouterr().err
     assert main(["bench", str(lenet_file), "--input-shape", "1,9,9", "--runtime", "kernel"]) != 0
-    assert "does not fit the model" in capsys.readouterr().err
+    assert "does not fit --model lenet300: fc1.weight is [300, 64] in the file" in capsys.readouterr().err

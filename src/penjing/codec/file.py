@@ -18,11 +18,20 @@ are there, the payload checksum, the elements of all tensors together against th
 against the bytes that remain (no stream decodes to more than 8 symbols per byte; a sparse
 index covers at most ``2^16 - 1`` elements per symbol). Any malformed input raises
 :class:`CorruptFileError`, naming the field, what was wrong, and its byte offset in the file.
+
+A model that penjing rewrote structurally (split attention, channel pruning, low-rank,
+Winograd, int8...) also carries its *structure record* (:mod:`penjing.core.structure`): JSON
+``{"format": 1, "steps": [...]}``, zlib-compressed, as one 1-D uint8 tensor named
+:data:`RECORD_KEY`. It is data only, at most :data:`MAX_RECORD_BYTES` stored and inflated
+(decompression stops there), checked on read (valid UTF-8 JSON, known format, every step of a known kind listing its modules by name); it is never
+part of the state_dict :func:`load` returns, but :attr:`FileInfo.structure`. Files written by
+``save_quantized`` before it carry the int8 record under :data:`OLD_INT8_KEY`, read the same way.
 """
 
 from __future__ import annotations
 
 import inspect as _inspect
+import json
 import math
 import os
 import zlib
@@ -50,6 +59,11 @@ VERSION = 1
 #: any tensor is decoded (a guard against decompression bombs; ``load(max_elements=...)``).
 MAX_ELEMENTS = 1 << 28
 MAX_NDIM = 16
+#: the tensor holding the structure record, and the older int8-only one
+RECORD_KEY = "__penjing_structure__"
+OLD_INT8_KEY = "__penjing_quantized_structure__"
+MAX_RECORD_BYTES = 1 << 24
+RECORD_FORMAT = 1
 
 
 @dataclass
@@ -86,6 +100,8 @@ class FileInfo:
     bytes: int
     tensors: list[TensorInfo]
     overhead: int  # magic, version, lengths, checksums: the bytes no single tensor owns
+    #: the structural rewrites to replay on a fresh model (None: a plain state_dict)
+    structure: list[dict] | None = None
 
     def __getitem__(self, name: str) -> TensorInfo:
         for t in self.tensors:
@@ -195,11 +211,27 @@ def save(model_or_state_dict: nn.Module | dict[str, torch.Tensor], path: str | P
          huffman: bool = True, index_bits: int | dict[str, int] | None = None) -> FileInfo:
     """Write a model (baked on a copy; the model is not changed) or a state_dict to ``path``.
 
+    A model that penjing rewrote structurally also gets its structure record (see the module
+    docstring), so that ``load(path, FreshModel())`` can rebuild it.
+
     ``huffman``: Huffman-code index streams where that is smaller. ``index_bits``: width of the
     relative sparse index, one int or a dict keyed by tensor name, module name, ``"conv"``,
     ``"fc"`` or ``"*"`` (default: 8 for conv kernels, 5 otherwise). Returns the byte accounting.
     """
-    state, hints = _state_and_hints(model_or_state_dict)
+    whole = None
+    if isinstance(model_or_state_dict, nn.Module):
+        from penjing.core import structure
+
+        whole = structure.whole_state(model_or_state_dict)  # e.g. an int8 graph, written whole
+    state, hints = (whole, {}) if whole is not None else _state_and_hints(model_or_state_dict)
+    if isinstance(model_or_state_dict, nn.Module) and whole is None:
+        steps = structure.record(model_or_state_dict)
+        if steps:
+            if RECORD_KEY in state:
+                raise ValueError(f"save(): the model has a tensor named {RECORD_KEY!r}, the name the "
+                                 "structure record is stored under")
+            state[RECORD_KEY] = encode_record(steps)
+    steps = decode_record(state[RECORD_KEY], path) if RECORD_KEY in state else None
     header = bytearray(varint(len(state)))
     payloads: list[bytes] = []
     infos: list[TensorInfo] = []
@@ -229,7 +261,64 @@ def save(model_or_state_dict: nn.Module | dict[str, torch.Tensor], path: str | P
     finally:
         tmp.unlink(missing_ok=True)
     overhead = len(blob) - sum(t.total for t in infos)
-    return FileInfo(path, len(blob), infos, overhead)
+    return FileInfo(path, len(blob), infos, overhead, steps)
+
+
+# ---------------------------------------------------------------------------- structure record
+
+def encode_record(steps: list[dict]) -> torch.Tensor:
+    """The structure record as the uint8 tensor stored under :data:`RECORD_KEY`."""
+    raw = json.dumps({"format": RECORD_FORMAT, "steps": steps}, separators=(",", ":")).encode()
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"the structure record is {len(raw):,} bytes, over the limit of "
+                         f"{MAX_RECORD_BYTES:,}")
+    # zlib: the JSON repeats its keys and shapes, and a pruned model's kept indices count up
+    return torch.frombuffer(bytearray(zlib.compress(raw, 9)), dtype=torch.uint8).clone()
+
+
+def _inflate(data: bytes, bad) -> bytes:
+    """zlib-decompress at most :data:`MAX_RECORD_BYTES` (a bomb stops there)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(data, MAX_RECORD_BYTES)
+    except zlib.error as exc:
+        raise bad(f"not zlib-compressed JSON ({exc})") from None
+    if inflater.unconsumed_tail:
+        raise bad(f"inflates to more than {MAX_RECORD_BYTES:,} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise bad("the compressed JSON is truncated or followed by other bytes")
+    return raw
+
+
+def decode_record(tensor: torch.Tensor, path: Path | str, key: str = RECORD_KEY) -> list[dict]:
+    """The steps of a stored structure record; :class:`CorruptFileError` for anything else."""
+    from penjing.core.structure import check_steps
+
+    def bad(why: str) -> CorruptFileError:
+        return CorruptFileError(f"{path}: bad structure record ({key}): {why}")
+
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise bad(f"a {getattr(tensor, 'dtype', type(tensor).__name__)} tensor of shape "
+                  f"{tuple(getattr(tensor, 'shape', ()))}, not 1-D uint8")
+    if tensor.numel() > MAX_RECORD_BYTES:
+        raise bad(f"{tensor.numel():,} bytes, over the limit of {MAX_RECORD_BYTES:,}")
+    data = tensor.numpy().tobytes()
+    raw = data if key == OLD_INT8_KEY else _inflate(data, bad)  # save_quantized wrote plain JSON
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad(f"not JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise bad(f"format {found!r}, this penjing reads format {RECORD_FORMAT}")
+    if key == OLD_INT8_KEY:  # save_quantized's record: the int8 step alone
+        steps = [{"kind": "int8", "modules": record.get("modules")}]
+    else:
+        steps = record.get("steps")
+    problem = check_steps(steps)
+    if problem is not None:
+        raise bad(problem)
+    return steps
 
 
 def _verify(name: str, tensor: torch.Tensor, enc) -> None:
@@ -333,23 +422,30 @@ def _parse(blob: bytes, path: Path | str, max_elements: int,
     state: dict[str, torch.Tensor] = {}
     infos = []
     for name, dtype, shape, codec, offset, length, entry_len in entries:
-        tensor, parts = decode(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}",
+        decoder = decode_tensor if name in (RECORD_KEY, OLD_INT8_KEY) else decode
+        tensor, parts = decoder(codec, body[offset:offset + length], dtype, shape, f"{path}: {name}",
                                       base=body_at + offset)
         state[name] = tensor
         nonzeros = len(tensor.positions) if isinstance(tensor, StoredSparse) else (
             int(torch.count_nonzero(tensor)) if tensor.numel() else 0)
         infos.append(TensorInfo(name, dtype, shape, CODEC_NAMES[codec], parts, entry_len, nonzeros))
     overhead = len(blob) - sum(t.total for t in infos)
-    return state, FileInfo(Path(path), len(blob), infos, overhead)
+    steps = None
+    for key in (RECORD_KEY, OLD_INT8_KEY):
+        if key in state:
+            steps = (steps or []) + decode_record(state.pop(key), path, key)
+    return state, FileInfo(Path(path), len(blob), infos, overhead, steps)
 
 
 def load(path: str | Path, model: nn.Module | None = None, *, runtime: str = "auto", batch: int = 1,
          max_elements: int = MAX_ELEMENTS):
     """Read a ``.pjz`` file back into a state_dict (plain tensors, bit-identical to what was
-    saved). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file, and for
+    saved; a structure record is not part of it, see :func:`inspect`). Raises :class:`CorruptFileError` (a ``ValueError``) for any damaged file, and for
     a file whose tensors hold more than ``max_elements`` elements together (default 2^28).
 
-    With a ``model``: load into it and return it, compressed layers running the CPU kernels of
+    With a ``model`` (freshly built from the user's class): replay the file's structure
+    record on it (split attention, pruned channels, factorisations, int8 layers...), load the
+    weights strictly and return it, compressed layers running the CPU kernels of
     :mod:`penjing.runtime` (``runtime="auto"`` times each layer at ``batch`` and keeps the
     faster of kernel and dense; ``"kernel"``; ``"dense"``: plain dense weights)."""
     if model is not None:

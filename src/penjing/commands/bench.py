@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from penjing.commands import _pjz
 from penjing.commands._common import FILE_MODEL_HELP
 
 EXAMPLES = """\
@@ -64,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
 
     from penjing.models import MODELS, get_model
     from penjing.models.user import load_user_model
-    from penjing.runtime.load import load_into
     from penjing.runtime.report import bandwidth_probe, format_report, speed_report
 
     if args.probe_mb < 1:
@@ -83,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
         example = get_data(args.data)[0].tensors[0][:1].float()
     model = get_model(args.model, example) if args.model in MODELS else load_user_model(args.model, None)
     model.eval()
-    try:
-        model, info = load_into(model, args.file, runtime=args.runtime, batch=args.batch[0], example=example,
-                                return_info=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{args.file} does not fit --model {args.model}: {str(exc).strip().splitlines()[0]}") from None
+    try:  # the file's structure record is replayed on the fresh model first
+        model, info = _pjz.load_into("bench", args.file, model, args.model, runtime=args.runtime,
+                                     batch=args.batch[0], example=example, return_info=True)
+    except _pjz.FileProblem as problem:
+        return _pjz.report(problem)
     bw = bandwidth_probe(args.probe_mb)
     rows = speed_report(model, args.batch, example=example, rounds=args.rounds, bandwidth=bw)
     delta = info.rss_delta

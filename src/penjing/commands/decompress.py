@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from penjing.commands import _pjz
+
+#: where decompress keeps a file's structure record in the safetensors metadata (JSON)
+METADATA_KEY = "penjing_structure"
 
 EXAMPLES = """\
 examples:
@@ -31,10 +35,17 @@ def run(args: argparse.Namespace) -> int:
     from penjing.models.user import save_state_dict
 
     try:
-        state = _pjz.read("decompress", args.file)
+        state, info = _pjz.read("decompress", args.file, with_info=True)
     except _pjz.FileProblem as problem:
         return _pjz.report(problem)
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".safetensors")
-    save_state_dict(state, out)
+    metadata = {METADATA_KEY: json.dumps(info.structure)} if info.structure else None
+    save_state_dict(state, out, metadata=metadata)
     print(f"{out}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} values")
+    if info.structure:
+        print(f"the file records {len(info.structure)} structural rewrite(s) (in the safetensors metadata "
+              f"under {METADATA_KEY!r}): this state_dict loads into the rewritten model, not into a fresh "
+              "one; pj.load(FILE.pjz, FreshModel()) replays them")
+        for line in _pjz.describe_structure(info.structure):
+            print(f"  {line}")
     return 0

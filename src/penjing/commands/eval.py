@@ -18,8 +18,9 @@ examples:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="test accuracy of the weights in a .pjz file",
-        description="Load a .pjz file into the architecture named by --model and measure its "
-        "top-1 accuracy on the test split of --data.",
+        description="Load a .pjz file into the architecture named by --model (replaying the "
+        "structural rewrites the file records: pruned channels, low-rank factors, split attention, "
+        "Winograd, int8 layers) and measure its top-1 accuracy on the test split of --data.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", help="a .pjz file written by penjing")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from penjing.train import evaluate
 
     try:
-        state = _pjz.read("eval", args.file)
+        _pjz.read("eval", args.file, info=True)  # a damaged file is reported before any data is read
     except _pjz.FileProblem as problem:
         return _pjz.report(problem)
     train, test = get_data(args.data)
@@ -43,13 +44,10 @@ def run(args: argparse.Namespace) -> int:
         model = get_model(args.model, train.tensors[0][:1])
     else:
         model = load_user_model(args.model, None)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        return _pjz.report(_pjz.FileProblem(
-            f"penjing eval: error: {args.file} does not fit --model {args.model}: "
-            f"{first[1].strip() if len(first) > 1 else first[0]}"))
+    try:  # the file's structure record (pruned channels, factorised, int8 layers...) is replayed
+        model = _pjz.load_into("eval", args.file, model, args.model, runtime="dense")
+    except _pjz.FileProblem as problem:
+        return _pjz.report(problem)
     accuracy = evaluate(model, test)
     print(f"{args.file}: {args.model} on {args.data}: accuracy {100 * accuracy:.2f}% "
           f"({len(test):,} test samples)")

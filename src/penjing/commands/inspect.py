@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if len(title) > width:  # a long path on its own line (never cut), the size below it
         title = f"{info.path}\n{info.bytes:,} bytes"
     print(render(head, rows, width, left=4, title=title))
+    if info.structure:
+        print(f"structure record: {len(info.structure)} rewrite(s), replayed in this order on a fresh "
+              "model by pj.load(path, model) and penjing eval/bench:")
+        for line in _pjz.describe_structure(info.structure):
+            print(textwrap.fill(line, width, initial_indent="  ", subsequent_indent="     "))
     print(textwrap.fill("bytes per part; 'tables' = stream counts, widths, Huffman code-length "
                         "tables and block offsets; 'framing' = magic, version, lengths and checksums; "
                         "'vs fp32' = the stored tensors as dense float32 / their bytes (a file holds "

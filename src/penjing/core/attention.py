@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from penjing.core import structure
 from penjing.core.select import swap
 
 _PACKED = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -268,6 +269,37 @@ def split_attention(model: nn.Module) -> list[str]:
     if isinstance(model, nn.MultiheadAttention) and type(model) is nn.MultiheadAttention:
         raise ValueError("the model is a bare nn.MultiheadAttention: use "
                          "SplitMultiheadAttention.from_torch(model) instead")
+    entries = [{"name": name, **_config(model.get_submodule(name))} for name in names]
     for name in names:
         swap(model, name, SplitMultiheadAttention.from_torch(model.get_submodule(name)))
+    structure.note(model, "split_attention", entries)
     return names
+
+
+def _config(mha: nn.Module) -> dict:
+    """What a split must find in a fresh model's ``nn.MultiheadAttention`` (from either form)."""
+    bias = (mha.in_proj_bias is not None if type(mha) is nn.MultiheadAttention
+            else mha.q_proj.bias is not None)
+    return {"embed_dim": mha.embed_dim, "num_heads": mha.num_heads, "kdim": mha.kdim, "vdim": mha.vdim,
+            "bias": bias, "add_bias_kv": mha.bias_k is not None, "add_zero_attn": bool(mha.add_zero_attn),
+            "batch_first": bool(mha.batch_first)}
+
+
+def _replay_split(model: nn.Module, step: dict, state) -> None:
+    """Structure replay: split the fresh model's attention modules named in ``step``."""
+    for entry in step["modules"]:
+        name = entry["name"]
+        module = structure.module_at(model, name, "split_attention")
+        if not isinstance(module, nn.MultiheadAttention | SplitMultiheadAttention):
+            raise structure.mismatch(name, "split_attention", f"is a {type(module).__name__}, not an "
+                                     "nn.MultiheadAttention")
+        expected = {k: v for k, v in entry.items() if k != "name"}
+        found = _config(module)
+        differs = [f"{k} {found[k]} (the file's: {v})" for k, v in expected.items() if found.get(k) != v]
+        if differs:
+            raise structure.mismatch(name, "split_attention", "has " + ", ".join(differs))
+        if type(module) is nn.MultiheadAttention:
+            swap(model, name, SplitMultiheadAttention.from_torch(module))
+
+
+structure.register_rewrite("split_attention", _replay_split)

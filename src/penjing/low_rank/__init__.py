@@ -9,6 +9,7 @@ an embedding table as a narrower table times a Linear.
     pj.fit(model, train, epochs=5)               # fine-tune the factors
 """
 
+from penjing.low_rank import structure as _structure  # noqa: F401  (registers the record's kind)
 from penjing.low_rank.api import LayerResult, LowRankResult, factorise, lowrank
 from penjing.low_rank.budget import budget_states
 from penjing.low_rank.config import LowRankConfig

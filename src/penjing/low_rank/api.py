@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from penjing.core import structure
 from penjing.core.batch import first_batch
 from penjing.core.config import Run, verb
 from penjing.core.layers import pick_layers
@@ -229,6 +230,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, run: Run) -> None:
     # --- factorise where it pays ----------------------------------------------------------------
     budget_before = sum(c.cost(None, metric) for c in candidates)
     budget_after = budget_before
+    factorised: list[dict] = []
     for cand in candidates:
         row, state = rows[cand.name], states.get(cand.name)
         if state is None:
@@ -247,6 +249,8 @@ def lowrank(model: nn.Module, config: LowRankConfig, run: Run) -> None:
             w = cand.module.weight.detach().double()
             row.error = float((new.dense_weight().double() - w).norm() / w.norm()) if w.norm() > 0 else 0.0
         swap(model, cand.name, new)
+        factorised.append({"name": cand.name, "method": new.method, "shape": list(cand.module.weight.shape),
+                           "rank": [int(r) for r in state] if isinstance(state, tuple) else int(state)})
         row.rank = state
         row.params_after = cand.params(state)
         row.flops_after = cand.flops(state)
@@ -256,6 +260,7 @@ def lowrank(model: nn.Module, config: LowRankConfig, run: Run) -> None:
                          f"{row.params_before:,} -> {row.params_after:,} weights; rel. error "
                          f"{row.error:.3f}")
 
+    structure.note(model, "lowrank", factorised)
     flops_before = flops_after = None
     if all_macs is not None:
         flops_before = sum(all_macs.values())

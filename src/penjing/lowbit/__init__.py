@@ -14,6 +14,7 @@ unless ``keep_first_last=False``. Storage goes through the one ``.pjz`` codec (t
 codec hints); :func:`penjing.lowbit.report.storage` reports its sizes.
 """
 
+from penjing.lowbit import structure as _structure  # noqa: F401  (registers the record's kinds)
 from penjing.lowbit.api import binarize, latent, lowbit_layers, ternarize, ternary_sparsity
 from penjing.lowbit.binary import BinaryInput, BinaryWeight
 from penjing.lowbit.calibrate import recalibrate_batchnorm

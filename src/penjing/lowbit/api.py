@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from penjing.core import structure
 from penjing.core.config import Run, verb
 from penjing.core.layers import pick_layers, weight_layout
 from penjing.core.override import per_layer
@@ -58,6 +59,7 @@ def binarize(model: nn.Module, config: BinaryConfig, run: Run) -> None:
         for name, module in targets:
             binarize_input(module)
             run.report.note(f"{name}: inputs binarized (sign)")
+        structure.note(model, "binary_input", [{"name": name} for name, _ in targets])
 
 
 def _takes_real_inputs(name: str, module: nn.Module) -> str | None:

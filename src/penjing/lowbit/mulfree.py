@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from penjing.core import structure
 from penjing.core.params import parametrizations
 from penjing.core.select import select, swap
 from penjing.lowbit.api import latent
@@ -94,14 +95,15 @@ class TernaryLinear(nn.Module):
 def to_multiplication_free(model: nn.Module) -> nn.Module:
     """Swap every ternarized ``nn.Linear`` of ``model`` for a :class:`TernaryLinear` (in place).
     Other layers are untouched; returns ``model``."""
-    swapped = 0
+    swapped = []
     for name, module in list(select(model, nn.Linear)):
         ps = parametrizations(module)
         if ps and isinstance(ps[-1], (TTQWeight, TWNWeight)):
             swap(model, name, TernaryLinear.from_linear(module))
-            swapped += 1
+            swapped.append({"name": name, "shape": [module.out_features, module.in_features]})
     if not swapped:
         raise ValueError("no ternarized Linear layer to make multiplication-free; ternarize first")
+    structure.note(model, "ternary_linear", swapped)
     return model
 
 

@@ -33,8 +33,10 @@ def is_safetensors(path: str | Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100_000_000
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Write a plain state_dict as safetensors (no pickle; any suffix), atomically."""
+def save_state_dict(state: dict[str, torch.Tensor], path: str | Path,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write a plain state_dict as safetensors (no pickle; any suffix; ``metadata``: the
+    header's string map), atomically."""
     import os
 
     from safetensors.torch import save_file
@@ -43,7 +45,8 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     # safetensors refuses tensors sharing storage (tied weights): give each its own copy
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items() if v is not None}, str(tmp))
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items() if v is not None}, str(tmp),
+              metadata=metadata)
     os.replace(tmp, path)
     return path
 

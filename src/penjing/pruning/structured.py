@@ -28,6 +28,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from penjing.core import structure
 from penjing.core.attention import SplitMultiheadAttention
 from penjing.core.batch import model_inputs, run_forward
 from penjing.core.config import Run
@@ -172,6 +173,7 @@ def prune_structurally(model: nn.Module, config, targets: list, example: Any, ro
         except Exception:
             _restore(model, dense)  # refused: the user's model is left as it was
             raise
+        structure.note(model, "prune_channels", pruned_modules(dense, model, pruner.pruning_history()))
         after = _shapes(model)
         for name, shape in after.items():
             if shape != before.get(name):
@@ -376,3 +378,108 @@ def resize_like(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mod
         else:
             model = new_module
     return model
+
+
+# ---------------------------------------------------------------------------- structure record
+
+def _tensor_shapes(module: nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for d in (module._parameters, module._buffers) for k, v in d.items()
+            if v is not None}
+
+
+def _size_attrs(module: nn.Module) -> dict:
+    """The module's own integer / integer-tuple attributes (sizes, groups, normalized_shape...)."""
+    out = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or isinstance(value, bool):
+            continue
+        if isinstance(value, int) or (isinstance(value, tuple | list) and value
+                                      and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            out[key] = list(value) if isinstance(value, tuple | list) else value
+    return out
+
+
+def _kept(history: list, dense: nn.Module) -> dict[str, list[int]]:
+    """Output indices of the original layer each pruned root kept, composed over the rounds."""
+    kept: dict[str, list[int]] = {}
+    for name, is_out, idxs in history:
+        if not is_out:
+            continue
+        module = dense.get_submodule(name)
+        axis = 1 if getattr(module, "transposed", False) else 0
+        current = kept.setdefault(name, list(range(module.weight.shape[axis])))
+        drop = {int(i) for i in idxs}
+        kept[name] = [k for i, k in enumerate(current) if i not in drop]
+    return kept
+
+
+def pruned_modules(dense: nn.Module, model: nn.Module, history: list) -> list[dict]:
+    """The structure record of one structured pruning: per module whose tensors or size
+    attributes changed, its type, the shapes before (``was``) and after (``now``), the changed
+    attributes and, for pruned layers, the output indices kept."""
+    kept = _kept(history, dense)
+    before = dict(dense.named_modules())
+    out = []
+    for name, module in model.named_modules():
+        old = before.get(name)
+        if old is None or type(old) is not type(module):
+            continue
+        was, now = _tensor_shapes(old), _tensor_shapes(module)
+        old_attrs, new_attrs = _size_attrs(old), _size_attrs(module)
+        attrs = {k: v for k, v in new_attrs.items() if old_attrs.get(k) != v}
+        if was == now and not attrs:
+            continue
+        entry = {"name": name, "type": type(module).__name__, "was": was, "now": now, "attrs": attrs}
+        if name in kept:
+            entry["kept"] = kept[name]
+        out.append(entry)
+    return out
+
+
+def _replay_prune(model: nn.Module, step: dict, state) -> None:
+    """Structure replay: give each recorded module of the fresh model its pruned shapes and
+    size attributes (values come from the file afterwards)."""
+    kind = "prune_channels"
+    for entry in step["modules"]:
+        name = entry["name"]
+        module = structure.module_at(model, name, kind)
+        if type(module).__name__ != entry["type"]:
+            raise structure.mismatch(name, kind, f"is a {type(module).__name__}; the file pruned a "
+                                     f"{entry['type']}")
+        current = _tensor_shapes(module)
+        was, now = entry["was"], entry["now"]
+        if set(current) != set(was) or (current != was and current != now):
+            have = ", ".join(f"{k} {v}" for k, v in current.items()) or "no tensors"
+            expected = ", ".join(f"{k} {v}" for k, v in was.items()) or "no tensors"
+            raise structure.mismatch(name, kind, f"has {have}; the file's model had {expected} "
+                                     "before pruning")
+        grown = [k for k, shape in now.items() if k not in was or len(shape) != len(was[k])
+                 or any(not isinstance(d, int) or not 0 <= d <= w for d, w in zip(shape, was[k], strict=False))]
+        if grown:  # pruning only shrinks: a record cannot make load allocate more than the model
+            raise ValueError(f"bad structure record: the prune_channels entry of {name} gives "
+                             f"{grown[0]} the shape {now[grown[0]]}, not within {was.get(grown[0])}")
+        if "kept" in entry:
+            _check_kept(name, module, entry)
+        for key, shape in now.items():
+            for table in (module._parameters, module._buffers):
+                tensor = table.get(key)
+                if tensor is None or list(tensor.shape) == shape:
+                    continue
+                fresh = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
+                table[key] = nn.Parameter(fresh, tensor.requires_grad) if table is module._parameters else fresh
+        for key, value in entry["attrs"].items():
+            old = getattr(module, key, None)
+            setattr(module, key, tuple(value) if isinstance(old, tuple | list) or isinstance(value, list) else value)
+
+
+def _check_kept(name: str, module: nn.Module, entry: dict) -> None:
+    kept = entry["kept"]
+    axis = 1 if getattr(module, "transposed", False) else 0
+    before, after = entry["was"]["weight"][axis], entry["now"]["weight"][axis]
+    if (len(kept) != after or any(not isinstance(i, int) or not 0 <= i < before for i in kept)
+            or any(a >= b for a, b in zip(kept, kept[1:], strict=False))):
+        raise ValueError(f"bad structure record: the prune_channels entry of {name} keeps "
+                         f"{len(kept)} channel indices for {after} channels of {before}")
+
+
+structure.register_rewrite("prune_channels", _replay_prune)

@@ -18,6 +18,7 @@ parametrization, activation quantizer), :mod:`.fold_bn`, :mod:`.ptq`, :mod:`.qat
 :mod:`.report`.
 """
 
+from penjing.quantization import graph_saving as _graph_saving  # noqa: F401  (registers the int8-graph file format)
 from penjing.quantization.config import QuantConfig
 from penjing.quantization.core import QuantSpec, dequantize, fake_quantize, qparams, sqnr_db
 from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+from penjing.core import structure
 from penjing.core.params import original, parametrizations
 from penjing.core.select import swap
 
@@ -132,6 +133,7 @@ def fold_batchnorm(model: nn.Module, undo: list | None = None) -> list[tuple[str
         else:
             layer.bias.data.copy_(new_b.detach())
         swap(model, bn_name, after_norm(bn))
+    structure.note(model, "fold_bn", [{"name": layer, "bn": bn} for layer, bn in pairs])
     return pairs
 
 
@@ -147,4 +149,5 @@ def unfold_batchnorm(model: nn.Module, undo: list) -> None:
         else:
             layer.bias.data.copy_(bias)
         swap(model, bn_name, bn)
+    structure.forget(model, "fold_bn", {entry[0] for entry in undo})
     undo.clear()

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from penjing.core import structure
 from penjing.core.report import Report, record
 from penjing.core.select import swap
 
@@ -185,18 +186,32 @@ def graph_state(model: nn.Module, rec: dict) -> dict[str, torch.Tensor]:
             if not k.startswith(graph) and isinstance(v, torch.Tensor) and not v.is_quantized}
 
 
-def save_graph(model: nn.Module, path: str | Path):
-    """Write the int8-graph ``model`` to ``path`` (``.pjz``): record, tensors, the rest of its state."""
-    from penjing.codec import save
+def graph_file_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Every tensor a ``.pjz`` of the int8-graph ``model`` holds (record, graph tensors, the rest
+    of its state); ``None`` for a model that runs no int8 graph. Registered with
+    :func:`penjing.core.structure.register_format`, so ``pj.save`` writes graph models this way."""
+    from penjing.quantization.int8_graph import int8_graph
 
+    if int8_graph(model) is None:
+        return None
     rec, tensors = record_graph(model)
     state = graph_state(model, rec)
     clash = (set(state) & set(tensors)) | ({KEY} & set(state))
     if clash:
-        raise ValueError(f"save_quantized: tensor names used twice: {sorted(clash)[:5]}")
+        raise ValueError(f"save: tensor names used twice: {sorted(clash)[:5]}")
     state.update(tensors)
     raw = json.dumps(rec).encode()
     state[KEY] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+    return state
+
+
+def save_graph(model: nn.Module, path: str | Path):
+    """Write the int8-graph ``model`` to ``path`` (``.pjz``): record, tensors, the rest of its state."""
+    from penjing.codec import save
+
+    state = graph_file_state(model)
+    if state is None:
+        _inputs(model)  # raises: the model runs no int8 graph
     return save(state, path)
 
 
@@ -214,3 +229,10 @@ def load_graph(state: dict, model: nn.Module, path: str | Path) -> nn.Module:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"load_quantized: {path}: unreadable int8 graph record ({exc})") from None
     return replay_graph(model, rec, state)
+
+
+def _load_registered(state: dict, model: nn.Module, path: str) -> nn.Module:
+    return load_graph(dict(state), model, path).eval()
+
+
+structure.register_format(KEY, graph_file_state, _load_registered)

@@ -6,6 +6,10 @@ faster; ``"dense"`` decodes the file to plain tensors (the codec's behaviour bef
 The compressed layers are built from the stored positions, values and codebook indices
 (:func:`penjing.codec.load_stored`); only ``auto``'s timing builds a dense copy of a layer,
 one layer at a time, and keeps it only where dense wins.
+
+A file with a structure record (:mod:`penjing.core.structure`) first has its structural
+rewrites replayed on the given (freshly built) model, in the order they were applied; then the
+weights are loaded strictly, whatever the runtime.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import torch
 from torch import nn
 
 from penjing.codec.dtypes import from_bits, to_bits
-from penjing.codec.file import MAX_ELEMENTS, load_stored
-from penjing.codec.file import load as codec_load
+from penjing.codec.file import MAX_ELEMENTS, _read, load_stored
 from penjing.codec.tensors import StoredSparse
 from penjing.runtime.convert import (
     dense_call,
@@ -118,11 +121,51 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _load_rest(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = model.state_dict(keep_vars=True)
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is not None and tuple(mine.shape) != tuple(value.shape):
+            raise ValueError(f"{path} does not fit the model: {key} is {list(value.shape)} in the file, "
+                             f"{list(mine.shape)} in the model (module {key.rpartition('.')[0] or '(root)'!r})")
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         what = ([f"missing {', '.join(result.missing_keys[:3])}"] if result.missing_keys else []) + (
             [f"unexpected {', '.join(result.unexpected_keys[:3])}"] if result.unexpected_keys else [])
         raise ValueError(f"{path} does not fit the model: {'; '.join(what)}")
+
+
+class _DenseView(dict):
+    """The stored tensors as a structure replay reads them: a stored sparse tensor densified."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        return densify(value) if isinstance(value, StoredSparse) else value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+def _replay(model: nn.Module, steps: list[dict] | None, state: dict, path: Path) -> None:
+    if steps:
+        from penjing.core.structure import replay
+
+        replay(model, steps, _DenseView(state), where=str(path))
+
+
+def _whole_format(state: dict):
+    from penjing.core.structure import whole_format
+
+    return whole_format(state)
+
+
+def _load_whole(model: nn.Module, state: dict, path: Path, runtime: str, rss0, return_info: bool):
+    """A file in a whole-model format (an int8 graph): its method rebuilds the model, which runs
+    its own kernels (torch.ao's), whatever ``runtime`` asked for."""
+    model = _whole_format(state).load(state, model, str(path))
+    if not return_info:
+        return model
+    return model, LoadInfo(path, path.stat().st_size, runtime, compiled_isa(), rss0, rss_bytes(),
+                           model_tensor_bytes(model))
 
 
 def _input_sizes(model: nn.Module, layers: dict[str, RuntimeLayer], example) -> dict[str, tuple[int, int]]:
@@ -136,6 +179,10 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
     """Load the ``.pjz`` at ``path`` into ``model`` (its architecture; it may live on the
     ``meta`` device) and return it, or ``(model, LoadInfo)`` with ``return_info``.
 
+    ``model`` is a freshly built instance of the class that was compressed: the file's
+    structure record, if any, is replayed on it first (a step that does not fit raises a
+    ``ValueError`` naming the module), then every tensor is loaded strictly.
+
     ``runtime``: ``"auto"`` (time kernel vs dense per layer at ``batch`` and keep the faster;
     conv layers need ``example``, an input of the model, to know their sizes), ``"kernel"``
     (every layer a kernel applies to runs it), ``"dense"`` (plain dense weights)."""
@@ -148,9 +195,18 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
     rss0 = rss_bytes()
     choices: list[LayerChoice] = []
     if runtime == "dense":
-        _load_rest(model, codec_load(path, max_elements=max_elements), path)
+        state, file_info = _read(path, max_elements)
+        if _whole_format(state) is not None:
+            return _load_whole(model, state, path, runtime, rss0, return_info)
+        _replay(model, file_info.structure, state, path)
+        _load_rest(model, state, path)
+        del state
     else:
-        stored, _ = load_stored(path, max_elements=max_elements)
+        stored, file_info = load_stored(path, max_elements=max_elements)
+        if _whole_format(stored) is not None:
+            dense = {k: densify(v) if isinstance(v, StoredSparse) else v for k, v in stored.items()}
+            return _load_whole(model, dense, path, runtime, rss0, return_info)
+        _replay(model, file_info.structure, stored, path)
         layers: dict[str, RuntimeLayer] = {}
         for name, module in list(model.named_modules()):
             key = f"{name}.weight" if name else "weight"

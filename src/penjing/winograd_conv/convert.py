@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from penjing.core import structure
 from penjing.core.batch import first_batch, run_forward, to_device
 from penjing.core.config import MethodConfig, Run, option, verb
 from penjing.core.layers import pick_layers
@@ -311,7 +312,32 @@ def to_winograd(model: nn.Module, config: WinogradConfig | None = None, *, examp
         tile = f"F({m}x{m}, {r}x{r})" if m is not None else f"F(m x m, {r}x{r}), m per input shape"
         saving = f"; {d.reduction:.2f}x fewer multiplications" if d.reduction else ""
         report.touch(name, module, f"direct {r}x{r} conv", f"Winograd {tile}", d.reason + saving)
+    structure.note(model, KIND, [{"name": d.name, "m": None if d.m is None else int(d.m)}
+                                 for d in decisions.values() if d.converted])
     return WinogradReport([decisions[name] for name, _ in eligible])
+
+
+KIND = "winograd"
+
+
+def _replay(model: nn.Module, step: dict, state) -> None:
+    """Structure replay: the recorded convs of a fresh model become ``WinogradConv2d`` with
+    the recorded tile (``None``: chosen per input shape, as when it was saved)."""
+    for entry in step["modules"]:
+        name, m = entry["name"], entry["m"]
+        module = structure.module_at(model, name, KIND)
+        if isinstance(module, WinogradConv2d):
+            module.m = None if m is None else check_tile(m)
+            continue
+        if type(module) is not nn.Conv2d:
+            raise structure.mismatch(name, KIND, f"is a {type_name(module)}, not an nn.Conv2d")
+        try:
+            swap(model, name, WinogradConv2d.from_conv(module, None if m is None else check_tile(m)))
+        except ValueError as exc:
+            raise structure.mismatch(name, KIND, f"cannot run Winograd: {exc}") from None
+
+
+structure.register_rewrite(KIND, _replay)
 
 
 @verb(WinogradConfig)
