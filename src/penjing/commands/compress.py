@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from penjing.commands._common import add_model_args, load_model_and_data, out_dir
+from penjing.commands.bench import _batches
 
 DEFAULT_RECIPE = "deep_compression"
 
@@ -31,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"a YAML file or a shipped recipe name (default: {DEFAULT_RECIPE})")
     p.add_argument("--out", default="out", help="output folder (default: out/)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning (default: 0)")
+    p.add_argument("--speed-batch", type=_batches, default=[1, 32],
+                   help="batch sizes of the report's per-layer speed table (default: 1,32)")
+    p.add_argument("--no-speed-report", action="store_true",
+                   help="leave the speed table (the .pjz run by the CPU kernels vs dense) out of the report")
     p.set_defaults(func=run)
 
 
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model, train, test = load_model_and_data(args)
     ctx = RecipeContext(train=train, test=test, out_dir=out_dir(args.out), progress=not args.no_progress,
                         seed=args.seed)
+    ctx.artifacts["speed_batches"] = [] if args.no_speed_report else args.speed_batch
     result = run_recipe(recipe, model, ctx)
     first, last = result.summaries[0], result.final
     print(f"\n{args.model}: {last.ratio:.1f}x smaller than dense float32;\naccuracy "  # fits 80 columns

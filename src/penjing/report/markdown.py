@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from torch import nn
@@ -29,15 +30,39 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
                   f"size {last.ratio:.1f}x smaller than dense float32.", ""]
     lines += [s.to_markdown() for s in ctx.summaries]
     lines += ctx.artifacts.get("sections", [])
+    speed = _speed(ctx, dense, model)
+    if speed is not None:
+        lines += ["## Speed on this CPU", "", speed.get("markdown") or speed["error"], ""]
     for title, path in plots:
         lines += [f"### {title}", "", f"![{title}]({Path(path).name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    _write_html(ctx, dense, model, plots)
+    _write_html(ctx, dense, model, plots, speed)
     return path
 
 
-def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
+def _speed(ctx, dense: nn.Module, model: nn.Module) -> dict | None:
+    """The runtime's per-layer speed report of the ``.pjz`` the run wrote (``None`` when it
+    wrote none, or ``ctx.artifacts["speed_batches"]`` is empty: ``--no-speed-report``)."""
+    info, batches = ctx.artifacts.get("file"), ctx.artifacts.get("speed_batches", (1, 32))
+    if info is None or not batches:
+        return None
+    from penjing.core.params import bake
+    from penjing.runtime.report import file_speed_report
+
+    tensors = getattr(ctx.test, "tensors", None)
+    example = tensors[0][:1].float() if tensors else None
+    reasons = []
+    for skeleton in (dense, bake(copy.deepcopy(model))):  # a rewrite (low-rank...) changes the architecture
+        try:
+            result = file_speed_report(info.path, skeleton, batches, example=example)
+            return {**result.to_record(), "markdown": result.to_markdown()}
+        except (ValueError, RuntimeError) as exc:
+            reasons.append(str(exc).strip().splitlines()[0])
+    return {"error": f"Not measured: the file does not load into the model ({reasons[-1]})."}
+
+
+def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list, speed: dict | None = None) -> None:
     """``report.json`` (what ``penjing report`` rebuilds from) and ``report.html`` next to
     ``report.md``."""
     from penjing.report.html import write_html
@@ -45,5 +70,5 @@ def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
 
     tensors = getattr(ctx.test, "tensors", None)  # the recipe's data is a TensorDataset
     cost = costs(dense, model, tensors[0][:1]) if tensors else None
-    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), cost)
+    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), cost, speed)
     ctx.artifacts["html"] = write_html(ctx.out_dir)

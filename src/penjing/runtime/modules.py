@@ -31,19 +31,22 @@ class RuntimeLayer(nn.Module):
 
     def _sync(self) -> None:
         # a buffer replaced by .to()/.cpu()/.float(): point the kernels at the new memory
-        w = self.weights
+        # (runs every call: looks at the buffer dict directly, a few attribute reads in all)
+        w, bufs = self.weights, self._buffers
         changed = False
-        for name, t in w.tensors().items():
-            buf = getattr(self, f"w_{name}")
-            if buf is not t:
+        for name in ("segptr", "entries", "values", "scales", "centroids", "plus", "minus", "scale_plus",
+                     "scale_minus"):
+            buf = bufs.get(f"w_{name}")
+            if buf is not None and buf is not getattr(w, name):
                 if buf.device.type != "cpu":
                     raise ValueError(f"{type(self).__name__} runs on CPU only; its weights are on {buf.device}")
                 setattr(w, name, buf.contiguous())
                 changed = True
         if changed:
             w._struct = None
-        if self.bias is not None and (self.bias.dtype != torch.float32 or not self.bias.is_contiguous()):
-            self.bias = self.bias.to(torch.float32).contiguous()
+        bias = bufs["bias"]
+        if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+            self.bias = bias.to(torch.float32).contiguous()
 
     @property
     def weight_bytes(self) -> int:
