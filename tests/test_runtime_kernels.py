@@ -183,6 +183,23 @@ def test_empty_batch(isa):
     assert layer(torch.zeros(0, 10)).shape == (0, 6)
 
 
+def test_sparse_mm_into_a_given_output(isa):
+    from penjing.runtime import ops
+
+    gen = torch.Generator().manual_seed(5)
+    w = sparse(9, 13, 0.3, gen)
+    sw = SparseWeights.from_dense(w, codebook=False)
+    X = torch.randn(7, 13, generator=gen).t()  # [13, 7], not contiguous
+    bias = torch.randn(9, generator=gen)
+    out = torch.full((2, 9, 7), float("nan"))
+    got = ops.sparse_mm_kn(sw, X, bias, out=out[1])
+    assert got.data_ptr() == out[1].data_ptr()
+    close(out[1], w @ X + bias[:, None])
+    assert bool(out[0].isnan().all())  # nothing written outside the slice
+    with pytest.raises(ValueError, match=r"^out must be a contiguous float32 \[9, 7\] tensor$"):
+        ops.sparse_mm_kn(sw, X, bias, out=torch.empty(7, 9).t())
+
+
 def test_input_gradient_runs_fallback():
     gen = torch.Generator().manual_seed(0)
     w = sparse(8, 12, 0.5, gen)
@@ -190,6 +207,12 @@ def test_input_gradient_runs_fallback():
     x = torch.randn(3, 12, generator=gen, requires_grad=True)
     layer(x).sum().backward()
     close(x.grad, w.sum(0).expand(3, 12))
+    # the conv writes each sample into its slice of one output: the gradient still flows
+    conv = nn.Conv2d(6, 5, 1, bias=False)
+    conv.weight.data = sparse(5, 6, 0.5, gen).reshape(5, 6, 1, 1)
+    xc = torch.randn(2, 6, 3, 4, generator=gen, requires_grad=True)
+    SparseConv2d.from_conv(conv)(xc).sum().backward()
+    close(xc.grad, conv.weight.detach().sum(0).reshape(1, 6, 1, 1).expand(2, 6, 3, 4))
 
 
 @settings(max_examples=20, deadline=None)

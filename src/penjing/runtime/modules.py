@@ -241,10 +241,13 @@ class SparseConv2d(RuntimeLayer):
             cols = x.reshape(n, self.in_channels, h * w)
         else:
             cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [N, K, L]
-        outs = [ops.sparse_mm_kn(self.weights, cols[i], self.bias, self._csr) for i in range(n)]
-        if not outs:
-            return x.new_zeros(0, self.out_channels, oh, ow)
-        return torch.stack(outs).reshape(n, self.out_channels, oh, ow)
+        # each sample straight into its slice of the output: torch.stack's copy runs on torch's
+        # thread pool, which on a busy machine cost more than the kernel (37 ms for a 0.2 ms
+        # 1x1 layer at 2 threads, load 19 on 2 cores)
+        out = torch.empty(n, self.out_channels, oh * ow)
+        for i in range(n):
+            ops.sparse_mm_kn(self.weights, cols[i], self.bias, self._csr, out=out[i])
+        return out.reshape(n, self.out_channels, oh, ow)
 
     def dense_weight(self) -> torch.Tensor:
         return self.weights.to_dense().reshape(self.out_channels, self.in_channels, *self.kernel_size)
