@@ -383,6 +383,8 @@ def main() -> None:
     (b1, t1), own = _busy(), _own_cpu() - own0
     others = ((b1 - busy0[0]) - own) / max(t1 - busy0[1], 1e-9) * (os.cpu_count() or 1)
     cmd = "python benchmarks/runtime.py" + (" --quick" if args.quick else f" --rounds {rounds}")
+    if Path(args.out).resolve() != (Path(__file__).parent / "results" / "runtime.md").resolve():
+        cmd += f" --out {args.out}"
     head = [
         "# penjing runtime: compressed layers on CPU kernels vs dense torch\n",
         f"Command: `{cmd}`  ",

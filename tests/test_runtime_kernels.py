@@ -327,3 +327,40 @@ def test_threads_give_the_same_result(threads, monkeypatch):
         assert ops.read_probe(a) == a.numel()
     finally:
         torch.set_num_threads(before)
+
+
+def test_calls_from_two_python_threads_at_once(monkeypatch):
+    """ctypes releases the GIL: two Python threads may be inside the kernels together; the
+    second runs its call on its own thread while the first holds the pool, and both results
+    are the one-thread result to the bit."""
+    import threading
+
+    from penjing.runtime import ops
+
+    monkeypatch.setattr(ops, "MIN_WORK_PER_THREAD", 1)  # every call wants the pool
+    gen = torch.Generator().manual_seed(11)
+    w = sparse(700, 900, 0.3, gen)
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
+    xs = [torch.randn(1, 900, generator=gen), torch.randn(17, 900, generator=gen)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            want = [layer(x) for x in xs]
+        torch.set_num_threads(2)
+        bad = []
+
+        def work(x, ref):
+            with torch.no_grad():
+                for _ in range(150):
+                    if not torch.equal(layer(x), ref):
+                        bad.append(1)
+
+        threads = [threading.Thread(target=work, args=(x, ref)) for x, ref in zip(xs, want, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not bad
+    finally:
+        torch.set_num_threads(before)
