@@ -177,6 +177,31 @@ def test_sparse_conv2d(isa, k, stride, padding, dilation, density):
     close(layer.dense_weight(), conv.weight.detach(), 0)
 
 
+@pytest.mark.parametrize("cin,cout,groups,k,stride,padding", [(6, 9, 3, 3, 1, 1), (8, 8, 8, 3, 1, 1),
+                                                              (8, 8, 8, 3, 2, 1), (6, 4, 2, 1, 1, 0),
+                                                              (5, 10, 5, 5, 1, 2)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_grouped_sparse_conv2d(isa, cin, cout, groups, k, stride, padding, density):
+    gen = torch.Generator().manual_seed(cin * 7 + groups)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, groups=groups)
+    conv.weight.data = sparse(cout, cin // groups * k * k, density, gen).reshape(cout, cin // groups, k, k)
+    layer = SparseConv2d.from_conv(conv)
+    assert layer.weights.nnz == int(torch.count_nonzero(conv.weight))  # the other groups' blocks are skipped
+    with torch.no_grad():
+        for batch, h, w in ((1, 11, 9), (2, 20, 18)):
+            x = torch.randn(batch, cin, h, w, generator=gen)
+            close(layer(x), conv(x))
+        x = torch.randn(2, cin, 9, 9, generator=gen)[:, :, 1:, ::2]  # not contiguous
+        close(layer(x), conv(x))
+    close(layer.dense_weight(), conv.weight.detach(), 0)
+
+
+def test_groups_must_divide_the_channels():
+    w = SparseWeights.from_dense(torch.eye(9, 54), codebook=False)
+    with pytest.raises(ValueError, match=r"^groups=4 must divide in_channels=6 and out_channels=9$"):
+        SparseConv2d(w, None, 6, (3, 3), groups=4)
+
+
 def test_empty_batch(isa):
     w = sparse(6, 10, 0.5, torch.Generator().manual_seed(0))
     layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
@@ -258,8 +283,10 @@ def test_bad_inputs():
         TernaryLinear.from_linear(_linear(torch.randn(3, 4)))
     with pytest.raises(ValueError, match=r"^the weight is not binary \(each row must take only -a, \+a\)$"):
         BinaryLinear.from_linear(_linear(torch.tensor([[1.0, 0.0]])))
-    with pytest.raises(ValueError, match=r"^SparseConv2d takes groups=1, zero padding given as numbers$"):
-        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match=r"^SparseConv2d takes zero padding given as numbers$"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match=r"^SparseConv2d takes zero padding given as numbers$"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"))
     with pytest.raises(ValueError, match=r"^int8 values need one scale per output channel$"):
         SparseWeights.from_positions(2, 2, [0], values=torch.ones(1, dtype=torch.int8))
 
