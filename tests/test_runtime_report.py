@@ -97,3 +97,16 @@ def test_compress_cli_flags(tmp_path, capsys):
         main(["compress", "--speed-batch", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "argument --speed-batch: takes comma-separated positive integers, got '0'" in capsys.readouterr().err
+
+
+def test_speed_record_says_why_when_the_file_fits_no_model(run_dir):
+    from penjing.runtime.report import speed_record
+
+    out, result = run_dir
+    wrong = [nn.Sequential(nn.Linear(3, 3)), nn.Sequential(nn.Linear(2, 2))]
+    record = speed_record(out / "model.pjz", wrong, [1])
+    assert record == {"error": f"Not measured: the file does not load into the model ({out / 'model.pjz'} "
+                               "does not fit the model: missing 0.weight, 0.bias; unexpected fc1.bias, "
+                               "fc1.weight, fc2.bias)."}
+    ok = speed_record(out / "model.pjz", [wrong[0], result.dense], [1])  # the second architecture fits
+    assert [r["name"] for r in ok["rows"]] == ["fc1", "fc2", "fc3"] and ok["markdown"].startswith("`model.pjz`")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from torch import nn
@@ -42,24 +41,15 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
 
 
 def _speed(ctx, dense: nn.Module, model: nn.Module) -> dict | None:
-    """The runtime's per-layer speed report of the ``.pjz`` the run wrote (``None`` when it
+    """The runtime's per-layer speed table of the ``.pjz`` the run wrote (``None`` when it
     wrote none, or ``ctx.artifacts["speed_batches"]`` is empty: ``--no-speed-report``)."""
     info, batches = ctx.artifacts.get("file"), ctx.artifacts.get("speed_batches", (1, 32))
     if info is None or not batches:
         return None
-    from penjing.core.params import bake
-    from penjing.runtime.report import file_speed_report
+    from penjing.runtime.report import speed_record
 
     tensors = getattr(ctx.test, "tensors", None)
-    example = tensors[0][:1].float() if tensors else None
-    reasons = []
-    for skeleton in (dense, bake(copy.deepcopy(model))):  # a rewrite (low-rank...) changes the architecture
-        try:
-            result = file_speed_report(info.path, skeleton, batches, example=example)
-            return {**result.to_record(), "markdown": result.to_markdown()}
-        except (ValueError, RuntimeError) as exc:
-            reasons.append(str(exc).strip().splitlines()[0])
-    return {"error": f"Not measured: the file does not load into the model ({reasons[-1]})."}
+    return speed_record(info.path, [dense, model], batches, example=tensors[0][:1].float() if tensors else None)
 
 
 def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list, speed: dict | None = None) -> None:

@@ -182,3 +182,22 @@ def file_speed_report(path: str | Path, model: nn.Module, batch_sizes: list[int]
     chosen = {r.name: "kernel" if r.time_s <= r.dense_s else "dense"
               for r in rows if r.batch == batches[0] and r.kernel != "dense"}
     return FileSpeed(str(path), torch.get_num_threads(), compiled_isa(), bw, rounds, rows, chosen)
+
+
+def speed_record(path: str | Path, models: list[nn.Module], batch_sizes, *, example: torch.Tensor | None = None
+                 ) -> dict:
+    """:func:`file_speed_report` as the plain data a compress report keeps (``report.json``),
+    with its Markdown under ``"markdown"``. ``models``: architectures to try in order (the dense
+    model, then the compressed one baked: a rewrite such as low-rank changes the architecture);
+    when the file fits none, ``{"error": ...}`` says why rather than failing the run."""
+    from penjing.core.params import bake
+
+    reason = "no model given"
+    for i, model in enumerate(models):
+        skeleton = model if i == 0 else bake(copy.deepcopy(model))
+        try:
+            result = file_speed_report(path, skeleton, batch_sizes, example=example)
+            return {**result.to_record(), "markdown": result.to_markdown()}
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+    return {"error": f"Not measured: the file does not load into the model ({reason})."}
