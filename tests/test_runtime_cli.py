@@ -40,7 +40,7 @@ def test_bench_errors(lenet_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", str(lenet_file), "--batch", "1,x"])
     assert exc.value.code == 2
-    assert "--batch takes comma-separated positive integers, got '1,x'" in capsys.readouterr().err
+    assert "argument --batch: takes comma-separated positive integers, got '1,x'" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "none.pjz")]) != 0
     assert f"penjing bench: error: {tmp_path / 'none.pjz'} not found" in capsys.readouterr().err
     assert main(["bench", str(lenet_file), "--input-shape", "1,9,9", "--runtime", "kernel"]) != 0

@@ -177,10 +177,52 @@ def test_sparse_conv2d(isa, k, stride, padding, dilation, density):
     close(layer.dense_weight(), conv.weight.detach(), 0)
 
 
+@pytest.mark.parametrize("cin,cout,groups,k,stride,padding", [(6, 9, 3, 3, 1, 1), (8, 8, 8, 3, 1, 1),
+                                                              (8, 8, 8, 3, 2, 1), (6, 4, 2, 1, 1, 0),
+                                                              (5, 10, 5, 5, 1, 2)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_grouped_sparse_conv2d(isa, cin, cout, groups, k, stride, padding, density):
+    gen = torch.Generator().manual_seed(cin * 7 + groups)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, groups=groups)
+    conv.weight.data = sparse(cout, cin // groups * k * k, density, gen).reshape(cout, cin // groups, k, k)
+    layer = SparseConv2d.from_conv(conv)
+    assert layer.weights.nnz == int(torch.count_nonzero(conv.weight))  # the other groups' blocks are skipped
+    with torch.no_grad():
+        for batch, h, w in ((1, 11, 9), (2, 20, 18)):
+            x = torch.randn(batch, cin, h, w, generator=gen)
+            close(layer(x), conv(x))
+        x = torch.randn(2, cin, 9, 9, generator=gen)[:, :, 1:, ::2]  # not contiguous
+        close(layer(x), conv(x))
+    close(layer.dense_weight(), conv.weight.detach(), 0)
+
+
+def test_groups_must_divide_the_channels():
+    w = SparseWeights.from_dense(torch.eye(9, 54), codebook=False)
+    with pytest.raises(ValueError, match=r"^groups=4 must divide in_channels=6 and out_channels=9$"):
+        SparseConv2d(w, None, 6, (3, 3), groups=4)
+
+
 def test_empty_batch(isa):
     w = sparse(6, 10, 0.5, torch.Generator().manual_seed(0))
     layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
     assert layer(torch.zeros(0, 10)).shape == (0, 6)
+
+
+def test_sparse_mm_into_a_given_output(isa):
+    from penjing.runtime import ops
+
+    gen = torch.Generator().manual_seed(5)
+    w = sparse(9, 13, 0.3, gen)
+    sw = SparseWeights.from_dense(w, codebook=False)
+    X = torch.randn(7, 13, generator=gen).t()  # [13, 7], not contiguous
+    bias = torch.randn(9, generator=gen)
+    out = torch.full((2, 9, 7), float("nan"))
+    got = ops.sparse_mm_kn(sw, X, bias, out=out[1])
+    assert got.data_ptr() == out[1].data_ptr()
+    close(out[1], w @ X + bias[:, None])
+    assert bool(out[0].isnan().all())  # nothing written outside the slice
+    with pytest.raises(ValueError, match=r"^out must be a contiguous float32 \[9, 7\] tensor$"):
+        ops.sparse_mm_kn(sw, X, bias, out=torch.empty(7, 9).t())
 
 
 def test_input_gradient_runs_fallback():
@@ -190,6 +232,12 @@ def test_input_gradient_runs_fallback():
     x = torch.randn(3, 12, generator=gen, requires_grad=True)
     layer(x).sum().backward()
     close(x.grad, w.sum(0).expand(3, 12))
+    # the conv writes each sample into its slice of one output: the gradient still flows
+    conv = nn.Conv2d(6, 5, 1, bias=False)
+    conv.weight.data = sparse(5, 6, 0.5, gen).reshape(5, 6, 1, 1)
+    xc = torch.randn(2, 6, 3, 4, generator=gen, requires_grad=True)
+    SparseConv2d.from_conv(conv)(xc).sum().backward()
+    close(xc.grad, conv.weight.detach().sum(0).reshape(1, 6, 1, 1).expand(2, 6, 3, 4))
 
 
 @settings(max_examples=20, deadline=None)
@@ -235,8 +283,10 @@ def test_bad_inputs():
         TernaryLinear.from_linear(_linear(torch.randn(3, 4)))
     with pytest.raises(ValueError, match=r"^the weight is not binary \(each row must take only -a, \+a\)$"):
         BinaryLinear.from_linear(_linear(torch.tensor([[1.0, 0.0]])))
-    with pytest.raises(ValueError, match=r"^SparseConv2d takes groups=1, zero padding given as numbers$"):
-        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match=r"^SparseConv2d takes zero padding given as numbers$"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match=r"^SparseConv2d takes zero padding given as numbers$"):
+        SparseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"))
     with pytest.raises(ValueError, match=r"^int8 values need one scale per output channel$"):
         SparseWeights.from_positions(2, 2, [0], values=torch.ones(1, dtype=torch.int8))
 
@@ -302,5 +352,42 @@ def test_threads_give_the_same_result(threads, monkeypatch):
                 assert torch.equal(one, many)
         a = torch.ones(3 * 4096 + 5)
         assert ops.read_probe(a) == a.numel()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_calls_from_two_python_threads_at_once(monkeypatch):
+    """ctypes releases the GIL: two Python threads may be inside the kernels together; the
+    second runs its call on its own thread while the first holds the pool, and both results
+    are the one-thread result to the bit."""
+    import threading
+
+    from penjing.runtime import ops
+
+    monkeypatch.setattr(ops, "MIN_WORK_PER_THREAD", 1)  # every call wants the pool
+    gen = torch.Generator().manual_seed(11)
+    w = sparse(700, 900, 0.3, gen)
+    layer = SparseLinear(SparseWeights.from_dense(w, codebook=False))
+    xs = [torch.randn(1, 900, generator=gen), torch.randn(17, 900, generator=gen)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            want = [layer(x) for x in xs]
+        torch.set_num_threads(2)
+        bad = []
+
+        def work(x, ref):
+            with torch.no_grad():
+                for _ in range(150):
+                    if not torch.equal(layer(x), ref):
+                        bad.append(1)
+
+        threads = [threading.Thread(target=work, args=(x, ref)) for x, ref in zip(xs, want, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not bad
     finally:
         torch.set_num_threads(before)

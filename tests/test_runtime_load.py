@@ -189,3 +189,34 @@ def test_n_of_m_pruned_model_runs_sparse(tmp_path):
     assert loaded[0].weights.nnz == baked[0].weight.numel() // 2
     x = torch.randn(5, 40)
     assert rel(loaded(x), baked(x)) <= 1e-5
+
+
+def grouped_cnn():
+    # a grouped 3x3, a depthwise 3x3 (stride 2) and a grouped 1x1
+    return nn.Sequential(nn.Conv2d(4, 12, 3, padding=1, groups=2), nn.ReLU(),
+                         nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12), nn.ReLU(),
+                         nn.Conv2d(12, 6, 1, groups=3), nn.Flatten(), nn.Linear(6 * 16, 5))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_grouped_and_depthwise_convs_run_from_the_file(tmp_path, bits):
+    torch.manual_seed(1)
+    model = grouped_cnn()
+    pj.prune(model, pj.PruneConfig(sparsity=0.7))
+    if bits:
+        pj.share(model, pj.ShareConfig(bits=bits))
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    path = tmp_path / "g.pjz"
+    pj.save(model, path)
+    x = torch.randn(3, 4, 8, 8)
+    loaded = load_into(grouped_cnn(), path, runtime="kernel")
+    for i, g in ((0, 2), (2, 12), (4, 3)):
+        assert isinstance(loaded[i], SparseConv2d) and loaded[i].groups == g
+        # the block-diagonal layout holds the stored nonzeros, no more
+        assert loaded[i].weights.nnz == int(torch.count_nonzero(baked[i].weight))
+        assert torch.equal(loaded[i].dense_weight(), baked[i].weight.detach())
+    assert rel(loaded(x), baked(x)) <= 1e-5
+    auto = load_into(grouped_cnn(), path, runtime="auto", example=x[:1], rounds=2)
+    assert rel(auto(x), baked(x)) <= 1e-5
+    twin = pj.runtime.dense_twin(loaded[2])
+    assert twin.groups == 12 and torch.equal(twin.weight, baked[2].weight.detach())

@@ -19,9 +19,9 @@ def _batches(text: str) -> list[int]:
     try:
         out = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch takes comma-separated positive integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes comma-separated positive integers, got {text!r}") from None
     if not out or any(b < 1 for b in out):
-        raise argparse.ArgumentTypeError(f"--batch takes comma-separated positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes comma-separated positive integers, got {text!r}")
     return out
 
 

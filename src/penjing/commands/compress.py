@@ -12,6 +12,7 @@ from penjing.commands._common import (
     max_drop,
     out_dir,
 )
+from penjing.commands.bench import _batches
 
 DEFAULT_RECIPE = "deep_compression"
 #: what the default becomes for a model with no recipe of its own (the budget is measured)
@@ -42,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out", help="output folder (default: out/)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning (default: 0)")
     add_tolerance_args(p)
+    p.add_argument("--speed-batch", type=_batches, default=[1, 32],
+                   help="batch sizes of the report's per-layer speed table (default: 1,32)")
+    p.add_argument("--no-speed-report", action="store_true",
+                   help="leave the speed table (the .pjz run by the CPU kernels vs dense) out of the report")
     p.set_defaults(func=run)
 
 
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     model, train, test = load_model_and_data(args)
     ctx = RecipeContext(train=train, test=test, out_dir=out_dir(args.out), progress=not args.no_progress,
                         seed=args.seed, max_drop=tolerance)
+    ctx.artifacts["speed_batches"] = [] if args.no_speed_report else args.speed_batch
     result = run_recipe(recipe, model, ctx)
     first, last = result.summaries[0], result.final
     source = "file" if last.file_bytes is not None else "estimated"

@@ -30,7 +30,8 @@ nav a{margin-right:1em}
 """
 
 SECTIONS = [("steps", "Step by step"), ("layers", "Per-layer tables"), ("sparsity", "Sparsity per layer"),
-            ("weights", "Weight histograms"), ("cost", "Energy and latency"), ("plots", "Step plots"),
+            ("weights", "Weight histograms"), ("cost", "Energy and latency"), ("speed", "Speed on this CPU"),
+            ("plots", "Step plots"),
             ("notes", "Step notes")]
 
 
@@ -112,6 +113,24 @@ def _cost_section(cost: dict | None) -> str:
             "activations from DRAM/SRAM, MACs). Simulated, not measured on this CPU.</p>" + _table(head, rows))
 
 
+def _speed_section(speed: dict | None) -> str:
+    """The runtime's per-layer table of the written file (see penjing.runtime.report)."""
+    if not speed:
+        return "<p>Not measured: the run wrote no .pjz file, or ran with --no-speed-report.</p>"
+    if "error" in speed:
+        return f"<p>{_esc(speed['error'])}</p>"
+    rows = [[r["name"], r["format"], r["kernel"], r["batch"], f"{r['weight_bytes']:,}",
+             f"{r['dense_bytes'] / r['weight_bytes']:.1f}x", f"{1e3 * r['time_s']:.3f}", f"{1e3 * r['dense_s']:.3f}",
+             f"{r['speedup']:.2f}x", f"{1e3 * r['predicted_s']:.3f}", f"{r['bandwidth_fraction']:.0%}"]
+            for r in speed["rows"]]
+    head = ["layer", "format", "kernel", "batch", "weight bytes/call", "vs dense bytes", "time (ms)", "dense (ms)",
+            "speed-up", "bytes predict (ms)", "of bandwidth"]
+    return (f"<p>{_esc(speed['file'])} run by the penjing runtime's CPU kernels ({_esc(speed['isa'])}, "
+            f"{speed['threads']} thread(s)) vs dense F.linear / F.conv2d on the same weights, median of "
+            f"{speed['rounds']} interleaved rounds; measured read bandwidth {speed['bandwidth'] / 1e9:.1f} GB/s. "
+            "Measured on this CPU.</p>" + _table(head, rows, left=3))
+
+
 def render_html(data: dict, out_dir: str | Path) -> str:
     """The HTML page for a run's ``report.json`` data; plots are read from ``out_dir``."""
     from markdown_it import MarkdownIt
@@ -164,6 +183,9 @@ def render_html(data: dict, out_dir: str | Path) -> str:
 
     parts.append('<h2 id="cost">Energy and latency</h2>')
     parts.append(_cost_section(data.get("costs")))
+
+    parts.append('<h2 id="speed">Speed on this CPU</h2>')
+    parts.append(_speed_section(data.get("speed")))
 
     parts.append('<h2 id="plots">Step plots (rounds, sensitivity curves, spectra)</h2>')
     extra = [p for p in plots if p["file"] not in standard]

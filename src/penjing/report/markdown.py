@@ -33,11 +33,14 @@ def write_report(ctx, dense: nn.Module, model: nn.Module) -> Path:
     lines += [f"> **{w}**\n" for w in getattr(ctx, "warnings", [])]
     lines += [s.to_markdown() for s in ctx.summaries]
     lines += ctx.artifacts.get("sections", [])
+    speed = _speed(ctx, dense, model)
+    if speed is not None:
+        lines += ["## Speed on this CPU", "", speed.get("markdown") or speed["error"], ""]
     for title, path in plots:
         lines += [f"### {title}", "", f"![{title}]({Path(path).name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    _write_html(ctx, dense, model, plots)
+    _write_html(ctx, dense, model, plots, speed)
     return path
 
 
@@ -66,7 +69,19 @@ def _distinct(plots: list[tuple[str, Path]], own: int) -> list[tuple[str, Path]]
     return [entry for entry in keep if entry is not None]
 
 
-def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
+def _speed(ctx, dense: nn.Module, model: nn.Module) -> dict | None:
+    """The runtime's per-layer speed table of the ``.pjz`` the run wrote (``None`` when it
+    wrote none, or ``ctx.artifacts["speed_batches"]`` is empty: ``--no-speed-report``)."""
+    info, batches = ctx.artifacts.get("file"), ctx.artifacts.get("speed_batches", (1, 32))
+    if info is None or not batches:
+        return None
+    from penjing.runtime.report import speed_record
+
+    tensors = getattr(ctx.test, "tensors", None)
+    return speed_record(info.path, [dense, model], batches, example=tensors[0][:1].float() if tensors else None)
+
+
+def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list, speed: dict | None = None) -> None:
     """``report.json`` (what ``penjing report`` rebuilds from) and ``report.html`` next to
     ``report.md``."""
     from penjing.report.html import write_html
@@ -74,5 +89,5 @@ def _write_html(ctx, dense: nn.Module, model: nn.Module, plots: list) -> None:
 
     tensors = getattr(ctx.test, "tensors", None)  # the recipe's data is a TensorDataset
     cost = costs(dense, model, tensors[0][:1]) if tensors else None
-    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), cost)
+    save_run(ctx.out_dir, ctx.summaries, plots, ctx.artifacts.get("sections", []), cost, speed)
     ctx.artifacts["html"] = write_html(ctx.out_dir)

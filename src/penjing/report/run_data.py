@@ -51,10 +51,10 @@ def costs(dense: nn.Module, model: nn.Module, example) -> dict | None:
 
 
 def save_run(out_dir: Path, summaries: list[Summary], plots: list[tuple[str, Path]], sections: list[str],
-             cost: dict | None) -> Path:
+             cost: dict | None, speed: dict | None = None) -> Path:
     data = {"format": FORMAT, "version": VERSION, "summaries": [summary_record(s) for s in summaries],
             "plots": [{"title": t, "file": Path(p).name} for t, p in plots], "sections": list(sections),
-            "costs": cost}
+            "costs": cost, "speed": speed}
     path = Path(out_dir) / "report.json"
     path.write_text(json.dumps(data, indent=1))
     return path

@@ -25,10 +25,11 @@ from penjing.runtime.modules import (
     TernaryLinear,
 )
 from penjing.runtime.ops import compiled_isa
+from penjing.runtime.report import FileSpeed, file_speed_report
 
-__all__ = ["BinaryLinear", "BitWeights", "CodebookLinear", "LayerChoice", "LoadInfo", "RuntimeLayer",
+__all__ = ["BinaryLinear", "BitWeights", "CodebookLinear", "FileSpeed", "LayerChoice", "LoadInfo", "RuntimeLayer",
            "SparseConv2d", "SparseLinear", "SparseWeights", "TernaryLinear", "compiled_isa", "convert",
-           "cpu_flags", "dense_twin", "kernels", "load_into", "runtime_layer", "supported_variants"]
+           "cpu_flags", "dense_twin", "file_speed_report", "kernels", "load_into", "runtime_layer", "supported_variants"]
 
 
 def convert(model, *, select=None):

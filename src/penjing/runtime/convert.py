@@ -3,6 +3,7 @@ and the ``auto`` choice: time kernel and dense on the layer's own input shape, k
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from penjing.runtime.modules import (
     SparseConv2d,
     SparseLinear,
     TernaryLinear,
+    block_diagonal,
+    block_diagonal_positions,
 )
 
 #: Below this density a plain fp32 weight is worth a sparse kernel (above it, dense BLAS wins).
@@ -90,15 +93,23 @@ def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None 
             return TernaryLinear(made, b) if made.ternary else BinaryLinear(made, b)
         return CodebookLinear(made, b) if made.kind == "codebook" else SparseLinear(made, b)
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
             return None
-        rows = module.out_channels
-        cols = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-        made = _weights_for(w, rows, cols, allow_bits=False)
+        g, rows = module.groups, module.out_channels
+        cols = module.in_channels // g * module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(w, StoredSparse):
+            w = dataclasses.replace(w, shape=(rows, g * cols),
+                                    positions=block_diagonal_positions(w.positions, rows, cols, g))
+        else:
+            w = w.detach().to(torch.float32).reshape(rows, cols)
+            if g > 1 and int(torch.count_nonzero(w)) > MAX_SPARSE_DENSITY * w.numel():
+                return None  # (the density of the grouped weight, not of its block-diagonal form)
+            w = block_diagonal(w, g)
+        made = _weights_for(w, rows, g * cols, allow_bits=False)
         if made is None:
             return None
         return SparseConv2d(made, b, module.in_channels, module.kernel_size, module.stride, module.padding,
-                            module.dilation)
+                            module.dilation, g)
     return None
 
 
@@ -108,7 +119,7 @@ def dense_twin(layer: RuntimeLayer) -> nn.Module:
     bias = layer.bias
     if isinstance(layer, SparseConv2d):
         m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                      layer.dilation, bias=bias is not None, device="meta")
+                      layer.dilation, layer.groups, bias=bias is not None, device="meta")
     else:
         m = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None, device="meta")
     m.weight = nn.Parameter(w, requires_grad=False)
@@ -120,7 +131,7 @@ def dense_twin(layer: RuntimeLayer) -> nn.Module:
 def dense_call(layer: RuntimeLayer, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``F.linear`` / ``F.conv2d`` with ``weight``: the dense reference a layer is timed against."""
     if isinstance(layer, SparseConv2d):
-        return lambda x: F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation)
+        return lambda x: F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     return lambda x: F.linear(x, weight, layer.bias)
 
 

@@ -260,5 +260,5 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
 
 def _dense_numel(layer: RuntimeLayer) -> int:
     if isinstance(layer, SparseConv2d):
-        return layer.out_channels * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        return layer.out_channels * layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
     return layer.in_features * layer.out_features

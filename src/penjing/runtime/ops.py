@@ -97,16 +97,22 @@ def _csr(w: SparseWeights) -> torch.Tensor:
                                        size=(w.rows, w.cols), check_invariants=True)
 
 
-def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, fallback=None) -> torch.Tensor:
-    """``W @ X + bias[:, None]`` for ``X`` of shape ``[cols, P]``; returns ``[rows, P]``."""
+def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, fallback=None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """``W @ X + bias[:, None]`` for ``X`` of shape ``[cols, P]``; returns ``[rows, P]`` (written
+    into ``out``, a contiguous ``[rows, P]`` float32 tensor, when given)."""
+    if out is not None and not (out.is_contiguous() and out.shape == (w.rows, X.shape[1])
+                                and out.dtype == torch.float32):
+        raise ValueError(f"out must be a contiguous float32 [{w.rows}, {X.shape[1]}] tensor")
     k = _lib()
     if k is None or _needs_grad(X):
         csr = fallback() if fallback is not None else _csr(w)
         y = csr @ X
-        return y + bias[:, None] if bias is not None else y
+        y = y + bias[:, None] if bias is not None else y
+        return y if out is None else out.copy_(y)
     X = X.contiguous()
     P = X.shape[1]
-    Y = torch.empty(w.rows, P)
+    Y = torch.empty(w.rows, P) if out is None else out
     if P:
         k.fn("pj_spmm")(ctypes.byref(w.struct()), X.data_ptr(), P, Y.data_ptr(), _p(bias), threads_for(w.nnz * P))
     return Y

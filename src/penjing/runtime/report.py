@@ -5,9 +5,11 @@ memory bandwidth (a STREAM-style read probe), so each layer shows how close it r
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,3 +129,75 @@ def format_report(rows: list[LayerSpeed], bandwidth: float | None = None) -> str
         lines.append(f"| **all layers** | | | {b} | {wb:,} | {db / wb:.1f}x | {t * 1e3:.3f} | {d * 1e3:.3f} | "
                      f"{d / t:.2f}x | {wb / bw * 1e3:.3f} | {wb / bw / t:.0%} |")
     return head + "\n".join(lines) + "\n"
+
+
+@dataclass
+class FileSpeed:
+    """:func:`file_speed_report`'s result: the rows, the bandwidth they are measured against,
+    and what the load chose per layer."""
+
+    path: str
+    threads: int
+    isa: str
+    bandwidth: float
+    rounds: int
+    rows: list[LayerSpeed]
+    chosen: dict[str, str]
+
+    def to_markdown(self) -> str:
+        first = self.rows[0].batch if self.rows else 1
+        picks = ", ".join(f"{n}: {c}" for n, c in self.chosen.items()) or "no layer has a kernel"
+        return (f"`{Path(self.path).name}` run by the penjing runtime's kernels vs dense on the same weights, "
+                f"median of {self.rounds} interleaved rounds. `runtime=\"auto\"` at batch {first} keeps: {picks}. "
+                "Above 100% of bandwidth: the weights sat in cache between calls.\n\n"
+                + format_report(self.rows, self.bandwidth))
+
+    def to_record(self) -> dict:
+        """Plain JSON-able data (what ``report.json`` keeps for the HTML report)."""
+        return {"file": Path(self.path).name, "threads": self.threads, "isa": self.isa,
+                "bandwidth": self.bandwidth, "rounds": self.rounds, "chosen": dict(self.chosen),
+                "rows": [{**asdict(r), "speedup": r.speedup, "predicted_s": r.predicted_s,
+                          "bandwidth_fraction": r.bandwidth_fraction} for r in self.rows]}
+
+
+@torch.no_grad()
+def file_speed_report(path: str | Path, model: nn.Module, batch_sizes: list[int] | tuple[int, ...] = (1, 32), *,
+                      example: torch.Tensor | None = None, rounds: int = 5, probe_mb: int = 64) -> FileSpeed:
+    """The speed report of a ``.pjz`` file: load it into a copy of ``model`` (its architecture;
+    ``model`` is left alone) with every compressed layer on its kernel (``runtime="kernel"``),
+    time each layer at each batch size against dense (:func:`speed_report`), and say what
+    ``runtime="auto"`` keeps at the first batch size (the faster of the two). Few rounds and a
+    64 MB bandwidth probe by default: the quick version a compress run appends to its report;
+    ``penjing bench`` and ``benchmarks/runtime.py`` are the careful ones."""
+    from penjing.runtime.load import load_into
+
+    batches = [int(b) for b in batch_sizes]
+    if not batches or any(b < 1 for b in batches):
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)!r}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    loaded = load_into(copy.deepcopy(model).eval(), path, runtime="kernel")
+    bw = bandwidth_probe(probe_mb, rounds=3)
+    rows = speed_report(loaded, batches, example=example, rounds=rounds, bandwidth=bw)
+    chosen = {r.name: "kernel" if r.time_s <= r.dense_s else "dense"
+              for r in rows if r.batch == batches[0] and r.kernel != "dense"}
+    return FileSpeed(str(path), torch.get_num_threads(), compiled_isa(), bw, rounds, rows, chosen)
+
+
+def speed_record(path: str | Path, models: list[nn.Module], batch_sizes, *, example: torch.Tensor | None = None
+                 ) -> dict:
+    """:func:`file_speed_report` as the plain data a compress report keeps (``report.json``),
+    with its Markdown under ``"markdown"``. ``models``: architectures to try in order (the dense
+    model, then the compressed one baked: a rewrite such as low-rank changes the architecture);
+    when the file fits none, ``{"error": ...}`` says why rather than failing the run."""
+    from penjing.core.params import bake
+
+    reason = "no model given"
+    for i, model in enumerate(models):
+        skeleton = model if i == 0 else bake(copy.deepcopy(model))
+        try:
+            result = file_speed_report(path, skeleton, batch_sizes, example=example)
+            return {**result.to_record(), "markdown": result.to_markdown()}
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+    return {"error": f"Not measured: the file does not load into the model ({reason})."}

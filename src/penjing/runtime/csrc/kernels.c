@@ -152,12 +152,16 @@ static void *pool_worker(void *arg) {
     return NULL;
 }
 
+/* One job at a time owns the pool: ctypes releases the GIL, so two Python threads may call
+ * kernels at once; the second then runs its call on its own thread. */
+static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER;
+
 /* Run fn over [0, n) in chunks of `chunk`, on up to nthreads threads (the caller included). */
 static void parallel_for(pj_task fn, void *ctx, int64_t n, int64_t chunk, int nthreads) {
     if (chunk < 1) chunk = 1;
     int64_t nchunks = (n + chunk - 1) / chunk;
     if (nthreads > POOL_MAX) nthreads = POOL_MAX;
-    if (nthreads <= 1 || nchunks <= 1) {
+    if (nthreads <= 1 || nchunks <= 1 || pthread_mutex_trylock(&pool_job) != 0) {
         if (n > 0) fn(ctx, 0, n);
         return;
     }
@@ -187,6 +191,7 @@ static void parallel_for(pj_task fn, void *ctx, int64_t n, int64_t chunk, int nt
     pool_run(gen, fn, ctx, n, chunk, nchunks);
     for (int spins = 0; atomic_load(&pool.done) < nchunks; spins++)
         if (spins > 64) sched_yield(); /* a claimed chunk is running elsewhere: let it have the core */
+    pthread_mutex_unlock(&pool_job);
 }
 
 /* chunk of rows so that each thread gets several (load balance) */
