@@ -144,7 +144,9 @@ def _run_budgeted(model: nn.Module, config: PruneConfig, step: Any, ctx: Any) ->
     names = list(scan.curves)
     # Every layer the budget may reach gets its mask now (all ones), so each round only lowers
     # mask entries and a round can be undone by loading the state_dict of the one before.
-    _prune_round(model, config, {n: 0.0 for n in names}, epochs=0, seed=ctx.seed, ctx=ctx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no layer was changed": by design, masks of ones
+        _prune_round(model, config, {n: 0.0 for n in names}, epochs=0, seed=ctx.seed, ctx=ctx)
     accepted = {k: v.detach().clone() for k, v in model.state_dict().items()}
     accepted_report = last_report(model)
     dense_test = evaluate(model, ctx.test)
@@ -198,8 +200,9 @@ def _run_budgeted(model: nn.Module, config: PruneConfig, step: Any, ctx: Any) ->
     index = len(ctx.summaries)
     _scan_section(scan, config.tolerance, index, ctx)
     per_layer = "\n".join(f"| {n} | {sizes[n]:,} | {100 * chosen[n]:g}% |" for n in names)
-    budget_md = (f"\nBudget: {'max_drop ' + format(step.max_drop, 'g') + ' validation points' if step.max_drop is not None else 'no accuracy bound'}"
-                 f", target {100 * goal:.1f}% overall; decided on the validation split "
+    bound = f"max_drop {step.max_drop:g} validation points" if step.max_drop is not None \
+        else "no accuracy bound"
+    budget_md = (f"\nBudget: {bound}, target {100 * goal:.1f}% overall; decided on the validation split "
                  f"({len(ctx.val)} samples).\n\n" + "\n".join(lines)
                  + "\n\n| layer | weights | sparsity |\n|---|---|---|\n" + per_layer + "\n")
     _rounds_section(model, log, dense_test, "sparsity: auto, budgeted", index, ctx, budget_md)
@@ -213,6 +216,4 @@ def _prune_round(model: nn.Module, config: PruneConfig, sparsity: dict[str, floa
         config, sparsity=sparsity, schedule="one-shot", finetune_epochs=epochs,
         seed=seed, validation=None, on_round=None,
         layers=lambda name, _m: name in names, exclude=())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the all-ones first round changes no weight, by design
-        prune(model, round_config, data=ctx.train, progress=ctx.progress)
+    prune(model, round_config, data=ctx.train, progress=ctx.progress)
