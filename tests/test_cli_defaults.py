@@ -150,7 +150,7 @@ def test_lowrank_small_budget_warns_before_it_writes(lenet300_weights, tmp_path,
     assert "**WARNING: low-rank factorisation + 0 fine-tuning epochs lost" in (out / "lowrank.md").read_text()
     size = (out / "model.pjz").stat().st_size
     # one ratio: LeNet-300-100's 50,610 float32 parameters over the written file
-    assert f"{4 * 50610 / size:.1f}x smaller than dense float32 of the original model " \
+    assert f"{4 * 50610 / size:.1f}x smaller than dense fp32 of the original " \
         f"(202,440 B -> {size:,} B file)" in captured.out
 
 

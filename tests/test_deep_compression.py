@@ -160,9 +160,9 @@ def test_penjing_compress_reaches_the_papers_ratio(model, target, tmp_path, caps
     >= 39x for LeNet-5 on digits, within 0.5 points of the dense accuracy."""
     assert main(["compress", "--model", model, "--no-progress", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    m = re.search(r"([\d.]+)x smaller than dense float32 of the original model [^\n]*\s+"
-                  r"accuracy ([\d.]+)% -> ([\d.]+)%", out)
-    ratio, dense, final = map(float, m.groups())
+    m = re.search(r"accuracy ([\d.]+)% -> ([\d.]+)% [^\n]*\n([\d.]+)x smaller than dense fp32 of the "
+                  r"original", out)
+    dense, final, ratio = map(float, m.groups())
     assert ratio >= target
     assert final >= dense - 0.5
     assert (tmp_path / "model.pjz").stat().st_size * ratio == pytest.approx(

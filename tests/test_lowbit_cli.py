@@ -58,7 +58,7 @@ def test_ternarize_command_writes_a_pjz_file(tmp_path, lenet300_weights, capsys)
     assert "zeros %" in text and "ternarize: 3 layer(s) changed, 0 skipped" in text
     # one ratio: the original's dense float32 (50,610 parameters) over the file's bytes
     size = out.stat().st_size
-    assert f"{4 * 50610 / size:.1f}x smaller than dense float32 of the original model " \
+    assert f"{4 * 50610 / size:.1f}x smaller than dense fp32 of the original " \
         f"(202,440 B -> {size:,} B file)" in text
     lowbit = int(text.split(f"wrote {out}: {size:,} B, of which ")[1].split(" B")[0].replace(",", ""))
     assert lowbit <= 2 * 50200 / 8  # 2 bits per weight at most (Huffman-coded indices go below)
@@ -73,7 +73,7 @@ def test_binarize_command_and_its_errors(tmp_path, lenet300_weights, capsys):
                "--no-progress", "--activations", "fc2", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "smaller than dense float32 of the original model" in text and f"wrote {out}" in text
+    assert "smaller than dense fp32 of the original" in text and f"wrote {out}" in text
     assert pj.load(out)["fc2.weight"].unique().numel() == 2 * 100  # +-alpha per output channel
     rc = main(["binarize", "--model", "lenet300", "--weights", str(lenet300_weights), "--epochs", "0",
                "--no-progress", "--layers", "act"])

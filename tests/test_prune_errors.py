@@ -138,7 +138,7 @@ def test_cli_prunes_a_user_model_and_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dense params" in out and "4x1x3x3" in out and "parameters 16,842 -> 4,330" in out
     # one ratio: the original model's dense float32 over the pruned model's stored bytes
-    assert "smaller than dense float32 of the original model (67,368 B ->" in out
+    assert "smaller than dense fp32 of the original (67,368 B ->" in out
     state = load_state_dict(tmp_path / "out" / "pruned.safetensors")
     assert tuple(state["0.weight"].shape) == (4, 1, 3, 3)
     assert main(["prune", "--no-finetune", "--model", f"{path}:Net", "--sparsity", "fc1=0.5", "--no-progress",

@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     result = run_recipe(recipe, model, ctx)
     first, last = result.summaries[0], result.final
     source = "file" if last.file_bytes is not None else "estimated"
-    print(f"\n{args.model}: {size_line(last.reference_bytes, last.bytes, source)}\naccuracy "
-          f"{100 * first.accuracy:.2f}% -> {100 * last.accuracy:.2f}% "
-          f"({100 * (last.accuracy - first.accuracy):+.2f} points)")
+    print(f"\n{args.model}: accuracy {100 * first.accuracy:.2f}% -> {100 * last.accuracy:.2f}% "
+          f"({100 * (last.accuracy - first.accuracy):+.2f} points)\n"  # each line fits 80 columns
+          f"{size_line(last.reference_bytes, last.bytes, source)}")
     for warning in ctx.warnings:  # again at the end, where the eye lands
         print(warning)
     print(f"report: {result.report_path}")

@@ -151,8 +151,8 @@ def ratio_text(original_fp32_bytes: float, stored_bytes: float) -> str:
 def size_line(original_fp32_bytes: int, stored_bytes: float, source: str) -> str:
     """The closing size line every command prints: stored bytes (``source``: ``"file"`` or
     ``"estimated"``) vs the original model's dense float32, and :func:`size_ratio`."""
-    return (f"{ratio_text(original_fp32_bytes, stored_bytes)} smaller than dense float32 of the "
-            f"original model ({original_fp32_bytes:,} B -> {int(stored_bytes):,} B {source})")
+    return (f"{ratio_text(original_fp32_bytes, stored_bytes)} smaller than dense fp32 of the original "
+            f"({original_fp32_bytes:,} B -> {int(stored_bytes):,} B {source})")
 
 
 #: Accuracy points a step may lose before penjing warns (``--max-drop``, recipe ``max_drop``).
