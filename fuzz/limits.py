@@ -6,13 +6,16 @@ process (about 270 MB of it is Python, torch and numpy before the first input). 
 measures each input itself:
 
 * its CPU time (``time.process_time``); over ``cpu_limit_s`` (1 s) is a finding;
-* how far it pushed the process's peak RSS above the RSS it started from, whenever it set a new
-  peak (an input that stays under an earlier peak cannot have grown more than that peak, which
-  was checked when it was set); over ``4 x`` the input's memory budget plus ``slack_mb`` is a
-  finding. The budget is the size in bytes of the largest tensor the file declares (``.pjz``)
-  or of the file (a CIFAR batch, whose arrays are backed by its bytes); ``slack_mb`` absorbs
-  the allocator's granularity (glibc and torch take memory from the system in blocks of
-  hundreds of KB to a few MB).
+* how far its peak RSS rose above the RSS it started from: before each input the kernel's
+  high-water mark is reset (``/proc/self/clear_refs`` = 5, Linux >= 4.0) and ``VmHWM`` read
+  after it, so the figure is that one input's own peak. Over ``4 x`` the input's memory budget
+  plus ``slack_mb`` is a finding. The budget is the size in bytes of the largest tensor the
+  file legitimately holds (``.pjz``) or of the file (a CIFAR batch, whose arrays are backed by
+  its bytes); ``slack_mb`` absorbs the allocator's granularity (glibc, numpy and torch take
+  memory from the system in blocks of up to a few MB).
+
+Because of the reset, libFuzzer's own ``peak_rss_mb`` only covers the time since the last
+input began; the run's peak is the ``peak_rss_mb`` of the stats written here.
 
 A finding raises :class:`LimitExceeded`, which libFuzzer reports as a crash and saves the input.
 The running maxima are written to ``PENJING_FUZZ_STATS`` (JSON) every 5,000 inputs and on
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 
@@ -39,8 +41,18 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """The peak RSS since the last :func:`reset_peak_rss` (``VmHWM``), in bytes."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 class Watch:
@@ -51,29 +63,35 @@ class Watch:
         self.budget, self.cpu_limit_s, self.slack = budget, cpu_limit_s, int(slack_mb * 2**20)
         self.stats_path = stats_path if stats_path is not None else os.environ.get("PENJING_FUZZ_STATS")
         self.stats = {"inputs": 0, "max_cpu_s": 0.0, "max_cpu_input_bytes": 0, "max_rss_rise_mb": 0.0,
-                      "max_rss_rise_budget_mb": 0.0, "peak_rss_mb": 0.0, "start_rss_mb": current_rss() / 2**20}
+                      "max_rss_rise_input_bytes": 0, "max_rss_rise_budget_mb": 0.0, "peak_rss_mb": 0.0,
+                      "start_rss_mb": current_rss() / 2**20}
 
     def run(self, fn: Callable[[bytes], object], data: bytes) -> None:
-        rss_before, peak_before = current_rss(), peak_rss()
+        reset_peak_rss()
+        rss_before = current_rss()
         t0 = time.process_time()
         try:
             fn(data)
         finally:
             cpu = time.process_time() - t0
-            peak_after = peak_rss()
-            self._record(data, cpu, rss_before, peak_before, peak_after)
+            self._record(data, cpu, rss_before, peak_rss())
 
-    def _record(self, data: bytes, cpu: float, rss_before: int, peak_before: int, peak_after: int) -> None:
+    def _record(self, data: bytes, cpu: float, rss_before: int, peak: int) -> None:
         s = self.stats
         s["inputs"] += 1
         new_max = False
         if cpu > s["max_cpu_s"]:
             s["max_cpu_s"], s["max_cpu_input_bytes"], new_max = cpu, len(data), True
-        if peak_after > peak_before:
-            rise, budget = peak_after - rss_before, self.budget(data)
-            s["peak_rss_mb"] = peak_after / 2**20
-            if rise / 2**20 > s["max_rss_rise_mb"]:
-                s["max_rss_rise_mb"], s["max_rss_rise_budget_mb"], new_max = rise / 2**20, budget / 2**20, True
+        s["peak_rss_mb"] = max(s["peak_rss_mb"], peak / 2**20)
+        rise = max(peak - rss_before, 0)
+        if rise / 2**20 > s["max_rss_rise_mb"]:
+            s["max_rss_rise_mb"], s["max_rss_rise_input_bytes"], new_max = rise / 2**20, len(data), True
+            s["max_rss_rise_budget_mb"] = self.budget(data) / 2**20
+            if self.stats_path:  # the input, to look at
+                with open(f"{self.stats_path}.max_rise_input", "wb") as f:
+                    f.write(data)
+        if rise > self.slack:
+            budget = self.budget(data)
             if rise > 4 * budget + self.slack:
                 self._save()
                 raise LimitExceeded(f"a {len(data)}-byte input raised the RSS by {rise / 2**20:.1f} MB; its "
