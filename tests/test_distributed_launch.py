@@ -140,7 +140,7 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("rendezvous", ["file", "tcp"])
+@pytest.mark.parametrize("rendezvous", [pytest.param("file", marks=pytest.mark.slow), "tcp"])
 def test_a_two_process_job_listens_on_loopback_only(rendezvous):
     """#20: "the rendezvous store listens on all interfaces although penjing passes 127.0.0.1".
     Both rendezvous kinds: the file store (penjing's launcher, no socket at all) and the TCPStore
