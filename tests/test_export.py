@@ -132,6 +132,9 @@ def test_int8_models_export_as_qdq_that_ort_runs_with_integer_kernels(tmp_path, 
     graph = onnx.load(str(path)).graph
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops(path)
+    from penjing.export.check import weights_only_dequantized
+
+    assert not weights_only_dequantized(path)  # static QDQ: ORT's QDQ fusion stays on
     layers = [m for m in model.modules() if type(m).__name__ in ("Int8Linear", "Int8Conv2d")]
     assert result.int8_initializers == len(layers)
     # weights are int8 initializers with one scale per output channel (axis 0)
@@ -284,6 +287,17 @@ def test_weight_only_int8_exports_as_dequantized_int8_weights(tmp_path, name):
     assert result.int8_initializers == len(layers)
     assert "DequantizeLinear" in ops(path) and "QuantizeLinear" not in ops(path)  # no activation rounding
     assert result.max_rel_error < 1e-5, result.describe()
+    # penjing's session lets ORT fold the dequantized weights into constants (pre-packed once)
+    import onnxruntime as ort
+
+    from penjing.export.check import weights_only_dequantized
+
+    assert weights_only_dequantized(path)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "DequantizeLinear" not in ops(tmp_path / "opt.onnx")
 
 
 def test_dynamic_int8_layers_need_the_dynamo_exporter(tmp_path):
