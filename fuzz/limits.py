@@ -19,11 +19,12 @@ input began; the run's peak is the ``peak_rss_mb`` of the stats written here.
 
 A finding raises :class:`LimitExceeded`, which libFuzzer reports as a crash and saves the input.
 The running maxima are written to ``PENJING_FUZZ_STATS`` (JSON) every 5,000 inputs and on
-every new maximum, so a run's figures survive however libFuzzer ends it.
+every new maximum, and at exit, so a run's figures survive however libFuzzer ends it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import time
@@ -62,6 +63,7 @@ class Watch:
                  stats_path: str | None = None):
         self.budget, self.cpu_limit_s, self.slack = budget, cpu_limit_s, int(slack_mb * 2**20)
         self.stats_path = stats_path if stats_path is not None else os.environ.get("PENJING_FUZZ_STATS")
+        atexit.register(self._save)  # the final figures, when libFuzzer ends the run by exit()
         self.stats = {"inputs": 0, "max_cpu_s": 0.0, "max_cpu_input_bytes": 0, "max_rss_rise_mb": 0.0,
                       "max_rss_rise_input_bytes": 0, "max_rss_rise_budget_mb": 0.0, "peak_rss_mb": 0.0,
                       "start_rss_mb": current_rss() / 2**20}
