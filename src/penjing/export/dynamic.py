@@ -7,8 +7,8 @@
   that compute exactly what penjing computes::
 
       s   = Max(ReduceMax(Abs(x), axes=-1, keepdims) / 127, 1e-8)
-      q   = Cast<int8>(Clip(Round(x / s), -127, 127))
-      acc = MatMulInteger(q, W_int8^T)                  # int32, ONNX Runtime's integer GEMM
+      q   = Cast<uint8>(Clip(Round(x / s), -127, 127) + 128)
+      acc = MatMulInteger(q, W_int8^T, a_zero_point=128)  # int32, ONNX Runtime's u8s8 GEMM
       y   = Cast<float>(acc) * w_scale * s + b
 
   The layer is a custom op (``penjing::int8_dynamic_linear``) that the dynamo exporter
@@ -46,13 +46,17 @@ def _(x, weight_t, weight_scale, bias):
 def _dynamic_linear_onnx(x, weight_t, weight_scale, bias):
     """The ONNX ops for :func:`int8_dynamic_linear` (an onnxscript translation)."""
     from onnx import TensorProto
+    from onnx.helper import make_tensor
     from onnxscript import opset18 as op
 
     row_max = op.ReduceMax(op.Abs(x), op.Constant(value_ints=[-1]), keepdims=1)
     s = op.Max(op.Div(row_max, op.Constant(value_float=127.0)), op.Constant(value_float=1e-8))
-    q = op.Cast(op.Clip(op.Round(op.Div(x, s)), op.Constant(value_float=-127.0), op.Constant(value_float=127.0)),
-                to=TensorProto.INT8)
-    acc = op.Cast(op.MatMulInteger(q, weight_t), to=TensorProto.FLOAT)
+    q = op.Clip(op.Round(op.Div(x, s)), op.Constant(value_float=-127.0), op.Constant(value_float=127.0))
+    # as uint8 with zero point 128 (the same integers): ONNX Runtime's u8 x s8 MatMulInteger
+    # is its fast kernel; s8 x s8 measured 28x slower (128x256 @ 256x1024: 4.50 vs 0.16 ms)
+    q_u8 = op.Cast(op.Add(q, op.Constant(value_float=128.0)), to=TensorProto.UINT8)
+    zero = op.Constant(value=make_tensor("a_zero_point", TensorProto.UINT8, [], [128]))
+    acc = op.Cast(op.MatMulInteger(q_u8, weight_t, zero), to=TensorProto.FLOAT)
     return op.Add(op.Mul(op.Mul(acc, weight_scale), s), bias)
 
 
