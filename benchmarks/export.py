@@ -6,7 +6,9 @@ torchvision resnet18 and mobilenet_v2 (random init, 224x224), and a BERT-style e
 by transformers from a small config (4 layers, hidden 256, 4 heads, 128 tokens). Variants:
 dense; pruned (50% magnitude, unstructured) and baked; low-rank (50% of the parameters,
 global budget); int8 (PTQ W8A8 per-channel, calibrated on random inputs, ``pj.convert``,
-exported as QDQ). Every variant is exported by ``pj.export`` and run by ONNX Runtime (CPU, all
+exported as QDQ); int8 dynamic (per-row dynamic activations on the Linear layers, exported as
+per-row scales + MatMulInteger; convs weight-only) and int8 weight-only (DequantizeLinear of
+int8 weights + float compute). Every variant is exported by ``pj.export`` and run by ONNX Runtime (CPU, all
 graph optimizations) on the same inputs as PyTorch.
 
 Columns: the exporter that ran; max relative error ``max|ort - torch| / max|torch|`` of ONNX
@@ -83,19 +85,31 @@ def models() -> dict[str, tuple]:
     return out
 
 
-def variants(build, example, calib) -> dict[str, nn.Module]:
+def variants(build, example, calib, wanted: set[str] | None = None) -> dict[str, nn.Module]:
+    """The variants of one model; ``wanted``: only these (the dense one always: the baseline)."""
+    def want(label: str) -> bool:
+        return wanted is None or label in wanted
+
     dense = build().eval()
-    pruned = copy.deepcopy(dense)
-    pj.prune(pruned, pj.PruneConfig(sparsity=0.5), example_inputs=example[:1], progress=False)
-    pj.bake(pruned)
-    low = copy.deepcopy(dense)
-    pj.lowrank(low, pj.LowRankConfig(params=0.5), example=example[:1])
-    int8 = copy.deepcopy(dense)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pj.quantize(int8, pj.QuantConfig(bits=8, per_channel=True), data=calib)
-        pj.convert(int8)
-    return {"dense": dense, "pruned+baked": pruned.eval(), "low-rank": low.eval(), "int8": int8.eval()}
+    out = {"dense": dense}
+    if want("pruned+baked"):
+        pruned = copy.deepcopy(dense)
+        pj.prune(pruned, pj.PruneConfig(sparsity=0.5), example_inputs=example[:1], progress=False)
+        out["pruned+baked"] = pj.bake(pruned).eval()
+    if want("low-rank"):
+        low = copy.deepcopy(dense)
+        pj.lowrank(low, pj.LowRankConfig(params=0.5), example=example[:1])
+        out["low-rank"] = low.eval()
+    for label, activations in (("int8", "static"), ("int8 dynamic", "dynamic"), ("int8 weight-only", "none")):
+        if not want(label):
+            continue
+        model = copy.deepcopy(dense)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pj.quantize(model, pj.QuantConfig(bits=8, per_channel=True, activations=activations), data=calib)
+            pj.convert(model)
+        out[label] = model.eval()
+    return out
 
 
 def _median_time(fn, iters: int) -> float:
@@ -107,14 +121,16 @@ def _median_time(fn, iters: int) -> float:
     return statistics.median(times)
 
 
-def bench_model(name, build, example, calib, folder: Path, rounds: int, iters: int) -> list[list[str]]:
-    models_ = variants(build, example, calib)
+def bench_model(name, build, example, calib, folder: Path, rounds: int, iters: int,
+                wanted: set[str] | None = None) -> list[list[str]]:
+    models_ = variants(build, example, calib, wanted)
     runs, rows = {}, {}
     runs["torch fp32"] = lambda: models_["dense"](example)
     for label, model in models_.items():
-        path = folder / f"{name.split()[0]}-{label}.onnx"
+        path = folder / f"{name.split()[0]}-{label.replace(' ', '_')}.onnx"
         try:
-            result = pj.export(model, path, example, check=False, calibration=calib if label == "int8" else None)
+            result = pj.export(model, path, example, check=False,
+                               calibration=calib if label.startswith("int8") else None)
         except ValueError as exc:
             rows[label] = [name, label, f"no: {exc}", "-", "-", "-"]
             continue
@@ -155,6 +171,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--only", help="comma-separated model names (default: all)")
+    parser.add_argument("--variants", help="comma-separated variants (default: all): dense, pruned+baked, "
+                        "low-rank, int8, int8 dynamic, int8 weight-only (dense always runs: the baseline)")
     parser.add_argument("--out", help="write the markdown table here too")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -174,7 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (build, example, calib) in chosen.items():
             print(f"{name}...", file=sys.stderr, flush=True)
-            for row in bench_model(name, build, example, calib, Path(tmp), args.rounds, args.iters):
+            wanted = {v.strip() for v in args.variants.split(",")} if args.variants else None
+            for row in bench_model(name, build, example, calib, Path(tmp), args.rounds, args.iters, wanted):
                 table.append("| " + " | ".join(row) + " |")
                 print(table[-1], file=sys.stderr, flush=True)
     load_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -2,7 +2,9 @@
 
     python fuzz/atheris_cifar.py -max_total_time=600 -timeout=1 -rss_limit_mb=512 fuzz/corpus_cifar
 
-Anything other than a ``ValueError`` (the reader's one error for a bad file) is a crash.
+Anything other than a ``ValueError`` (the reader's one error for a bad file) is a crash; so is
+an input over the issue's limits (:mod:`limits`: 1 s of CPU, a peak-RSS rise over 4x the file's
+size, the bytes that back its arrays). ``PENJING_FUZZ_STATS=FILE`` writes the run's maxima.
 """
 
 from __future__ import annotations
@@ -18,15 +20,29 @@ import numpy as np
 with atheris.instrument_imports(include=["penjing.data.local"]):
     from penjing.data.local import _cifar_python_batch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import atheris_refs  # noqa: E402
+from limits import Watch  # noqa: E402
+
 _TMP = Path(tempfile.mkdtemp()) / "batch"
+_started = False
+_watch = Watch(len)  # a batch's arrays are built from its own bytes
 
 
-def test_one_input(data: bytes) -> None:
+def _read(data: bytes) -> None:
     _TMP.write_bytes(data)
     try:
         _cifar_python_batch(_TMP)
     except ValueError:
         pass
+
+
+def test_one_input(data: bytes) -> None:
+    global _started
+    if not _started:  # atheris installs its comparison tracer when fuzzing starts
+        atheris_refs.install()
+        _started = True
+    _watch.run(_read, data)
 
 
 def write_corpus(folder: Path) -> None:

@@ -2,9 +2,10 @@
 
     python fuzz/atheris_pjz.py -max_total_time=600 -timeout=1 -rss_limit_mb=512 fuzz/corpus_pjz
 
-Any exception other than :class:`penjing.codec.CorruptFileError` is a crash; libFuzzer's
-``-timeout`` flags any input that takes longer (seconds, CPU-bound here) and ``-rss_limit_mb``
-any that grows the process past the limit. Inputs that parse as a well-framed file are also
+Any exception other than :class:`penjing.codec.CorruptFileError` is a crash; so is an input
+over the issue's limits (:mod:`limits`: 1 s of CPU, a peak-RSS rise over 4x the largest tensor
+the file legitimately holds), and libFuzzer's ``-timeout`` (wall clock) and ``-rss_limit_mb``
+(the whole process) stay as backstops. ``PENJING_FUZZ_STATS=FILE`` writes the run's maxima. Inputs that parse as a well-framed file are also
 mutated structurally (:mod:`pjz_mutations`: fields changed, CRCs recomputed), so that the
 fuzzer reaches the tensor decoders and does not stop at the checksums.
 """
@@ -23,20 +24,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 with atheris.instrument_imports(include=["penjing.codec"]):
     from penjing.codec import CorruptFileError, loads
 
+import atheris_refs  # noqa: E402
 import pjz_mutations  # noqa: E402  (after the instrumented import, on purpose: not instrumented)
+from limits import Watch  # noqa: E402
 
 
-def test_one_input(data: bytes) -> None:
+def largest_legitimate_tensor(data: bytes) -> int:
+    """Bytes of the largest tensor in ``data`` that penjing accepts: of the whole file when it
+    loads, else of each entry that loads on its own (one entry may be valid and the next not).
+    Only called when an input sets a new RSS peak, so its cost does not matter."""
+    try:
+        return max((t.numel() * t.element_size() for t in loads(data).values()), default=0)
+    except CorruptFileError:
+        pass
+    try:
+        entries = pjz_mutations.parse(data)
+    except Exception:  # not even framed: nothing in it is legitimate
+        return 0
+    best = 0
+    for entry in entries:
+        try:
+            tensors = loads(pjz_mutations.build([entry]))
+        except CorruptFileError:
+            continue
+        best = max([best] + [t.numel() * t.element_size() for t in tensors.values()])
+    return best
+
+
+_watch = Watch(largest_legitimate_tensor)
+_started = False
+
+
+def _load(data: bytes) -> None:
     try:
         loads(data)
     except CorruptFileError:
         pass
 
 
+def test_one_input(data: bytes) -> None:
+    global _started
+    if not _started:  # atheris installs its comparison tracer when fuzzing starts
+        atheris_refs.install()
+        _started = True
+    _watch.run(_load, data)
+
+
 def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
-    # Byte mutations are done here too, not with atheris.Mutate: calling libFuzzer's mutator
-    # from a custom mutator grows its mutation-sequence record on every call (RSS rose by
-    # ~0.7 KB per execution, 273 -> 517 MB in 350k runs; without it the RSS stays flat).
+    # Byte mutations are done here too (pjz_mutations.mutate_bytes), so that one seed decides
+    # the whole mutation and a saved input can be reproduced from the log.
     rng = random.Random(seed)
     if rng.random() < 0.6:
         try:

@@ -72,3 +72,44 @@ def pipeline_grads(schedule: str) -> dict:
     grads = {n: p.grad.clone() for n, p in runner.module.named_parameters()}
     return {"rank": dist.get_rank(), "grads": grads,
             "loss": float(torch.stack(losses).mean()) if losses else None}
+
+
+def listening_sockets(pid: int | str = "self") -> list[tuple[str, int]]:
+    """The TCP addresses process ``pid`` listens on, from /proc (Linux): its socket inodes
+    matched against /proc/net/tcp and tcp6 (state 0A = LISTEN)."""
+    import ipaddress
+    import os
+    import struct
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state != "0A" or inode not in inodes:
+                    continue
+                hex_ip, hex_port = local.split(":")
+                words = struct.unpack("<" + "I" * (len(hex_ip) // 8), bytes.fromhex(hex_ip))
+                packed = struct.pack(">" + "I" * len(words), *words)
+                found.append((str(ipaddress.ip_address(packed)), int(hex_port, 16)))
+    return sorted(found)
+
+
+def listening_after_allreduce() -> list[tuple[str, int]]:
+    """This rank's listening TCP sockets once the group has formed and exchanged data."""
+    import torch.distributed as dist
+
+    t = torch.ones(4)
+    dist.all_reduce(t)
+    assert float(t[0]) == dist.get_world_size()
+    return listening_sockets()

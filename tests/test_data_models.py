@@ -100,7 +100,7 @@ def test_pretrained_baseline_is_accurate_and_cached(digits_data):
     train, test = digits_data
     model = pretrained("lenet300", train, progress=False, epochs=20)
     assert evaluate(model, test) > 0.95
-    cached = list((cache_dir() / "baselines").glob("lenet300-*.pt"))
+    cached = list((cache_dir() / "baselines").glob("lenet300-*.safetensors"))
     assert len(cached) == 1
     again = pretrained("lenet300", train, progress=False, epochs=20)  # loads, does not retrain
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))

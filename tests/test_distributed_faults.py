@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+from penjing.models.user import load_state_dict
+
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")]
 
 STEPS, EVERY = 300, 20
@@ -57,7 +59,7 @@ def alive(pid: int) -> bool:
 def test_kill_each_rank_in_turn(tmp_path):
     clean = subprocess.run(command(tmp_path, "clean"), capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr
-    reference = torch.load(tmp_path / "clean.pt", weights_only=True)
+    reference = load_state_dict(tmp_path / "clean.pt")  # safetensors (penjing train --out), any suffix
     rng = random.Random(20)
     outcomes = []
     for run in range(10):
@@ -87,7 +89,7 @@ def test_kill_each_rank_in_turn(tmp_path):
         leftovers = [p for p in seen if alive(p)]
         assert not leftovers, f"run {run}: processes left behind: {leftovers}"
         if proc.returncode == 0:
-            state = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+            state = load_state_dict(tmp_path / f"{name}.pt")
             assert state.keys() == reference.keys()
             assert all(torch.equal(state[k], reference[k]) for k in state), f"run {run}: weights differ"
             outcomes.append("finished identical" + ("" if killed_at else " (ended before the kill)"))

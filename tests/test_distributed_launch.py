@@ -137,3 +137,21 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.2)
     assert not any(_alive(p) for p in workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("rendezvous", [pytest.param("file", marks=pytest.mark.slow), "tcp"])
+def test_a_two_process_job_listens_on_loopback_only(rendezvous):
+    """#20: "the rendezvous store listens on all interfaces although penjing passes 127.0.0.1".
+    Both rendezvous kinds: the file store (penjing's launcher, no socket at all) and the TCPStore
+    rank 0 hosts (torch's own server binds ``*:port``; penjing hands it a socket bound to the
+    address asked). Gloo's sockets are pinned to the loopback interface in both."""
+    import dist_scenarios as sc
+    from penjing.distributed import spawn
+
+    per_rank = spawn(sc.listening_after_allreduce, 2, rendezvous=rendezvous, timeout_s=60)
+    assert all(per_rank), per_rank  # each rank has gloo's listener at least
+    addresses = {ip for sockets in per_rank for ip, _ in sockets}
+    assert addresses == {"127.0.0.1"}, per_rank
+    if rendezvous == "tcp":  # rank 0 also hosts the store: one more listener than rank 1
+        assert len(per_rank[0]) == len(per_rank[1]) + 1, per_rank

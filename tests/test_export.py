@@ -132,6 +132,9 @@ def test_int8_models_export_as_qdq_that_ort_runs_with_integer_kernels(tmp_path, 
     graph = onnx.load(str(path)).graph
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops(path)
+    from penjing.export.check import weights_only_dequantized
+
+    assert not weights_only_dequantized(path)  # static QDQ: ORT's QDQ fusion stays on
     layers = [m for m in model.modules() if type(m).__name__ in ("Int8Linear", "Int8Conv2d")]
     assert result.int8_initializers == len(layers)
     # weights are int8 initializers with one scale per output channel (axis 0)
@@ -231,12 +234,78 @@ def test_a_layer_onnx_cannot_express_is_named(tmp_path):
                               "'aten::histc' to ONNX opset version 17 is not supported")
 
 
-def test_dynamic_int8_layers_are_refused_with_the_layer_name(tmp_path):
+def _int8_as(model, x, activations, **kw):
+    pj.quantize(model, pj.QuantConfig(bits=8, activations=activations, **kw), data=x)
+    return pj.convert(model, graph=False)
+
+
+def test_dynamic_int8_linear_runs_per_row_on_matmul_integer(tmp_path):
+    """Per-row dynamic activations: ONNX's DynamicQuantizeLinear has one scale per tensor, so
+    the graph computes penjing's per-row scales itself and ORT's MatMulInteger does the int8
+    GEMM: the same integers, so ORT agrees to float rounding (measured 2e-7) at any batch."""
+    torch.manual_seed(0)
     model, x = get_model("lenet300").eval(), torch.randn(16, 64)
-    pj.quantize(model, pj.QuantConfig(bits=8, activations="none"), data=x)
-    pj.convert(model, graph=False)
-    with pytest.raises(ValueError, match=r"^layer 'fc1' \(Int8Linear\) quantizes its input per batch"):
-        pj.export(model, tmp_path / "m.onnx", x)
+    model = _int8_as(model, x, "dynamic")
+    assert {m.mode for m in model.modules() if hasattr(m, "mode")} == {"dynamic"}
+    path = tmp_path / "dyn.onnx"
+    result = pj.export(model, path, x)
+    assert result.exporter == "dynamo" and result.int8_initializers == 3
+    assert "3 Int8Linear (dynamic) -> per-row int8 MatMulInteger" in result.notes
+    assert ops(path) >= {"MatMulInteger", "ReduceMax", "Round", "Clip"}
+    assert not ops(path) & {"DynamicQuantizeLinear", "MatMul", "Gemm"}
+    assert result.max_rel_error < 1e-5, result.describe()
+    sess = session(path)
+    for batch in (1, 7):  # each row's scale is its own: any batch gives penjing's numbers
+        xb = torch.randn(batch, 64)
+        with torch.no_grad():
+            assert max_rel_error(model(xb), ort_outputs(path, (xb,), sess)) < 1e-5
+
+
+def test_dynamic_int8_on_token_inputs_with_smoothquant(tmp_path):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(2, 5, 16) * torch.linspace(0.1, 4, 16)  # outlier channels: what SmoothQuant is for
+    model = _int8_as(model, x, "dynamic", smooth_alpha=0.5)
+    assert all(getattr(m, "smooth", None) is not None for m in model.modules() if hasattr(m, "mode"))
+    result = pj.export(model, tmp_path / "tok.onnx", x)
+    assert "MatMulInteger" in ops(tmp_path / "tok.onnx")
+    assert result.max_rel_error < 1e-5, result.describe()
+
+
+@pytest.mark.parametrize("name", ["lenet300", pytest.param("resnet", marks=pytest.mark.slow)])
+def test_weight_only_int8_exports_as_dequantized_int8_weights(tmp_path, name):
+    torch.manual_seed(0)
+    if name == "lenet300":
+        model, x = get_model("lenet300").eval(), torch.randn(16, 64)
+    else:
+        model, x = get_model("resnet", torch.randn(1, 1, 8, 8)).eval(), torch.randn(8, 1, 8, 8)
+    model = _int8_as(model, x, "none")
+    layers = [m for m in model.modules() if hasattr(m, "mode")]
+    assert {m.mode for m in layers} == {"weight"}
+    path = tmp_path / "w.onnx"
+    result = pj.export(model, path, x)
+    assert result.int8_initializers == len(layers)
+    assert "DequantizeLinear" in ops(path) and "QuantizeLinear" not in ops(path)  # no activation rounding
+    assert result.max_rel_error < 1e-5, result.describe()
+    # penjing's session lets ORT fold the dequantized weights into constants (pre-packed once)
+    import onnxruntime as ort
+
+    from penjing.export.check import weights_only_dequantized
+
+    assert weights_only_dequantized(path)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "DequantizeLinear" not in ops(tmp_path / "opt.onnx")
+
+
+def test_dynamic_int8_layers_need_the_dynamo_exporter(tmp_path):
+    model, x = get_model("lenet300").eval(), torch.randn(16, 64)
+    model = _int8_as(model, x, "dynamic")
+    with pytest.raises(ValueError, match=r"^layer 'fc1' \(dynamic int8 Linear\) is written with ONNX ops only "
+                                         r"the dynamo exporter emits; use exporter='dynamo' or 'auto'$"):
+        pj.export(model, tmp_path / "m.onnx", x, exporter="torchscript")
 
 
 def test_bad_arguments(tmp_path):

@@ -17,6 +17,8 @@ the store itself and prefixes every key with the attempt (``TORCHELASTIC_RESTART
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import pickle
 import shutil
@@ -57,6 +59,10 @@ def init(backend: str | None = None, timeout_s: float = 60.0) -> None:
         raise DistributedSetupError(f"RANK={rank_} is outside WORLD_SIZE={world}")
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     timeout = timedelta(seconds=timeout_s)
+    if _is_loopback(addr) and backend == "gloo":
+        # Every rank is on this machine: gloo's own listening sockets on loopback too (it would
+        # otherwise bind the address the host name resolves to).
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK)
     try:
         store = _store(addr, int(port), rank_, world, timeout)
     except Exception as exc:  # DistNetworkError / RuntimeError from the store
@@ -86,25 +92,45 @@ def init(backend: str | None = None, timeout_s: float = 60.0) -> None:
         ) from None
 
 
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
+
+
 def _store(addr: str, port: int, rank_: int, world: int, timeout: timedelta) -> dist.Store:
     """The rendezvous store: a file (``PENJING_STORE``, from penjing's launcher: no listening
-    socket at all), the torchrun agent's TCPStore, or one that rank 0 hosts on ``addr``."""
+    socket at all), the torchrun agent's TCPStore, or one that rank 0 hosts, listening on
+    ``addr`` only."""
     path = os.environ.get("PENJING_STORE")
     if path:
         return dist.FileStore(path, world)
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    is_master = rank_ == 0 and not agent
-    if is_master:
-        # TCPStore's server listens on every interface; refuse a busy port in a second instead
-        # of the clients' long wait, by trying the address that was asked for first.
-        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TCPStore does
-            try:
-                probe.bind((addr, port))
-            except OSError as exc:
-                raise RuntimeError(f"address already in use ({exc})") from None
-    return dist.TCPStore(addr, port, world, is_master=is_master, timeout=timeout,
-                         wait_for_workers=False)
+    if rank_ != 0 or agent:  # a client: of rank 0's store, or of the torchrun agent's
+        return dist.TCPStore(addr, port, world, is_master=False, timeout=timeout)
+    # TCPStore's own server listens on every interface (``*:port``) whatever host it is given.
+    # Listen on the address that was asked for ourselves and hand the socket to the store; a
+    # busy port fails here, in a second, instead of the clients' long wait.
+    return dist.TCPStore(addr, port, world, is_master=True, timeout=timeout, wait_for_workers=False,
+                         master_listen_fd=_listen(addr, port))
+
+
+def _listen(addr: str, port: int) -> int:
+    """A TCP socket bound to ``addr:port`` only and listening; returns its file descriptor
+    (the caller's TCPStore owns and closes it)."""
+    family, kind, proto, _, where = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TCPStore does
+        sock.bind(where)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise RuntimeError(f"address already in use ({exc})") from None
+        raise RuntimeError(f"cannot listen on {addr}:{port} ({exc})") from None
+    return sock.detach()
 
 
 def rank() -> int:
@@ -128,9 +154,14 @@ def free_port() -> int:
 
 def _entry(local_rank: int, fn: Callable, world: int, store: str, timeout_s: float,
            queue: Any, args: tuple) -> None:
-    # A file rendezvous (no listening socket) and gloo on the loopback interface only.
-    os.environ.update(PENJING_STORE=store, RANK=str(local_rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(local_rank))
+    # A file rendezvous (no listening socket) or "tcp:PORT" (rank 0 hosts a TCPStore on
+    # 127.0.0.1), and gloo on the loopback interface only.
+    if store.startswith("tcp:"):
+        os.environ.pop("PENJING_STORE", None)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=store.removeprefix("tcp:"))
+    else:
+        os.environ["PENJING_STORE"] = store
+    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK)
     torch.set_num_threads(1)  # one core per process on a small machine
     init(timeout_s=timeout_s)
@@ -142,16 +173,21 @@ def _entry(local_rank: int, fn: Callable, world: int, store: str, timeout_s: flo
         dist.destroy_process_group()
 
 
-def spawn(fn: Callable, nproc: int, *args: Any, timeout_s: float = 60.0) -> list[Any]:
+def spawn(fn: Callable, nproc: int, *args: Any, timeout_s: float = 60.0, rendezvous: str = "file") -> list[Any]:
     """Run ``fn(*args)`` in ``nproc`` fresh processes joined by gloo/NCCL on 127.0.0.1 and
     return each rank's result (rank order). ``fn`` must be importable (a module-level function).
+    ``rendezvous``: ``"file"`` (a FileStore: no listening socket) or ``"tcp"`` (rank 0 hosts
+    a TCPStore listening on 127.0.0.1 only, as a torchrun-less multi-machine job would).
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if rendezvous not in ("file", "tcp"):
+        raise ValueError(f"rendezvous must be 'file' or 'tcp', got {rendezvous!r}")
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     folder = tempfile.mkdtemp(prefix="penjing-rdzv-")
-    context = mp.start_processes(_entry, args=(fn, nproc, os.path.join(folder, "store"), timeout_s, queue, args),
+    store = os.path.join(folder, "store") if rendezvous == "file" else f"tcp:{free_port()}"
+    context = mp.start_processes(_entry, args=(fn, nproc, store, timeout_s, queue, args),
                                  nprocs=nproc, join=False, start_method="spawn")
     # Read before joining: a child blocks on a full pipe until its result is taken.
     results = {}

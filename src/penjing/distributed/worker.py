@@ -7,7 +7,8 @@ Elastic restarts: when a worker dies, the launcher (torchrun or :mod:`penjing.di
 restarts every process of the job; each one finds the last checkpoint written by rank 0 and
 resumes from it, so nothing that was checkpointed is lost. The log says which restart this
 is and where it resumed. A configuration error (a missing --weights file, an unknown
-scheduler...) exits with code 2, which penjing's launcher does not retry.
+scheduler...) or a diverging loss exits with code 2 and one line, which penjing's launcher
+does not retry.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m penjing.distributed.worker",
                                 description="DDP training of a model under torchrun or penjing's launcher.")
     p.add_argument("--model", default="lenet300", help="a reference model name or FILE.py:Class")
-    p.add_argument("--weights", help="a state_dict (.pt) to start from")
+    p.add_argument("--weights", help="a state_dict (.safetensors, or .pt read with weights_only) to start from")
     p.add_argument("--data", default="digits")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, help="train exactly this many optimizer steps instead of --epochs")
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file; resumed from when it exists")
     p.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
     p.add_argument("--resume", help="start the first attempt from this checkpoint (restarts use --checkpoint)")
-    p.add_argument("--save", help="rank 0 writes the trained state_dict here")
+    p.add_argument("--save", help="rank 0 writes the trained state_dict here (safetensors)")
     p.add_argument("--result", help="rank 0 writes final accuracy/steps here (JSON)")
     p.add_argument("--fail-at-step", type=int, help="drill: rank --fail-rank exits at this step, first attempt only")
     p.add_argument("--fail-rank", type=int, default=1)
@@ -72,7 +73,9 @@ def _device(spec: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
-    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, NotImplementedError, FloatingPointError) as exc:
+        # FloatingPointError: the loss diverged (NaN/Inf); a restart from the last checkpoint
+        # with the same learning rate diverges again
         from penjing.distributed.env import rank
 
         print(f"[rank {rank()}] error: {exc}", file=sys.stderr, flush=True)

@@ -8,8 +8,23 @@ import numpy as np
 import torch
 
 
+def weights_only_dequantized(path: str | Path) -> bool:
+    """Whether the graph dequantizes int8 weights but quantizes no activation (weight-only int8,
+    the convs of a dynamic-int8 model): nothing for ONNX Runtime's QDQ fusion to fuse."""
+    import onnx
+
+    kinds = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return "DequantizeLinear" in kinds and "QuantizeLinear" not in kinds
+
+
 def session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with all graph optimizations (QDQ fusion included)."""
+    """An ONNX Runtime CPU session with all graph optimizations (QDQ fusion included).
+
+    A weight-only graph gets ``session.disable_quant_qdq=1``: ONNX Runtime otherwise keeps each
+    ``DequantizeLinear`` of a weight (for a fusion that needs quantized activations) and runs the
+    conv / matmul on a weight computed per call, which it cannot pre-pack (a SmallResNet with
+    weight-only int8 convs: 14.2 ms instead of 0.46 ms); with the option the dequantized weights
+    are folded into constants once, when the session is created."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -17,6 +32,8 @@ def session(path: str | Path, threads: int = 1):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if weights_only_dequantized(path):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

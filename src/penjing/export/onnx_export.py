@@ -58,9 +58,10 @@ def _as_tuple(example_inputs) -> tuple:
 
 
 def _run_exporter(model: nn.Module, args: tuple, path: Path, dynamo: bool, opset: int) -> None:
+    from penjing.export.dynamic import TRANSLATIONS, _WeightOnly
     from penjing.export.qdq import _decomposed, _QDQBase
 
-    qdq = [m for m in model.modules() if isinstance(m, _QDQBase)]
+    qdq = [m for m in model.modules() if isinstance(m, (_QDQBase, _WeightOnly))]
     for module in qdq:
         module.style = "decomposed" if dynamo else "fake_quant"
     if qdq and dynamo:
@@ -71,7 +72,7 @@ def _run_exporter(model: nn.Module, args: tuple, path: Path, dynamo: bool, opset
     kwargs = dict(input_names=names, output_names=["output"], opset_version=opset, dynamo=dynamo,
                   dynamic_axes={**axes, "output": {0: "batch"}})
     if dynamo:
-        kwargs.update(verbose=False, external_data=False)
+        kwargs.update(verbose=False, external_data=False, custom_translation_table=TRANSLATIONS)
     # both exporters talk a lot (progress lines, deprecation warnings); errors still raise
     logger = logging.getLogger("torch.onnx")
     level = logger.level
@@ -109,6 +110,11 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ready, notes = export_ready(model)
+    if exporter == "torchscript":
+        only = next((n for n, m in ready.named_modules() if getattr(m, "dynamo_only", False)), None)
+        if only is not None:
+            raise ValueError(f"layer {only!r} (dynamic int8 Linear) is written with ONNX ops only the dynamo "
+                             "exporter emits; use exporter='dynamo' or 'auto'")
     if quantize_outputs:
         from penjing.export.qdq import calibrate_outputs
 
@@ -121,8 +127,8 @@ def export(model: nn.Module, path: str | Path, example_inputs, *, exporter: str 
         _run_exporter(ready, args, path, dynamo=exporter != "torchscript", opset=opset)
         used = "torchscript" if exporter == "torchscript" else "dynamo"
     except Exception as exc:  # noqa: BLE001 - any dynamo failure falls back, and is reported
-        if exporter != "auto":
-            raise ValueError(_explain(ready, args, exc, exporter)) from exc
+        if exporter != "auto" or any(getattr(m, "dynamo_only", False) for m in ready.modules()):
+            raise ValueError(_explain(ready, args, exc, "dynamo" if exporter == "auto" else exporter)) from exc
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
         try:
             _run_exporter(ready, args, path, dynamo=False, opset=min(opset, 17))
@@ -186,8 +192,8 @@ def failing_layer(model: nn.Module, args: tuple) -> tuple[str, str, str] | None:
     with tempfile.TemporaryDirectory(prefix="penjing-export-probe-") as tmp:
         for name, inputs in seen.items():
             module = model.get_submodule(name)
-            if not all(isinstance(a, torch.Tensor) for a in inputs):
-                continue
+            if not all(isinstance(a, torch.Tensor) for a in inputs) or getattr(module, "dynamo_only", False):
+                continue  # (dynamic int8 layers have no TorchScript form to probe)
             try:
                 _run_exporter(module, inputs, Path(tmp) / "layer.onnx", dynamo=False, opset=17)
             except Exception as exc:  # noqa: BLE001

@@ -11,7 +11,8 @@ Works on a deep copy; the caller's model is never changed. What happens per repr
   ``{-Wn, 0, +Wp}`` weight;
 * XNOR-style binary inputs keep their sign, written with ``torch.where`` (the straight-through
   autograd Function has no ONNX form);
-* int8 layers (after :func:`penjing.convert`) become :mod:`~penjing.export.qdq` modules;
+* int8 layers (after :func:`penjing.convert`) become :mod:`~penjing.export.qdq` modules
+  (static inputs) or :mod:`~penjing.export.dynamic` ones (per-row dynamic inputs, weight-only);
 * activation fake-quantizers of a quantized-but-not-converted model stay (8-bit: exported as
   QDQ); ones on grids ONNX lacks raise an error naming the layer.
 """
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from penjing.core.params import bake
+from penjing.export.dynamic import DynamicInt8Linear, WeightOnlyConv2d, WeightOnlyLinear
 from penjing.export.qdq import QDQConv2d, QDQLinear, onnx_grid
 
 
@@ -89,17 +91,20 @@ def export_ready(model: nn.Module) -> tuple[nn.Module, list[str]]:
     notes: list[str] = []
     kinds: dict[str, int] = {}
     for name, module in list(ready.named_modules()):
-        new = None
+        new, kind = None, None
         if isinstance(module, Int8Linear):
-            new = QDQLinear(module, name)
+            new = {"dynamic": DynamicInt8Linear, "weight": WeightOnlyLinear}.get(module.mode, QDQLinear)(module, name)
+            kind = {"dynamic": "Int8Linear (dynamic)", "weight": "Int8Linear (weight-only)"}.get(module.mode)
         elif isinstance(module, Int8Conv2d):
-            new = QDQConv2d(module, name)
+            new = (WeightOnlyConv2d if module.mode == "weight" else QDQConv2d)(module, name)
+            kind = "Int8Conv2d (weight-only)" if module.mode == "weight" else None
         elif isinstance(module, WinogradConv2d):
             new = _plain_conv(module)
         elif isinstance(module, TernaryLinear):
             new = _dense_linear(module)
         if new is not None:
-            kinds[type(module).__name__] = kinds.get(type(module).__name__, 0) + 1
+            kind = kind or type(module).__name__
+            kinds[kind] = kinds.get(kind, 0) + 1
             ready = _replace(ready, name, new.eval())
             continue
         _check_act_quant(name, module)
@@ -108,6 +113,9 @@ def export_ready(model: nn.Module) -> tuple[nn.Module, list[str]]:
                 module._forward_pre_hooks[key] = _sign_input
                 kinds["binary input"] = kinds.get("binary input", 0) + 1
     targets = {"Int8Linear": "QDQ Linear", "Int8Conv2d": "QDQ Conv", "WinogradConv2d": "Conv",
+               "Int8Linear (dynamic)": "per-row int8 MatMulInteger",
+               "Int8Linear (weight-only)": "DequantizeLinear + MatMul",
+               "Int8Conv2d (weight-only)": "DequantizeLinear + Conv",
                "TernaryLinear": "dense Linear", "binary input": "sign (Where)"}
     notes += [f"{n} {kind} -> {targets[kind]}" for kind, n in kinds.items()]
     return ready, notes

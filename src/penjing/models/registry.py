@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from penjing.models import baseline_cache
 from penjing.models.lenet import LeNet5, LeNet300
 from penjing.models.resnet import SmallResNet
 
@@ -61,7 +63,7 @@ def baseline_path(name: str, train: TensorDataset, *, seed: int = 0, epochs: int
     """Where :func:`pretrained` caches reference model ``name`` trained on ``train`` (it is
     trained first when this file does not exist)."""
     epochs = epochs or BASELINE_EPOCHS.get(name, 30)
-    return cache_dir() / "baselines" / f"{name}-{_fingerprint(name, train, epochs, seed)}.pt"
+    return cache_dir() / "baselines" / f"{name}-{_fingerprint(name, train, epochs, seed)}.safetensors"
 
 
 def pretrained(name: str, train: TensorDataset, *, seed: int = 0, epochs: int | None = None,
@@ -71,18 +73,25 @@ def pretrained(name: str, train: TensorDataset, *, seed: int = 0, epochs: int | 
 
     epochs = epochs or BASELINE_EPOCHS.get(name, 30)
     model = get_model(name, train.tensors[0][:1])
+    fingerprint = _fingerprint(name, train, epochs, seed)
     path = baseline_path(name, train, seed=seed, epochs=epochs)
-    if path.exists():
+    legacy = path.with_suffix(".pt")  # written by torch.save before safetensors
+    for found in (path, legacy):
+        if not found.exists():
+            continue
         try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval()
-        except (RuntimeError, ValueError, OSError):
-            path.unlink(missing_ok=True)  # a stale or corrupt cache entry: retrain
+            model.load_state_dict(baseline_cache.read(found, model, fingerprint))
+        except baseline_cache.StaleBaseline as exc:
+            warnings.warn(f"penjing: the cached baseline {found} cannot be used ({exc}); training it again",
+                          stacklevel=2)
+            found.unlink(missing_ok=True)
+            continue
+        if found == legacy:  # seal it in the current format
+            baseline_cache.write(path, model, fingerprint)
+            legacy.unlink(missing_ok=True)
+        return model.eval()
     torch.manual_seed(seed)
     model = get_model(name, train.tensors[0][:1])
     fit(model, train, epochs=epochs, lr=1e-3, seed=seed, progress=progress, desc=f"baseline {name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    baseline_cache.write(path, model, fingerprint)
     return model.eval()
