@@ -65,8 +65,8 @@ TRANSLATIONS = {torch.ops.penjing.int8_dynamic_linear.default: _dynamic_linear_o
 
 
 def _symmetric_weight(layer: nn.Module, name: str) -> torch.Tensor:
-    view = [-1] + [1] * (layer.weight.dim() - 1)
-    w_int = layer.weight.float() - layer.weight_zero_point.float().reshape(view)
+    view = [-1] + [1] * (layer.weight_int8.dim() - 1)  # ``weight`` is the layer's float view
+    w_int = layer.weight_int8.float() - layer.weight_zero_point.float().reshape(view)
     if int(w_int.abs().max()) > 127:
         raise ValueError(f"layer {name!r}: asymmetric weights reach beyond the int8 grid; "
                          "ONNX export takes symmetric int8 weights")
@@ -82,7 +82,7 @@ class DynamicInt8Linear(nn.Module):
         super().__init__()
         self.register_buffer("weight_t", _symmetric_weight(layer, name).t().contiguous())
         self.register_buffer("weight_scale", layer.weight_scale.float().clone())
-        bias = layer.bias if layer.bias is not None else torch.zeros(layer.weight.shape[0])
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.weight_int8.shape[0])
         self.register_buffer("bias", bias.float().clone())
         smooth = getattr(layer, "smooth", None)
         self.register_buffer("smooth", None if smooth is None else smooth.float().clone())
