@@ -78,8 +78,9 @@ def test_user_mode_equals_scalesim(dataflow):
     every COMPUTE report number and every DRAM count and window of DETAILED_ACCESS equal."""
     cfg = ScaleSimConfig(rows=8, cols=8, ifmap_kb=2, filter_kb=2, ofmap_kb=1, dataflow=dataflow,
                          bandwidth_mode="USER", bandwidths=[3], ifmap_bw=4, filter_bw=3)
-    ref = run_scalesim(CASES, cfg)
-    for i, layer in enumerate(CASES):
+    cases = CASES[1:]  # SCALE-Sim's USER mode takes ~10x its CALC time: the two small layers
+    ref = run_scalesim(cases, cfg)
+    for i, layer in enumerate(cases):
         me = simulate_layer(layer, cfg)
         assert me.compute_report()[:3] == ref.compute[i][1:4], layer.name  # with prefetch, total, stalls
         assert me.detailed_report()[9:] == ref.detailed[i][10:], layer.name
@@ -91,8 +92,9 @@ SHAPES = {x.name: x for x in gemm_shapes() + resnet18_convs()}
 
 def _user_refs(fast: bool) -> list[str]:
     keys = sorted(json.loads(USER_REF.read_text()))
-    # the default run: the GEMMs and the 1x1 shortcuts (each well under a second here)
-    return [k for k in keys if not fast or "conv" not in k.split("|")[0]]
+    # the default run: the small GEMMs and the 1x1 shortcuts (each well under a second here)
+    cheap = {"fc", "attn_scores", "tall", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"}
+    return [k for k in keys if not fast or k.split("|")[0] in cheap]
 
 
 def _check_user_ref(key: str) -> None:

@@ -243,18 +243,18 @@ def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, 
         pos += int(cut) + 1
 
 
-_STAMP = np.zeros(0, dtype=np.int64)
+_STAMP = np.zeros(0, dtype=np.int32)
 
 
 def _first_occurrences(values: np.ndarray, space: int) -> np.ndarray:
     """Sorted positions of the first occurrence of each value (values in ``[0, space)``)."""
     global _STAMP
     if _STAMP.size < space:
-        _STAMP = np.full(space, np.iinfo(np.int64).max, dtype=np.int64)
-    idx = np.arange(len(values))
+        _STAMP = np.full(space, np.iinfo(np.int32).max, dtype=np.int32)
+    idx = np.arange(len(values), dtype=np.int32)
     np.minimum.at(_STAMP, values, idx)
     first = np.flatnonzero(_STAMP[values] == idx)
-    _STAMP[values] = np.iinfo(np.int64).max
+    _STAMP[values] = np.iinfo(np.int32).max
     return first
 
 
@@ -296,9 +296,9 @@ def _unit_addresses(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> np.ndarray
     pixel ``j`` of the block reaches window position ``k`` at step ``k + j``)."""
     x = geo.x
     C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(p0, p1)
+    p = np.arange(p0, p1, dtype=np.int32)
     oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(S * C)
+    k = np.arange(S * C, dtype=np.int32)
     s, c = np.divmod(k, C)
     y = (oy * x.stride_h + r)[None, :]
     col = (ox * x.stride_w)[None, :] + s[:, None]
@@ -360,9 +360,9 @@ def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) 
     order (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``)."""
     x = geo.x
     C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew)
+    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew, dtype=np.int32)
     oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(j0, j1)
+    k = np.arange(j0, j1, dtype=np.int32)
     r, rest = np.divmod(k, S * C)
     s, c = np.divmod(rest, C)
     y = (oy * x.stride_h)[:, None] + r[None, :]
