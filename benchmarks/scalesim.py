@@ -8,10 +8,12 @@ Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.jso
    in a temporary folder; its report rows are kept in ``--cache`` (a JSON of this script's own
    earlier SCALE-Sim runs, with their CPU times) so that a rerun only runs what is missing.
 2. Speed on the whole ResNet-18 (20 convs + fc): SCALE-Sim's CPU time for the network is
-   measured here, in this process, for one configuration (WS 32x32, ``--speed-config``); the
-   other configurations use the per-layer CPU times of the parity runs. penjing's time is the
-   median of 7 rounds of the whole topology taken before and after SCALE-Sim's run.
-3. USER mode (bandwidth-limited): total cycles of both, with the USER runs in ``--user-cache``.
+   measured here, in this process, for one configuration (WS 32x32, ``--speed-config``; ``none``
+   skips it); the other configurations use the per-layer CPU times of the parity runs. penjing's
+   time is the median of 7 rounds of the whole topology taken before and after SCALE-Sim's run.
+3. USER mode (bandwidth-limited), every layer x array x dataflow x ``--user-bandwidths``: total
+   and stall cycles and DRAM words of both, SCALE-Sim's runs kept in ``--user-cache`` (missing
+   ones run with ``--run-missing-user``).
 4. Compression: ResNet-18 dense vs 2:4-pruned vs int8 through ``penjing.hw.simulate``.
 """
 
@@ -268,7 +270,9 @@ def main() -> int:
     parser.add_argument("--user-bandwidths", default="10,2", help="USER-mode bandwidths (words/cycle)")
     parser.add_argument("--run-missing-user", action="store_true",
                         help="run SCALE-Sim for USER pairs missing from --user-cache (slow: ~10-120 s each)")
-    parser.add_argument("--speed-config", default="ws", choices=DATAFLOWS)
+    parser.add_argument("--speed-config", default="ws", choices=(*DATAFLOWS, "none"),
+                        help="dataflow whose whole-network SCALE-Sim run (32x32) is timed in this run; "
+                             "none: every configuration from the cached per-layer CPU times")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scalesim.md"))
     parser.add_argument("--compression-only", action="store_true",
                         help="only section 4 (no SCALE-Sim), to benchmarks/results/scalesim_compression.md")

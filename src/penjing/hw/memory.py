@@ -209,32 +209,38 @@ class _IfmapGeometry:
 
 
 def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, timeline: list,
-                  cycle: int) -> None:
+                  cycle: int, distinct: int | None = None) -> None:
     """Walk ``addresses`` (in stream order) exactly: SCALE-Sim's epoch rule, address by address.
 
     The mask is the epoch's content (``state.n`` addresses set). The fresh addresses of the rest
     are marked and counted at once; only when they complete the epoch is the completing one
-    located, by first occurrences over the shortest prefix that holds it."""
+    located, by first occurrences over the shortest prefix that holds it. ``distinct``: the
+    caller's count of fresh distinct addresses in the whole stream, when it has one."""
     pos = 0
     while pos < len(addresses):
         rest = addresses[pos:]
-        outside = np.flatnonzero(~flat_mask[rest])
-        fresh = rest[outside]
-        flat_mask[fresh] = True
-        distinct = int(np.count_nonzero(flat_mask)) - state.n
+        if state.n:
+            outside = np.flatnonzero(~flat_mask[rest])
+            fresh = rest[outside]
+        else:  # an empty epoch (after a flush): every address is fresh
+            outside, fresh = None, rest
         need = state.E - state.n
-        if distinct < need:
-            state.reads += distinct
-            state.n += distinct
-            return
-        flat_mask[fresh] = False  # undo: the epoch completes inside the rest
+        if distinct is None:
+            flat_mask[fresh] = True
+            distinct = int(np.count_nonzero(flat_mask)) - state.n
+            if distinct < need:
+                state.reads += distinct
+                state.n += distinct
+                return
+            flat_mask[fresh] = False  # undo: the epoch completes inside the rest
         length = min(len(fresh), max(4096, int(len(fresh) * 1.25 * need / distinct)))
         while True:
             first = _first_occurrences(fresh[:length], flat_mask.size)
             if len(first) >= need or length == len(fresh):
                 break
             length = min(len(fresh), 2 * length)
-        cut = outside[first[need - 1]]  # the address that completes the epoch
+        cut = first[need - 1] if outside is None else outside[first[need - 1]]  # completes the epoch
+        distinct = None
         state.reads += need
         state.flushes += 1
         state.n = 0
@@ -285,7 +291,7 @@ def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: 
                 for rows, cols in boxes:
                     mask[rows, cols] = True
             else:
-                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2)
+                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2, new)
             cycle += step
         if state.flushes == flushes_before and state.reads == reads_before:
             break  # a pass that read nothing: the rest hit too
@@ -349,7 +355,8 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
                     for v, old in zip(reversed(views), reversed(saved), strict=True):
                         v[...] = old
                     chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
-                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle)
+                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle,
+                                  new)
             cycle += unit_cycles
         if state.flushes == flushes_before and state.reads == reads_before:
             break
