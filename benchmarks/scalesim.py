@@ -1,6 +1,7 @@
 """penjing's systolic simulator side by side with SCALE-Sim 3.0.0 (the reference).
 
-Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.json``
+Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.json
+--user-cache benchmarks/results/scalesim_ref_user.json``
 (writes ``benchmarks/results/scalesim.md``; needs ``pip install scalesim==3.0.0``).
 
 1. Parity (CALC mode, 64 KiB SRAMs): every ResNet-18 conv layer (224x224, padding folded into
