@@ -1,6 +1,7 @@
 """penjing's systolic simulator side by side with SCALE-Sim 3.0.0 (the reference).
 
-Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.json``
+Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.json
+--user-cache benchmarks/results/scalesim_ref_user.json``
 (writes ``benchmarks/results/scalesim.md``; needs ``pip install scalesim==3.0.0``).
 
 1. Parity (CALC mode, 64 KiB SRAMs): every ResNet-18 conv layer (224x224, padding folded into
@@ -8,10 +9,12 @@ Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.jso
    in a temporary folder; its report rows are kept in ``--cache`` (a JSON of this script's own
    earlier SCALE-Sim runs, with their CPU times) so that a rerun only runs what is missing.
 2. Speed on the whole ResNet-18 (20 convs + fc): SCALE-Sim's CPU time for the network is
-   measured here, in this process, for one configuration (WS 32x32, ``--speed-config``); the
-   other configurations use the per-layer CPU times of the parity runs. penjing's time is the
-   median of 7 rounds of the whole topology taken before and after SCALE-Sim's run.
-3. USER mode (bandwidth-limited): total cycles of both, with the USER runs in ``--user-cache``.
+   measured here, in this process, for one configuration (WS 32x32, ``--speed-config``; ``none``
+   skips it); the other configurations use the per-layer CPU times of the parity runs. penjing's
+   time is the median of 7 rounds of the whole topology taken before and after SCALE-Sim's run.
+3. USER mode (bandwidth-limited), every layer x array x dataflow x ``--user-bandwidths``: total
+   and stall cycles and DRAM words of both, SCALE-Sim's runs kept in ``--user-cache`` (missing
+   ones run with ``--run-missing-user``).
 4. Compression: ResNet-18 dense vs 2:4-pruned vs int8 through ``penjing.hw.simulate``.
 """
 
@@ -120,20 +123,53 @@ def speed(cache, path, layers, speed_df: str) -> list[str]:
     return lines
 
 
-def user_mode(user_cache: dict) -> list[str]:
-    lines = ["| layer | df | bandwidth (words/cycle) | SCALE-Sim total | SCALE-Sim stalls | penjing total | "
-             "penjing stalls | difference |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    shapes = {x.name: x for x in gemm_shapes() + resnet18_convs()}
-    for key, ref in sorted(user_cache.items()):
-        name, a, df, mode = key.split("|")
-        bw = int(mode[4:])
-        cfg = ScaleSimConfig(rows=int(a), cols=int(a), dataflow=df, bandwidth_mode="USER", bandwidths=[bw],
-                             ifmap_bw=bw, filter_bw=bw)
-        me = simulate_layer(shapes[name], cfg)
-        total, stalls = ref["compute"][2], ref["compute"][3]
-        lines.append(f"| {name} | {df} | {bw} | {int(total):,} | {int(stalls):,} | {me.total_cycles:,} | "
-                     f"{me.stall_cycles:,} | {100 * rel(me.total_cycles, total):+.1f}% |")
-    return lines
+def shape_key(x) -> tuple:
+    return (x.ifmap_h, x.ifmap_w, x.filter_h, x.filter_w, x.channels, x.num_filters, x.stride_h, x.stride_w)
+
+
+def user_config(a: int, df: str, bw: int) -> ScaleSimConfig:
+    return ScaleSimConfig(rows=a, cols=a, dataflow=df, bandwidth_mode="USER", bandwidths=[bw],
+                          ifmap_bw=bw, filter_bw=bw)
+
+
+def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int], run_missing: bool):
+    """Every layer x array x dataflow x bandwidth against SCALE-Sim's USER mode. Layers of one
+    shape (ResNet-18 repeats its 3x3 convs) share one SCALE-Sim run, keyed by the first name."""
+    lines = ["| layer | array | df | bw | SCALE-Sim total | SCALE-Sim stalls | penjing total | penjing stalls | "
+             "difference | DRAM words equal | SCALE-Sim CPU s | penjing CPU ms |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    first = {}
+    for x in layers:
+        first.setdefault(shape_key(x), x.name)
+    summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0}
+    for bw in bandwidths:
+        for a in ARRAYS:
+            for df in DATAFLOWS:
+                cfg = user_config(a, df, bw)
+                for x in layers:
+                    key = f"{first[shape_key(x)]}|{a}|{df}|USER{bw}"
+                    if key not in user_cache and not run_missing:
+                        summary["missing"] += 1
+                        continue
+                    ref = reference(user_cache, path, x, cfg, key)
+                    start = time.process_time()
+                    me = simulate_layer(x, cfg)
+                    ours = time.process_time() - start
+                    total, stalls = int(ref["compute"][2]), int(ref["compute"][3])
+                    det, rd = me.detailed_report(), ref["detailed"]
+                    dram_eq = [det[11], det[14], det[17]] == [rd[12], rd[15], rd[18]]
+                    diff = rel(me.total_cycles, total)
+                    summary["pairs"] += 1
+                    summary["equal"] += me.total_cycles == total and me.stall_cycles == stalls
+                    summary["dram_equal"] += dram_eq
+                    summary["max_diff"] = max(summary["max_diff"], abs(diff))
+                    shared = x.name != first[shape_key(x)]
+                    summary["ref_s"] += 0 if shared else ref["cpu_s"]
+                    summary["ours_s"] += 0 if shared else ours
+                    lines.append(f"| {x.name} | {a}x{a} | {df} | {bw} | {total:,} | {stalls:,} | {me.total_cycles:,} | "
+                                 f"{me.stall_cycles:,} | {100 * diff:+.2f}% | {'yes' if dram_eq else 'NO'} | "
+                                 f"{ref['cpu_s']:.1f}{' (shared)' if shared else ''} | {1e3 * ours:.0f} |")
+    return lines, summary
 
 
 def resnet18(width=64, classes=1000):
@@ -232,7 +268,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=None, help="JSON of SCALE-Sim CALC runs (read and extended)")
     parser.add_argument("--user-cache", type=Path, default=None, help="JSON of SCALE-Sim USER runs (read)")
-    parser.add_argument("--speed-config", default="ws", choices=DATAFLOWS)
+    parser.add_argument("--user-bandwidths", default="10,2", help="USER-mode bandwidths (words/cycle)")
+    parser.add_argument("--run-missing-user", action="store_true",
+                        help="run SCALE-Sim for USER pairs missing from --user-cache (slow: ~10-120 s each)")
+    parser.add_argument("--speed-config", default="ws", choices=(*DATAFLOWS, "none"),
+                        help="dataflow whose whole-network SCALE-Sim run (32x32) is timed in this run; "
+                             "none: every configuration from the cached per-layer CPU times")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scalesim.md"))
     parser.add_argument("--compression-only", action="store_true",
                         help="only section 4 (no SCALE-Sim), to benchmarks/results/scalesim_compression.md")
@@ -264,7 +305,8 @@ def main() -> int:
             "times are CPU seconds (process_time).", ""]
     par, summ = parity(cache, args.cache, layers)
     spd = speed(cache, args.cache, resnet18_convs() + [resnet18_fc()], args.speed_config)
-    usr = user_mode(user_cache) if user_cache else ["(no USER-mode runs given)"]
+    usr, us = user_mode(user_cache, args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")],
+                        args.run_missing_user)
     comp = compression()
     text = head + [
         "# penjing vs SCALE-Sim 3.0.0", "",
@@ -277,13 +319,14 @@ def main() -> int:
         "DRAM columns: penjing / SCALE-Sim - 1.", "", *par, "",
         "## 2. Speed, whole ResNet-18 (20 convs + fc)", "", *spd, "",
         "## 3. USER mode (bandwidth-limited) total cycles", "",
-        "Not at parity. SCALE-Sim 3.0.0's USER read buffer is a ring of prefetch sets in prefetch "
-        "order; a demand one set *behind* the active window (the flipped/skewed demand order does "
-        "this at window edges) makes it prefetch around the whole ring until it hits, each prefetch "
-        "charged `prefetch_size / bandwidth` cycles (and a positive stall is added twice in "
-        "`read_buffer.service_reads`). penjing's USER model is a bandwidth model (double-buffered "
-        "folds stall when a fold's DRAM words take longer than the fold), so it misses these ring "
-        "wraps:", "", *usr, "",
+        f"{us['pairs']} layer/config/bandwidth pairs with a SCALE-Sim run in `--user-cache` (64 KiB SRAMs, "
+        f"the same bandwidth on all three interfaces; {us['missing']} pairs of the sweep have no run yet and "
+        f"are not listed): total and stall cycles identical on {us['equal']}/{us['pairs']} (largest "
+        f"difference {100 * us['max_diff']:.2f}%), DRAM reads and writes per operand identical on "
+        f"{us['dram_equal']}/{us['pairs']}. penjing replays SCALE-Sim's USER memory system "
+        "(penjing/hw/user_bandwidth.py). CPU time over the distinct runs: SCALE-Sim "
+        f"{us['ref_s']:,.0f} s, penjing {us['ours_s']:,.1f} s ({us['ref_s'] / max(us['ours_s'], 1e-9):,.0f}x). "
+        "Layers of one shape share one SCALE-Sim run (marked shared).", "", *usr, "",
         "## 4. Compression in the cycle model (ResNet-18, 224x224, WS, edge array with fp32 PEs)", "",
         *comp, ""]
     args.out.write_text("\n".join(text))

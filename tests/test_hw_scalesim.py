@@ -8,6 +8,9 @@ Without SCALE-Sim these tests skip with the reason; the closed-form tests below 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +18,7 @@ from torch import nn
 import penjing as pj
 from penjing.hw import load_hw, simulate
 from penjing.hw.memory import _Epochs, array_counts, cyclic_scan, epoch_size, simulate_layer
-from penjing.hw.resnet_shapes import resnet18_convs
+from penjing.hw.resnet_shapes import gemm_shapes, resnet18_convs
 from penjing.hw.scalesim_io import (
     ConvShape,
     ScaleSimConfig,
@@ -25,6 +28,7 @@ from penjing.hw.scalesim_io import (
     write_reports,
 )
 from penjing.hw.scalesim_ref import available, run_scalesim
+from penjing.hw.user_bandwidth import _advance, _read_buffer, _WriteBuffer
 from penjing.quantization import QuantConfig
 
 REASON = available()
@@ -65,6 +69,78 @@ def test_resnet18_layer_parity_on_32x32():
         assert me.total_cycles == ref.compute[i][2]
         for col in (11, 14, 17):
             assert me.detailed_report()[col] == pytest.approx(ref.detailed[i][col + 1], rel=0.05)
+
+
+@needs_scalesim
+@pytest.mark.parametrize("dataflow", ["os", "ws", "is"])
+def test_user_mode_equals_scalesim(dataflow):
+    """Bandwidth-limited runs (three different interface bandwidths, 2 KiB / 1 KiB buffers):
+    every COMPUTE report number and every DRAM count and window of DETAILED_ACCESS equal."""
+    cfg = ScaleSimConfig(rows=8, cols=8, ifmap_kb=2, filter_kb=2, ofmap_kb=1, dataflow=dataflow,
+                         bandwidth_mode="USER", bandwidths=[3], ifmap_bw=4, filter_bw=3)
+    cases = CASES[1:]  # SCALE-Sim's USER mode takes ~10x its CALC time: the two small layers
+    ref = run_scalesim(cases, cfg)
+    for i, layer in enumerate(cases):
+        me = simulate_layer(layer, cfg)
+        assert me.compute_report()[:3] == ref.compute[i][1:4], layer.name  # with prefetch, total, stalls
+        assert me.detailed_report()[9:] == ref.detailed[i][10:], layer.name
+
+
+USER_REF = Path(__file__).parents[1] / "benchmarks" / "results" / "scalesim_ref_user.json"
+SHAPES = {x.name: x for x in gemm_shapes() + resnet18_convs()}
+
+
+def _user_refs(fast: bool) -> list[str]:
+    keys = sorted(json.loads(USER_REF.read_text()))
+    # the default run: the small GEMMs and the 1x1 shortcuts (each well under a second here)
+    cheap = {"fc", "attn_scores", "tall", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"}
+    return [k for k in keys if not fast or k.split("|")[0] in cheap]
+
+
+def _check_user_ref(key: str) -> None:
+    ref = json.loads(USER_REF.read_text())[key]
+    name, a, df, mode = key.split("|")
+    bw = int(mode.removeprefix("USER"))
+    cfg = ScaleSimConfig(rows=int(a), cols=int(a), dataflow=df, bandwidth_mode="USER", bandwidths=[bw],
+                         ifmap_bw=bw, filter_bw=bw)
+    me = simulate_layer(SHAPES[name], cfg)
+    assert [me.total_cycles, me.stall_cycles] == ref["compute"][2:4], key
+    det, rd = me.detailed_report(), ref["detailed"]
+    assert [det[11], det[14], det[17]] == [rd[12], rd[15], rd[18]], key  # DRAM words per operand
+
+
+@pytest.mark.parametrize("key", _user_refs(fast=True))
+def test_user_mode_equals_committed_scalesim_runs(key):
+    """Against SCALE-Sim 3.0.0 USER runs committed by benchmarks/scalesim.py (64 KiB SRAMs,
+    ResNet-18 layers and GEMMs at 32x32 and 128x128): runs without SCALE-Sim installed."""
+    _check_user_ref(key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in _user_refs(fast=False) if k not in _user_refs(fast=True)])
+def test_user_mode_equals_committed_scalesim_runs_convs(key):
+    _check_user_ref(key)
+
+
+def test_user_mode_timing_rules_by_hand():
+    # 64 KiB, 10 words/cycle: sets of ceil(65536 / 100) = 656 addresses, a window of
+    # ceil(32768 / 656) = 50 sets advancing by 50, one prefetch = ceil(32768 / 10) + 1 cycles
+    b = _read_buffer(100 * 656, 100 * 656, 65536, 10)
+    assert (b.sets, b.active, b.step, b.prefetch_cycles) == (101, 50, 50, 3278)
+    assert (b.first_words, b.words_per_advance) == (32770, 32770)
+    # the prefetch clock runs ahead of the array (L = 3277 > t = 100): the difference counts twice
+    assert _advance(-1.0, 1, 3278, 100.0) == (3277.0, 2 * (3277 - 101))
+    # behind the array: the row's time moves back to the clock, so a second advance in the same
+    # row stalls from there (the row's -168 is then clipped by the other buffers' zero)
+    L, stall = _advance(-1.0, 2, 3278, 10_000.0)
+    assert L == 6555.0 and stall == 6555.0 + 2 * 3278 - 10_000 - 1 - 3278
+    # the write buffer drains 32 words in 4 lines of 8 once more than half of 64 is occupied,
+    # and stalls the array until that drain ends when it fills up
+    w = _WriteBuffer(64, 8)
+    assert w.row(33, 0.0) == 0.0 and (w.free, w.drain_end) == (64 - 33 + 32, 3.0)
+    assert w.row(62, 1.0) == 0.0 and w.free == 1  # drain still running (until cycle 3): none starts
+    assert w.row(1, 2.0) == 1.0  # full at cycle 2 while the drain runs until cycle 3
+    assert w.row(1, 3.0) == 0.0 and (w.free, w.drain_end, w.written) == (31, 6.0, 64)
 
 
 def test_fold_cycles_by_hand():

@@ -30,25 +30,24 @@ skewed order, so the flush falls where SCALE-Sim's does. Filters and GEMM operan
 distinct, re-streamed whole) are cyclic scans and come out exact. Every ofmap element a fold
 writes goes to DRAM (partial sums included): no de-duplication, as in SCALE-Sim.
 
-**USER mode (bandwidth-limited).** Each DRAM interface moves at most its bandwidth in words per
-cycle (SCALE-Sim 3.0.0 takes the ifmap and filter bandwidths from ``IfmapSRAMBankBandwidth`` /
-``FilterSRAMBankBandwidth`` and the ofmap one from the first ``Bandwidth``). With double
-buffering a fold's compute overlaps the prefetch of the next; the array stalls when a fold's
-DRAM reads (or its writes) take longer than the fold::
-
-    stall_fold = max(0, reads_f / bw_read - cycles_f, writes_f / bw_write - cycles_f)
-
-summed over folds, with the first fold's reads exposed (nothing to overlap them with).
+**USER mode (bandwidth-limited).** SCALE-Sim's USER memory system (a ring of prefetch sets per
+read buffer, a window that advances one prefetch at a time, a write buffer that drains half its
+size at a time) is replayed event by event in :mod:`penjing.hw.user_bandwidth`: its stall
+cycles, total cycles, DRAM reads and DRAM windows are SCALE-Sim's own. SCALE-Sim 3.0.0 takes the
+ifmap and filter bandwidths from ``IfmapSRAMBankBandwidth`` / ``FilterSRAMBankBandwidth`` and the
+ofmap one from the first ``Bandwidth``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from penjing.hw.scalesim_io import ConvShape, ScaleSimConfig
+from penjing.hw.user_bandwidth import user_run
 
 
 def folds(Sr: int, Sc: int, rows: int, cols: int) -> tuple[int, int]:
@@ -210,21 +209,38 @@ class _IfmapGeometry:
 
 
 def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, timeline: list,
-                  cycle: int) -> None:
-    """Walk ``addresses`` (in stream order) exactly: SCALE-Sim's epoch rule, address by address."""
+                  cycle: int, distinct: int | None = None) -> None:
+    """Walk ``addresses`` (in stream order) exactly: SCALE-Sim's epoch rule, address by address.
+
+    The mask is the epoch's content (``state.n`` addresses set). The fresh addresses of the rest
+    are marked and counted at once; only when they complete the epoch is the completing one
+    located, by first occurrences over the shortest prefix that holds it. ``distinct``: the
+    caller's count of fresh distinct addresses in the whole stream, when it has one."""
     pos = 0
     while pos < len(addresses):
         rest = addresses[pos:]
-        outside = np.flatnonzero(~flat_mask[rest])
-        fresh = rest[outside]
-        first = _first_occurrences(fresh, flat_mask.size)
+        if state.n:
+            outside = np.flatnonzero(~flat_mask[rest])
+            fresh = rest[outside]
+        else:  # an empty epoch (after a flush): every address is fresh
+            outside, fresh = None, rest
         need = state.E - state.n
-        if len(first) < need:
-            state.reads += len(first)
-            state.n += len(first)
+        if distinct is None:
             flat_mask[fresh] = True
-            return
-        cut = outside[first[need - 1]]  # the address that completes the epoch
+            distinct = int(np.count_nonzero(flat_mask)) - state.n
+            if distinct < need:
+                state.reads += distinct
+                state.n += distinct
+                return
+            flat_mask[fresh] = False  # undo: the epoch completes inside the rest
+        length = min(len(fresh), max(4096, int(len(fresh) * 1.25 * need / distinct)))
+        while True:
+            first = _first_occurrences(fresh[:length], flat_mask.size)
+            if len(first) >= need or length == len(fresh):
+                break
+            length = min(len(fresh), 2 * length)
+        cut = first[need - 1] if outside is None else outside[first[need - 1]]  # completes the epoch
+        distinct = None
         state.reads += need
         state.flushes += 1
         state.n = 0
@@ -233,18 +249,18 @@ def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, 
         pos += int(cut) + 1
 
 
-_STAMP = np.zeros(0, dtype=np.int64)
+_STAMP = np.zeros(0, dtype=np.int32)
 
 
 def _first_occurrences(values: np.ndarray, space: int) -> np.ndarray:
     """Sorted positions of the first occurrence of each value (values in ``[0, space)``)."""
     global _STAMP
     if _STAMP.size < space:
-        _STAMP = np.full(space, np.iinfo(np.int64).max, dtype=np.int64)
-    idx = np.arange(len(values))
+        _STAMP = np.full(space, np.iinfo(np.int32).max, dtype=np.int32)
+    idx = np.arange(len(values), dtype=np.int32)
     np.minimum.at(_STAMP, values, idx)
     first = np.flatnonzero(_STAMP[values] == idx)
-    _STAMP[values] = np.iinfo(np.int64).max
+    _STAMP[values] = np.iinfo(np.int32).max
     return first
 
 
@@ -275,7 +291,7 @@ def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: 
                 for rows, cols in boxes:
                     mask[rows, cols] = True
             else:
-                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2)
+                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2, new)
             cycle += step
         if state.flushes == flushes_before and state.reads == reads_before:
             break  # a pass that read nothing: the rest hit too
@@ -286,9 +302,9 @@ def _unit_addresses(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> np.ndarray
     pixel ``j`` of the block reaches window position ``k`` at step ``k + j``)."""
     x = geo.x
     C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(p0, p1)
+    p = np.arange(p0, p1, dtype=np.int32)
     oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(S * C)
+    k = np.arange(S * C, dtype=np.int32)
     s, c = np.divmod(k, C)
     y = (oy * x.stride_h + r)[None, :]
     col = (ox * x.stride_w)[None, :] + s[:, None]
@@ -339,7 +355,8 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
                     for v, old in zip(reversed(views), reversed(saved), strict=True):
                         v[...] = old
                     chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
-                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle)
+                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle,
+                                  new)
             cycle += unit_cycles
         if state.flushes == flushes_before and state.reads == reads_before:
             break
@@ -350,9 +367,9 @@ def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) 
     order (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``)."""
     x = geo.x
     C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew)
+    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew, dtype=np.int32)
     oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(j0, j1)
+    k = np.arange(j0, j1, dtype=np.int32)
     r, rest = np.divmod(k, S * C)
     s, c = np.divmod(rest, C)
     y = (oy * x.stride_h)[:, None] + r[None, :]
@@ -365,12 +382,16 @@ def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) 
 def _skewed(matrix: np.ndarray) -> np.ndarray:
     """The valid entries of ``matrix`` (time x array edge, -1 = no request) in the order the
     array requests them: column ``j`` delayed by ``j`` steps, read row by row."""
-    steps, width = matrix.shape
-    out = np.full((steps + width - 1, width), -1, dtype=matrix.dtype)
-    for j in range(width):
-        out[j:j + steps, j] = matrix[:, j]
-    flat = out.reshape(-1)
+    flat = matrix.reshape(-1)[_skew_order(*matrix.shape)]
     return flat[flat >= 0]
+
+
+@functools.lru_cache(maxsize=64)
+def _skew_order(steps: int, width: int) -> np.ndarray:
+    """Flat indices of a ``steps x width`` matrix in skewed order: by ``t + j``, then ``j``."""
+    t = np.arange(steps)[:, None]
+    j = np.arange(width)[None, :]
+    return np.argsort(((t + j) * width + j).reshape(-1))
 
 
 def _is_gemm_form(x: ConvShape) -> bool:
@@ -463,10 +484,15 @@ class LayerResult:
     filter_dram_stop: float = -1.0
     ofmap_dram_start: float = 0.0
     ofmap_dram_stop: float = 0.0
+    #: USER mode: the cycle of the last ofmap write (SCALE-Sim's "Total Cycles"), which is
+    #: the demand length - 1 + stalls unless the last row itself stalled on a read
+    last_write_cycle: int | None = None
 
     @property
     def total_cycles(self) -> int:
         """SCALE-Sim's "Total Cycles": the index of the last demand cycle, stalls included."""
+        if self.last_write_cycle is not None:
+            return self.last_write_cycle
         return self.counts.demand_cycles - 1 + self.stall_cycles
 
     @property
@@ -538,9 +564,26 @@ def simulate_layer(layer: ConvShape, config: ScaleSimConfig, *, ifmap_words: flo
     res.filter_dram_start, res.filter_dram_stop = _read_window(
         dram.filter_reads, dram.filter_flush_cycles, config.filter_kb, first_filter, 10)
     if config.bandwidth_mode == "USER":
-        res.stall_cycles = user_stalls(counts, dram, config)
-    _ofmap_window(res)
+        _apply_user(res, layer, config, ifmap_words, filter_words)
+    else:
+        _ofmap_window(res)
     return res
+
+
+def _apply_user(res: LayerResult, layer: ConvShape, config: ScaleSimConfig, ifmap_words: float,
+                filter_words: float) -> None:
+    """A USER-mode run: stalls, DRAM reads and DRAM windows from the replayed memory system."""
+    c = res.counts
+    run = user_run(layer, config, c.fold_rows, c.fold_cols, c.fold_cycles,
+                   ifmap_words=ifmap_words, filter_words=filter_words)
+    res.stall_cycles = run.stall_cycles
+    res.last_write_cycle = run.total_cycles
+    res.dram = DramCounts(ifmap_reads=run.ifmap_dram_reads, filter_reads=run.filter_dram_reads,
+                          ofmap_writes=run.ofmap_dram_writes, ifmap_flush_cycles=[],
+                          filter_flush_cycles=[])
+    res.ifmap_dram_start, res.ifmap_dram_stop = run.ifmap_dram_window
+    res.filter_dram_start, res.filter_dram_stop = run.filter_dram_window
+    res.ofmap_dram_start, res.ofmap_dram_stop = run.ofmap_dram_window
 
 
 def _ofmap_window(res: LayerResult) -> None:
@@ -558,16 +601,6 @@ def _ofmap_window(res: LayerResult) -> None:
         res.ofmap_dram_start = float(round(first))
     else:
         res.ofmap_dram_start = float(end)
-
-
-def user_stalls(counts: ArrayCounts, dram: DramCounts, config: ScaleSimConfig) -> int:
-    """Stall cycles of a bandwidth-limited (USER) run: see the module docstring."""
-    folds_n = counts.fold_rows * counts.fold_cols
-    cyc = counts.fold_cycles
-    read_time = dram.ifmap_reads / config.ifmap_bw / folds_n + dram.filter_reads / config.filter_bw / folds_n
-    write_time = dram.ofmap_writes / config.ofmap_bw / folds_n
-    per_fold = max(0.0, read_time - cyc, write_time - cyc)
-    return int(round(per_fold * folds_n))
 
 
 def simulate_topology(layers: list[ConvShape], config: ScaleSimConfig) -> list[LayerResult]:
