@@ -25,7 +25,6 @@ import atheris_refs  # noqa: E402
 from limits import Watch  # noqa: E402
 
 _TMP = Path(tempfile.mkdtemp()) / "batch"
-_started = False
 _watch = Watch(len)  # a batch's arrays are built from its own bytes
 
 
@@ -37,12 +36,7 @@ def _read(data: bytes) -> None:
         pass
 
 
-def test_one_input(data: bytes) -> None:
-    global _started
-    if not _started:  # atheris installs its comparison tracer when fuzzing starts
-        atheris_refs.install()
-        _started = True
-    _watch.run(_read, data)
+test_one_input = atheris_refs.fuzz_target(_watch, _read)
 
 
 def write_corpus(folder: Path) -> None:

@@ -52,7 +52,6 @@ def largest_legitimate_tensor(data: bytes) -> int:
 
 
 _watch = Watch(largest_legitimate_tensor)
-_started = False
 
 
 def _load(data: bytes) -> None:
@@ -62,12 +61,7 @@ def _load(data: bytes) -> None:
         pass
 
 
-def test_one_input(data: bytes) -> None:
-    global _started
-    if not _started:  # atheris installs its comparison tracer when fuzzing starts
-        atheris_refs.install()
-        _started = True
-    _watch.run(_load, data)
+test_one_input = atheris_refs.fuzz_target(_watch, _load)
 
 
 def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:

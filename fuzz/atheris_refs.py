@@ -63,3 +63,18 @@ class _Probe:
         return self.result
 
     __hash__ = object.__hash__
+
+
+def fuzz_target(watch, run):
+    """libFuzzer's ``TestOneInput`` for both harnesses: ``run(data)`` under ``watch``'s CPU and
+    RSS limits (:class:`limits.Watch`), with :func:`install` done on the first execution."""
+    started = False
+
+    def test_one_input(data: bytes) -> None:
+        nonlocal started
+        if not started:  # atheris installs its comparison tracer when fuzzing starts
+            install()
+            started = True
+        watch.run(run, data)
+
+    return test_one_input
