@@ -3,6 +3,8 @@ the 'spawn' start method can import them)."""
 
 from __future__ import annotations
 
+import subprocess
+
 import torch
 from torch.utils.data import TensorDataset
 
@@ -113,3 +115,18 @@ def listening_after_allreduce() -> list[tuple[str, int]]:
     dist.all_reduce(t)
     assert float(t[0]) == dist.get_world_size()
     return listening_sockets()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from ``ps``): what a test checks is gone after a run."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found

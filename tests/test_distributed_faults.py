@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from dist_scenarios import descendants
 from penjing.models.user import load_state_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")]
@@ -25,18 +26,6 @@ def command(tmp, name):
             "--out", str(tmp / f"{name}.pt"), "--max-restarts", "3"]
 
 
-def descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        p, pp = map(int, line.split())
-        children.setdefault(pp, []).append(p)
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
 
 
 def rank_of(pid: int) -> int | None:

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from dist_scenarios import descendants
 from penjing.cli import build_parser, main
 from penjing.commands.train import worker_argv
 from penjing.distributed import worker
@@ -89,18 +90,6 @@ def test_a_configuration_error_in_a_worker_is_not_retried(capsys):
     assert time.monotonic() - started < 60
 
 
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        p, pp = map(int, line.split())
-        children.setdefault(pp, []).append(p)
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -121,7 +110,7 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while time.monotonic() < deadline and len(workers) < 2:
-        workers = [p for p in _descendants(proc.pid)]
+        workers = [p for p in descendants(proc.pid)]
         time.sleep(0.5)
     assert len(workers) >= 2
     # the workers listen on the loopback interface only (file rendezvous, gloo pinned to lo)

@@ -63,7 +63,10 @@ class RuntimeLayer(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The dense weight these layers stand for (the reference; forward never builds it)."""
-        raise NotImplementedError
+        return self.weights.to_dense()
+
+    def extra_repr(self) -> str:  # the Linear layers'; SparseConv2d has its own
+        return f"{self.in_features}, {self.out_features}, {self.format}, bias={self.bias is not None}"
 
 
 def _sparse_format(w: SparseWeights) -> str:
@@ -101,12 +104,6 @@ class SparseLinear(RuntimeLayer):
         self._sync()
         return ops.sparse_linear(self.weights, x, self.bias, self._csr)
 
-    def dense_weight(self) -> torch.Tensor:
-        return self.weights.to_dense()
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, {self.format}, bias={self.bias is not None}"
-
 
 class CodebookLinear(SparseLinear):
     """The Deep Compression layer: b-bit indices into 2^b shared values, zeros skipped."""
@@ -137,12 +134,6 @@ class _BitsLinear(RuntimeLayer):
         if batch == 1 and ops.lut_kernel():
             return self.weights.lut_nbytes()
         return self.weights.nbytes
-
-    def dense_weight(self) -> torch.Tensor:
-        return self.weights.to_dense()
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, {self.format}, bias={self.bias is not None}"
 
 
 class TernaryLinear(_BitsLinear):
