@@ -11,7 +11,7 @@ from torch import nn
 from penjing.core.report import last_report
 from penjing.models import LeNet5, SmallResNet
 from penjing.quantization import QuantConfig, convert, quantize
-from penjing.quantization.int8_graph import int8_graph
+from penjing.quantization.int8_graph import OnednnConv2d, int8_graph
 
 
 def _prepared(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module, torch.Tensor]:
@@ -26,6 +26,14 @@ def _prepared(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, nn.M
     return model, reference, torch.rand(16, *shape)
 
 
+def _u8() -> bool:
+    """Does this CPU run the graph's convs on oneDNN with uint8 tensors between them?"""
+    from penjing.quantization.int_kernels import _has_onednn_conv
+    from penjing.quantization.per_shape import onednn_runs
+
+    return onednn_runs(groups=1) and _has_onednn_conv()
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -38,8 +46,10 @@ def test_graph_keeps_activations_int8_from_input_to_output(cls):
     code = int8_graph(model).code
     assert code.count("quantize_channels_last(x,") == 1 and code.count(".dequantize()") == 1  # edges only
     assert last_report(model).notes == ["int8 tensors flow between layers"]
-    if cls is SmallResNet:
-        assert code.count("quantized.add_relu") == 3  # each residual sum with its ReLU
+    if cls is SmallResNet:  # each residual sum with its ReLU: in a oneDNN conv (u8 mode) or its own op
+        fused = [m for m in model.modules() if isinstance(m, OnednnConv2d) and m.accum_qparams is not None]
+        assert (len(fused), code.count("quantized.add_relu")) == ((3, 0) if _u8() else (0, 3))
+        assert all(m.sum_act == "relu" for m in fused)
     ref = reference(x)
     # the graph also rounds the sums and the logits to int8: measured 0.9% (resnet) and 1.2%
     # (lenet5) from float against 0.5-0.7% for float-out layers; bound at twice that
@@ -70,7 +80,11 @@ def test_relu6_fuses_silu_stays_float_and_is_reported():
     convert(model, graph=True)
     code = int8_graph(model).code
     assert "r1" not in code and "r2" not in code  # ReLU6 folded into the int8 output range
-    assert "quantized.add(" in code and type(model.c2).__name__ == "ConvAct2d"  # Hardswish fused
+    assert type(model.c2).__name__ == "OnednnConv2d" and model.c2.act == "hardswish"  # Hardswish fused
+    if _u8():  # the sum runs in pw's kernel, its other input h taken from c1's uint8 output
+        assert "quantized.add(" not in code and model.pw.accum_qparams is not None and model.pw.sum_act == "none"
+    else:
+        assert "quantized.add(" in code
     assert last_report(model).notes == ["int8 tensors flow between layers; float around: SiLU x1"]
     assert _rel(model(x), reference(x)) < 0.05
 
@@ -126,12 +140,12 @@ class ConvSiLU(nn.Module):
 
 
 def test_silu_and_hardswish_fuse_into_the_conv_and_match_the_fake_quant_model():
-    from penjing.quantization.int8_graph import ConvAct2d
+    from penjing.quantization.int8_graph import OnednnConv2d
 
     model, reference, x = _prepared(ConvSiLU(), (3, 6, 6))
     fake = model(x)
     convert(model, graph=True)
-    assert isinstance(model.c1, ConvAct2d) and model.c1.act == "swish" and model.c2.act == "hardswish"
+    assert isinstance(model.c1, OnednnConv2d) and model.c1.act == "swish" and model.c2.act == "hardswish"
     assert "act1" not in int8_graph(model).code and "act2" not in int8_graph(model).code
     assert last_report(model).notes == ["int8 tensors flow between layers"]
     # only the activations' int8 rounding separates it from the fake-quant model
@@ -166,7 +180,7 @@ class NormActNet(nn.Module):
 
 def test_norm_act_modules_fold_keeping_their_activation_and_it_fuses():
     from penjing.quantization import fold_batchnorm
-    from penjing.quantization.int8_graph import ConvAct2d
+    from penjing.quantization.int8_graph import OnednnConv2d
 
     model, reference, x = _prepared(NormActNet(), (3, 6, 6))
     # the fold alone is exact in float: the BN goes into the conv, its activation stays
@@ -177,8 +191,11 @@ def test_norm_act_modules_fold_keeping_their_activation_and_it_fuses():
     assert "folded 3 BatchNorm" in " ".join(last_report(model).notes)
     convert(model)
     code = int8_graph(model).code
-    assert isinstance(model.c1, ConvAct2d) and model.c1.act == "hardswish"  # Hardswish in the kernel
-    assert type(model.c2).__name__ in ("ConvReLU2d", "PerShapeConvReLU2d") and "bn" not in code  # no float op left
+    assert isinstance(model.c1, OnednnConv2d) and model.c1.act == "hardswish"  # Hardswish in the kernel
+    if _u8():
+        assert isinstance(model.c2, OnednnConv2d) and model.c2.act == "relu" and "bn" not in code
+    else:
+        assert type(model.c2).__name__ in ("ConvReLU2d", "PerShapeConvReLU2d") and "bn" not in code  # no float op left
     assert last_report(model).notes[-1] == "int8 tensors flow between layers"
     assert _rel(model(x), reference(x)) < 0.05
 
