@@ -258,3 +258,23 @@ def test_u8_mode_computes_what_the_quint8_graph_does(cls, monkeypatch):
     # the fused sums skip one rounding of the conv's output to int8: measured 0.4-0.6%
     assert _rel(model(x), quint8(x)) < 0.02
     assert _rel(model(x), reference(x)) <= _rel(quint8(x), reference(x)) + 0.005
+
+
+def test_summary_reads_every_int8_graph_layer_as_8_bit_integers():
+    import penjing as pj
+
+    # a max pool after the first conv and a Linear head: torch.ao quantized modules (packed
+    # weights) as well as oneDNN ones on a VNNI CPU; all of them torch.ao's elsewhere
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    float_rows = pj.summary(model).rows
+    model, _, _ = _prepared(model, (3, 8, 8))
+    convert(model, graph=True)
+    rows = pj.summary(model).rows
+    assert [(r.name, r.shape, r.params, r.bias_params) for r in rows] == \
+        [(r.name, r.shape, r.params, r.bias_params) for r in float_rows]
+    assert all(r.bits == 8 for r in rows) and sum(r.bytes for r in rows) <= sum(r.params for r in rows)
+    assert {r.type for r in rows}.isdisjoint({"Conv2d", "Linear"}) and rows[-1].type == "QuantizedLinear"
+    assert rows[0].type in ("PerShapeConvReLU2d", "QuantizedConvReLU2d")  # the packed torch.ao conv
+    codes = model[0].weight().int_repr()
+    assert rows[0].nonzeros == int(torch.count_nonzero(codes))
