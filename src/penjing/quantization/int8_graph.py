@@ -18,6 +18,13 @@ The plan, node by node:
   calibrated output range lies inside [0, 6], so the saturation of the int8 output *is* the
   clamp at 6 and no op remains;
 * residual sums become ``quantized::add`` / ``add_relu``; Hardswish ``quantized::hardswish``;
+* in ``u8`` mode (:func:`u8_mode`: a VNNI CPU where the x86 engine runs every conv of the
+  model on oneDNN, as on resnets) convs run oneDNN's kernel directly (:class:`OnednnConv2d`)
+  on plain uint8 tensors, and a residual sum (+ ReLU) runs inside the conv that computes its
+  second input, reading the first where nothing reads it afterwards; a conv that feeds a
+  max pool (whose uint8 kernel is slow) or a float op stays a torch.ao module;
+* convs that the x86 engine packs for oneDNN keep one packed weight per input shape
+  (:mod:`.per_shape`);
 * pooling, flatten / reshape, dropout, identities and ReLUs run on the int8 tensor as it is;
 * any other op (SiLU, sigmoid, LayerNorm, GELU, a float layer...) gets a dequantized input,
   and the next int8 layer quantizes its output again.
