@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="--cnn: comma-separated subset")
     parser.add_argument("--rounds", type=int, default=5, help="--cnn: timed rounds per variant")
     parser.add_argument("--size", type=int, default=224, help="--cnn: image size")
+    parser.add_argument("--fp32-rounds", type=int, default=None,
+                        help="--cnn: time fp32 in the first N rounds only (default: every round)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
         names = tuple(args.models.split(",")) if args.models else MODELS
         print(header(f"{args.size}x{args.size}, {args.rounds} rounds"), flush=True)
-        print("\n".join(cnn_table(names, args.rounds, args.size)))
+        print("\n".join(cnn_table(names, args.rounds, args.size, fp32_rounds=args.fp32_rounds)))
         print(f"- load at the end {os.getloadavg()[0]:.1f}")
         return 0
     rounds, budget = (3, 0.1) if args.quick else (15, 0.25)

@@ -7,7 +7,9 @@ Needs torchvision and timm (the /work/venv-tv environment). Every model is rando
 its BatchNorm statistics warmed on random data (a few train-mode forwards), then calibrated
 on the same random batch by both penjing (``pj.quantize`` + ``pj.convert``) and torch.ao
 (``prepare_fx`` / ``convert_fx`` with ``get_default_qconfig_mapping("x86")``). Latency: one
-thread, variants interleaved round-robin, the median over rounds and the spread (min-max).
+thread, variants interleaved round-robin (order reversed every other round), the median over
+rounds and the spread (min-max); the torch.ao / penjing ratio also in the thread's CPU time
+(``time.thread_time``), which leaves out the time a shared machine kept the process waiting.
 Error: ``||y - y_fp32|| / ||y_fp32||`` on a held-out random batch.
 """
 
@@ -68,16 +70,23 @@ def ao_fx(model: nn.Module, calib: torch.Tensor) -> nn.Module:
 
 
 @torch.no_grad()
-def timed(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+def timed(models: dict[str, nn.Module], x: torch.Tensor, rounds: int,
+          limit: dict[str, int] | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and thread-CPU ms per call, ``rounds`` interleaved rounds (the order reversed every
+    other round); a variant in ``limit`` is timed in its first ``limit[name]`` rounds only."""
     for m in models.values():
         m(x)  # warm-up (packing, allocator)
-    samples: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(rounds):
-        for name, m in models.items():
-            start = time.perf_counter()
-            m(x)
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return samples
+    wall: dict[str, list[float]] = {n: [] for n in models}
+    cpu: dict[str, list[float]] = {n: [] for n in models}
+    for r in range(rounds):
+        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
+            if limit and r >= limit.get(name, rounds):
+                continue
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            models[name](x)
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.thread_time() - start_cpu) * 1e3)
+    return wall, cpu
 
 
 @torch.no_grad()
@@ -86,12 +95,15 @@ def rel_error(model: nn.Module, ref: torch.Tensor, x: torch.Tensor) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
-def cnn_table(names: tuple[str, ...], rounds: int, size: int = 224, batches: tuple[int, ...] = (1, 32)) -> list[str]:
+def cnn_table(names: tuple[str, ...], rounds: int, size: int = 224, batches: tuple[int, ...] = (1, 32),
+              fp32_rounds: int | None = None) -> list[str]:
+    """The table; fp32 is timed in the first ``fp32_rounds`` rounds only (all when None): at
+    batch 32 it is the slow part, and int8 is far from it."""
     warnings.filterwarnings("ignore")
     lines = ["| model | batch | fp32 ms | torch.ao FX ms | penjing ms (min-max) | penjing / fp32 time "
-             "| torch.ao / penjing time (per-round min-max) | rel. error torch.ao | rel. error penjing "
-             "| float ops left (penjing) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| torch.ao / penjing time (per-round min-max) | same, thread CPU time (per-round min-max) "
+             "| rel. error torch.ao | rel. error penjing | float ops left (penjing) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         model = warm_bn(build(name), size)
         calib = torch.randn(8, 3, size, size)
@@ -103,12 +115,15 @@ def cnn_table(names: tuple[str, ...], rounds: int, size: int = 224, batches: tup
         floats = notes[0].split("float around: ")[1] if notes else "none"
         for batch in batches:
             x = torch.randn(batch, 3, size, size)
-            t = timed(variants, x, rounds)
+            t, cpu = timed(variants, x, rounds, None if fp32_rounds is None else {"fp32": fp32_rounds})
             med = {k: statistics.median(v) for k, v in t.items()}
             paired = [a / p for a, p in zip(t["torch.ao"], t["penjing"], strict=True)]  # same round
+            paired_cpu = [a / p for a, p in zip(cpu["torch.ao"], cpu["penjing"], strict=True)]
             lines.append(
                 f"| {name} | {batch} | {med['fp32']:.1f} | {med['torch.ao']:.1f} | {med['penjing']:.1f} "
                 f"({min(t['penjing']):.1f}-{max(t['penjing']):.1f}) | {med['penjing'] / med['fp32']:.2f} "
-                f"| {med['torch.ao'] / med['penjing']:.2f} ({min(paired):.2f}-{max(paired):.2f}) | {err['torch.ao']:.4f} | {err['penjing']:.4f} | {floats} |")
+                f"| {med['torch.ao'] / med['penjing']:.2f} ({min(paired):.2f}-{max(paired):.2f}) "
+                f"| {statistics.median(paired_cpu):.2f} ({min(paired_cpu):.2f}-{max(paired_cpu):.2f}) "
+                f"| {err['torch.ao']:.4f} | {err['penjing']:.4f} | {floats} |")
         print(lines[-1], flush=True)
     return lines

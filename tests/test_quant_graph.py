@@ -11,7 +11,7 @@ from torch import nn
 from penjing.core.report import last_report
 from penjing.models import LeNet5, SmallResNet
 from penjing.quantization import QuantConfig, convert, quantize
-from penjing.quantization.int8_graph import int8_graph
+from penjing.quantization.int8_graph import OnednnConv2d, int8_graph
 
 
 def _prepared(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module, torch.Tensor]:
@@ -26,6 +26,14 @@ def _prepared(model: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, nn.M
     return model, reference, torch.rand(16, *shape)
 
 
+def _u8() -> bool:
+    """Does this CPU run the graph's convs on oneDNN with uint8 tensors between them?"""
+    from penjing.quantization.int_kernels import _has_onednn_conv
+    from penjing.quantization.per_shape import onednn_runs
+
+    return onednn_runs(groups=1) and _has_onednn_conv()
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -36,10 +44,12 @@ def test_graph_keeps_activations_int8_from_input_to_output(cls):
     per_layer = convert(copy.deepcopy(model))
     convert(model, graph=True)
     code = int8_graph(model).code
-    assert code.count("torch.quantize_per_tensor(") == 1 and code.count(".dequantize()") == 1  # edges only
+    assert code.count("quantize_channels_last(x,") == 1 and code.count(".dequantize()") == 1  # edges only
     assert last_report(model).notes == ["int8 tensors flow between layers"]
-    if cls is SmallResNet:
-        assert code.count("quantized.add_relu") == 3  # each residual sum with its ReLU
+    if cls is SmallResNet:  # each residual sum with its ReLU: in a oneDNN conv (u8 mode) or its own op
+        fused = [m for m in model.modules() if isinstance(m, OnednnConv2d) and m.accum_qparams is not None]
+        assert (len(fused), code.count("quantized.add_relu")) == ((3, 0) if _u8() else (0, 3))
+        assert all(m.sum_act == "relu" for m in fused)
     ref = reference(x)
     # the graph also rounds the sums and the logits to int8: measured 0.9% (resnet) and 1.2%
     # (lenet5) from float against 0.5-0.7% for float-out layers; bound at twice that
@@ -70,7 +80,11 @@ def test_relu6_fuses_silu_stays_float_and_is_reported():
     convert(model, graph=True)
     code = int8_graph(model).code
     assert "r1" not in code and "r2" not in code  # ReLU6 folded into the int8 output range
-    assert "quantized.add(" in code and type(model.c2).__name__ == "ConvAct2d"  # Hardswish fused
+    assert type(model.c2).__name__ == "OnednnConv2d" and model.c2.act == "hardswish"  # Hardswish fused
+    if _u8():  # the sum runs in pw's kernel, its other input h taken from c1's uint8 output
+        assert "quantized.add(" not in code and model.pw.accum_qparams is not None and model.pw.sum_act == "none"
+    else:
+        assert "quantized.add(" in code
     assert last_report(model).notes == ["int8 tensors flow between layers; float around: SiLU x1"]
     assert _rel(model(x), reference(x)) < 0.05
 
@@ -126,12 +140,12 @@ class ConvSiLU(nn.Module):
 
 
 def test_silu_and_hardswish_fuse_into_the_conv_and_match_the_fake_quant_model():
-    from penjing.quantization.int8_graph import ConvAct2d
+    from penjing.quantization.int8_graph import OnednnConv2d
 
     model, reference, x = _prepared(ConvSiLU(), (3, 6, 6))
     fake = model(x)
     convert(model, graph=True)
-    assert isinstance(model.c1, ConvAct2d) and model.c1.act == "swish" and model.c2.act == "hardswish"
+    assert isinstance(model.c1, OnednnConv2d) and model.c1.act == "swish" and model.c2.act == "hardswish"
     assert "act1" not in int8_graph(model).code and "act2" not in int8_graph(model).code
     assert last_report(model).notes == ["int8 tensors flow between layers"]
     # only the activations' int8 rounding separates it from the fake-quant model
@@ -166,7 +180,7 @@ class NormActNet(nn.Module):
 
 def test_norm_act_modules_fold_keeping_their_activation_and_it_fuses():
     from penjing.quantization import fold_batchnorm
-    from penjing.quantization.int8_graph import ConvAct2d
+    from penjing.quantization.int8_graph import OnednnConv2d
 
     model, reference, x = _prepared(NormActNet(), (3, 6, 6))
     # the fold alone is exact in float: the BN goes into the conv, its activation stays
@@ -177,8 +191,11 @@ def test_norm_act_modules_fold_keeping_their_activation_and_it_fuses():
     assert "folded 3 BatchNorm" in " ".join(last_report(model).notes)
     convert(model)
     code = int8_graph(model).code
-    assert isinstance(model.c1, ConvAct2d) and model.c1.act == "hardswish"  # Hardswish in the kernel
-    assert type(model.c2).__name__ == "ConvReLU2d" and "bn" not in code  # no float op left
+    assert isinstance(model.c1, OnednnConv2d) and model.c1.act == "hardswish"  # Hardswish in the kernel
+    if _u8():
+        assert isinstance(model.c2, OnednnConv2d) and model.c2.act == "relu" and "bn" not in code
+    else:
+        assert type(model.c2).__name__ in ("ConvReLU2d", "PerShapeConvReLU2d") and "bn" not in code  # no float op left
     assert last_report(model).notes[-1] == "int8 tensors flow between layers"
     assert _rel(model(x), reference(x)) < 0.05
 
@@ -207,3 +224,57 @@ def test_onnx_export_of_an_int8_graph_is_refused_with_the_way_out():
     convert(model)
     with pytest.raises(ValueError, match=r"convert it layer by layer: pj.convert\(model, graph=False\)"):
         export_ready(model)
+
+
+class SkipReadTwice(nn.Module):
+    """h feeds a residual sum *and* a conv after it: the sum must not be written into h."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.c2, self.c3, self.c4 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        h = self.relu(self.c1(x))
+        y = self.c3(self.relu(self.c2(h))) + h
+        return torch.cat([y, self.c4(h)], 1)
+
+
+@pytest.mark.parametrize("cls", [SkipReadTwice, SmallResNet])
+def test_u8_mode_computes_what_the_quint8_graph_does(cls, monkeypatch):
+    import penjing.quantization.int8_graph as graph
+
+    if not _u8():
+        pytest.skip("this CPU runs the quint8 graph only")
+    model, reference, x = _prepared(cls(), (3, 8, 8) if cls is SkipReadTwice else (1, 8, 8))
+    quint8 = copy.deepcopy(model)
+    convert(model, graph=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(graph, "u8_mode", lambda *_: False)
+        convert(quint8, graph=True)
+    assert not any(isinstance(m, OnednnConv2d) for m in quint8.modules())
+    if cls is SkipReadTwice:
+        assert model.c3.accum_qparams is None  # h is read later by c4: the sum stays its own op
+    # the fused sums skip one rounding of the conv's output to int8: measured 0.4-0.6%
+    assert _rel(model(x), quint8(x)) < 0.02
+    assert _rel(model(x), reference(x)) <= _rel(quint8(x), reference(x)) + 0.005
+
+
+def test_summary_reads_every_int8_graph_layer_as_8_bit_integers():
+    import penjing as pj
+
+    # a max pool after the first conv and a Linear head: torch.ao quantized modules (packed
+    # weights) as well as oneDNN ones on a VNNI CPU; all of them torch.ao's elsewhere
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    float_rows = pj.summary(model).rows
+    model, _, _ = _prepared(model, (3, 8, 8))
+    convert(model, graph=True)
+    rows = pj.summary(model).rows
+    assert [(r.name, r.shape, r.params, r.bias_params) for r in rows] == \
+        [(r.name, r.shape, r.params, r.bias_params) for r in float_rows]
+    assert all(r.bits == 8 for r in rows) and sum(r.bytes for r in rows) <= sum(r.params for r in rows)
+    assert {r.type for r in rows}.isdisjoint({"Conv2d", "Linear"}) and rows[-1].type == "QuantizedLinear"
+    assert rows[0].type in ("PerShapeConvReLU2d", "QuantizedConvReLU2d")  # the packed torch.ao conv
+    codes = model[0].weight().int_repr()
+    assert rows[0].nonzeros == int(torch.count_nonzero(codes))

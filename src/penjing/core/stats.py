@@ -42,13 +42,23 @@ class LayerStats:
         return 4 * (self.params + self.bias_params)
 
 
+def stored_weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight as ``module`` stores it: int8 layers' integers (``weight_int8``), the
+    integers inside a ``torch.ao`` quantized layer's packed weight (its ``weight()``, as the
+    int8 graph of ``pj.convert`` holds), else its ``weight`` tensor."""
+    weight = getattr(module, "weight_int8", None)
+    weight = getattr(module, "weight", None) if weight is None else weight
+    if callable(weight) and not isinstance(weight, torch.Tensor) and hasattr(module, "_weight_bias"):
+        weight = weight()
+    return weight.int_repr() if isinstance(weight, torch.Tensor) and weight.is_quantized else weight
+
+
 def weight_bits(module: nn.Module, name: str = "weight") -> float:
     """Bits per stored weight value: the smallest ``bits`` of its parametrizations, else dtype."""
     declared = [p.bits for p in parametrizations(module, name) if getattr(p, "bits", None)]
     if declared:
         return float(min(declared))
-    tensor = getattr(module, name + "_int8", None) if name == "weight" else None  # int8 layers' stored integers
-    tensor = getattr(module, name) if tensor is None else tensor
+    tensor = stored_weight(module) if name == "weight" else getattr(module, name)
     return float(torch.finfo(tensor.dtype).bits if tensor.is_floating_point() else torch.iinfo(tensor.dtype).bits)
 
 
@@ -67,8 +77,7 @@ def layer_stats(model: nn.Module, types: tuple[type, ...] = WEIGHTED_TYPES) -> l
     module that stores an integer ``weight``, such as a converted int8 layer)."""
     rows = []
     for name, module in model.named_modules():
-        weight = getattr(module, "weight_int8", None)  # int8 layers: the stored integers, not the float view
-        weight = getattr(module, "weight", None) if weight is None else weight
+        weight = stored_weight(module)  # int8 layers: the stored integers, not the float view
         if not isinstance(weight, torch.Tensor):
             continue
         # integer weights: a layer converted for integer execution (e.g. Int8Linear) counts too
@@ -80,15 +89,18 @@ def layer_stats(model: nn.Module, types: tuple[type, ...] = WEIGHTED_TYPES) -> l
             nonzeros = int(torch.count_nonzero(w))
         bits = weight_bits(module)
         bias = getattr(module, "bias", None)
+        packed = hasattr(module, "_weight_bias")  # a torch.ao quantized layer: packed weight and bias
+        bias = bias() if callable(bias) and packed else bias
+        kind = module._get_name() if packed else type_name(module)  # "QuantizedLinear", not "Linear"
         rows.append(
             LayerStats(
                 name=name or "(root)",
-                type=type_name(module),
+                type=kind,
                 shape=tuple(w.shape),
                 params=params,
                 nonzeros=nonzeros,
                 bits=bits,
-                bytes=estimate_bytes(params, nonzeros, bits, type_name(module)),
+                bytes=estimate_bytes(params, nonzeros, bits, kind),
                 bias_params=bias.numel() if isinstance(bias, torch.Tensor) else 0,
             )
         )

@@ -18,6 +18,13 @@ The plan, node by node:
   calibrated output range lies inside [0, 6], so the saturation of the int8 output *is* the
   clamp at 6 and no op remains;
 * residual sums become ``quantized::add`` / ``add_relu``; Hardswish ``quantized::hardswish``;
+* in ``u8`` mode (:func:`u8_mode`: a VNNI CPU where the x86 engine runs every conv of the
+  model on oneDNN, as on resnets) convs run oneDNN's kernel directly (:class:`OnednnConv2d`)
+  on plain uint8 tensors, and a residual sum (+ ReLU) runs inside the conv that computes its
+  second input, reading the first where nothing reads it afterwards; a conv that feeds a
+  max pool (whose uint8 kernel is slow) or a float op stays a torch.ao module;
+* convs that the x86 engine packs for oneDNN keep one packed weight per input shape
+  (:mod:`.per_shape`);
 * pooling, flatten / reshape, dropout, identities and ReLUs run on the int8 tensor as it is;
 * any other op (SiLU, sigmoid, LayerNorm, GELU, a float layer...) gets a dequantized input,
   and the next int8 layer quantizes its output again.
@@ -39,6 +46,12 @@ from penjing.core.select import swap
 from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant
 from penjing.quantization.graph_ranges import graph_ranges, trace
 from penjing.quantization.int_kernels import _has_onednn_conv
+from penjing.quantization.per_shape import (
+    MAX_SHAPES,
+    PerShapeConv2d,
+    PerShapeConvReLU2d,
+    onednn_runs,
+)
 
 _RELU_MODULES = (nn.ReLU,)
 _RELU6_MODULES = (nn.ReLU6,)
@@ -126,6 +139,18 @@ def _full_u8(lo: float, hi: float) -> tuple[float, int]:
     return float(scale), int(min(max(round(-lo / scale), 0), 255))
 
 
+def quantize_channels_last(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.quantize_per_tensor`` writing a 4-D tensor channels-last in the same pass.
+
+    The int8 convs (oneDNN and fbgemm) take channels-last tensors and reorder any other one
+    first; a graph's input usually comes contiguous (NCHW). Quantizing a permuted view writes
+    the channels-last layout directly: measured 3.3-4.7 ms for a 32x3x224x224 batch against
+    4.9-5.6 ms for quantizing and then reordering (1 thread); the integers are identical."""
+    if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):
+        return torch.quantize_per_tensor(x, scale, zero_point, dtype)
+    return torch.quantize_per_tensor(x.permute(0, 2, 3, 1), scale, zero_point, dtype).permute(0, 3, 1, 2)
+
+
 def _qweight(quant: LayerQuant) -> torch.Tensor:
     codes, scale = quant.codes, quant.scale.double()
     with warnings.catch_warnings():
@@ -145,7 +170,11 @@ def _int8_module(module: nn.Module, quant: LayerQuant, relu: bool, scale: float,
         if isinstance(module, nn.Linear):
             new = (nniq.LinearReLU if relu else nnq.Linear)(module.in_features, module.out_features)
         else:
-            new = (nniq.ConvReLU2d if relu else nnq.Conv2d)(
+            if onednn_runs(module.groups):  # one packed weight per input shape: see per_shape.py
+                cls = PerShapeConvReLU2d if relu else PerShapeConv2d
+            else:
+                cls = nniq.ConvReLU2d if relu else nnq.Conv2d
+            new = cls(
                 module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, bias=module.bias is not None)
         new.set_weight_bias(_qweight(quant), bias)
@@ -153,37 +182,72 @@ def _int8_module(module: nn.Module, quant: LayerQuant, relu: bool, scale: float,
     return new
 
 
-class ConvAct2d(nn.Module):
-    """int8 conv with SiLU or Hardswish fused into oneDNN's kernel (``qconv_pointwise``'s
-    ``swish`` / ``hardswish`` post-op), int8 in and out: torch.ao has no such module, and
-    without it each of these activations costs a dequantize, a float pass and a quantize."""
+class OnednnConv2d(nn.Module):
+    """int8 conv on oneDNN's kernel (``onednn::qconv_pointwise``) with its activation fused
+    (``act``: ``none``, ``relu``, ``swish`` = SiLU, ``hardswish``) and, with ``accum_qparams``,
+    a residual sum (+ ReLU) fused as well (``qconv2d_pointwise.binary``'s ``sum`` post-op: the
+    conv adds the int8 ``accum`` tensor into its result as it writes it).
+
+    With ``quantized_io`` it takes and gives ``quint8`` tensors (two copies: torch.ao has no
+    module for conv + SiLU / Hardswish, and without one each activation costs a dequantize, a
+    float pass and a quantize). Without, it takes and gives plain ``uint8`` tensors whose scale
+    and zero-point the graph knows statically (:class:`_Builder`'s ``u8`` mode).
+
+    The weight is packed once per input shape, with that shape: oneDNN then picks the layout
+    for it. Measured at batch 1 on resnet18's 15 conv shapes (1 thread, min of 40 calls): packed
+    without a shape 7.00 ms in all, with the shape 6.14 ms (torch.ao's packed convs 6.08 ms),
+    e.g. 512-channel 3x3 at 7x7: 0.71 against 0.50 ms; at batch 32 all three are equal."""
 
     def __init__(self, conv: nn.Conv2d, quant: LayerQuant, act: str, in_qparams: tuple[float, int],
-                 out_qparams: tuple[float, int]):
+                 out_qparams: tuple[float, int], accum_qparams: tuple[float, int] | None = None,
+                 sum_act: str = "none", quantized_io: bool = True):
         super().__init__()
         codes = quant.codes
         scale = quant.scale.float().expand(codes.shape[0]).contiguous()
         self.register_buffer("weight", codes)
         self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", torch.zeros(codes.shape[0], dtype=torch.int32), persistent=False)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
         self.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
         self.act, self.in_qparams, self.out_qparams = act, in_qparams, out_qparams
-        self._packed = None
+        self.accum_qparams, self.sum_act, self.quantized_io = accum_qparams, sum_act, quantized_io
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def forward(self, qx: torch.Tensor) -> torch.Tensor:
+    def __getstate__(self) -> dict:  # packed oneDNN weights are opaque tensors: a copy packs afresh
+        return {**self.__dict__, "_packed": {}}
+
+    def packed(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if shape not in self._packed:
+            stride, padding, dilation, groups = self.geometry
+            if len(self._packed) >= MAX_SHAPES:
+                self._packed.pop(next(iter(self._packed)))
+            self._packed[shape] = torch.ops.onednn.qconv_prepack(
+                self.weight, self.weight_scale, *self.in_qparams, stride, padding, dilation, groups, list(shape))
+        return self._packed[shape]
+
+    def forward(self, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
         stride, padding, dilation, groups = self.geometry
         (x_scale, x_zp), (o_scale, o_zp) = self.in_qparams, self.out_qparams
-        if self._packed is None:
-            self._packed = torch.ops.onednn.qconv_prepack(self.weight, self.weight_scale, x_scale, x_zp,
-                                                          stride, padding, dilation, groups, None)
-        y = torch.ops.onednn.qconv_pointwise(
-            qx.int_repr(), x_scale, x_zp, self._packed, self.weight_scale,
-            torch.zeros(self.weight.shape[0], dtype=torch.int32), self.bias, stride, padding, dilation, groups,
-            o_scale, o_zp, torch.uint8, self.act, [], "")
-        return torch._make_per_tensor_quantized_tensor(y, o_scale, o_zp)
+        u = x.int_repr() if self.quantized_io else x
+        packed = self.packed(tuple(u.shape))
+        if self.accum_qparams is None:
+            y = torch.ops.onednn.qconv_pointwise(
+                u, x_scale, x_zp, packed, self.weight_scale, self.weight_zero_point, self.bias, stride,
+                padding, dilation, groups, o_scale, o_zp, torch.uint8, self.act, [], "")
+        else:
+            a_scale, a_zp = self.accum_qparams
+            y = torch.ops.onednn.qconv2d_pointwise.binary(
+                u, x_scale, x_zp, packed, self.weight_scale, self.weight_zero_point, accum, self.bias,
+                stride, padding, dilation, groups, o_scale, o_zp, torch.uint8, a_scale, a_zp, "sum", 1.0,
+                self.sum_act, [], "")
+        return torch._make_per_tensor_quantized_tensor(y, o_scale, o_zp) if self.quantized_io else y
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, {self.act} fused, int8 in / int8 out"
+        fused = "" if self.act == "none" else f", {self.act} fused"
+        if self.accum_qparams is not None:
+            fused += ", residual sum" + (f" + {self.sum_act}" if self.sum_act != "none" else "") + " fused"
+        io = "quint8" if self.quantized_io else "uint8"
+        return f"{tuple(self.weight.shape)}{fused}, {io} in / {io} out"
 
 
 def _fusable_act(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -196,8 +260,29 @@ def _fusable_act(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+#: ops that give a plain uint8 tensor unchanged in meaning (same scale / zero-point): ReLU and
+#: the average pools do not (a quantized ReLU clamps at the zero-point; means need the grid),
+#: nor max pooling in practice (torch 2.14's uint8 max_pool2d fails on channels-last tensors and
+#: takes 199 ms where the quint8 kernel takes 6, measured at 32x64x112x112)
+_U8_SAME_MODULES = (nn.Flatten, nn.Identity, nn.Dropout)
+_U8_SAME_FUNCTIONS = {torch.flatten, F.dropout, operator.getitem}
+_U8_SAME_METHODS = {"flatten", "view", "reshape", "contiguous", "size", "dim"}
+def u8_mode(quants: dict[str, LayerQuant], modules: dict[str, nn.Module]) -> bool:
+    """Run the graph's convs on oneDNN with plain uint8 tensors between them, residual sums
+    fused into the convs? Where the x86 engine runs every int8 conv of the model on oneDNN
+    anyway (VNNI, at most 100 groups: :func:`~.per_shape.onednn_runs`), so no conv needs a
+    quint8 copy of its input. The fused sum measured (resnet50's 1x1 conv + residual shapes,
+    batch 32, 1 thread): 13.3 ms against 17.0 ms for ``quantized::conv2d`` + ``add_relu`` at
+    56x56x256, 10.3 / 12.5 at 28x28x512, 9.5 / 10.3 at 14x14x1024, equal at 7x7x2048."""
+    convs = [modules[name] for name in quants if isinstance(modules.get(name), nn.Conv2d)]
+    return bool(convs) and _has_onednn_conv() and all(onednn_runs(conv.groups) for conv in convs)
+
+
 class _Builder:
-    """Walks the traced graph once, emitting the int8 graph (see the module docstring)."""
+    """Walks the traced graph once, emitting the int8 graph (see the module docstring).
+
+    Each emitted tensor is of one kind: ``f`` float, ``q`` a ``quint8`` tensor, ``u`` a plain
+    ``uint8`` tensor (oneDNN's convs in ``u8`` mode) whose scale / zero-point live in ``qp``."""
 
     def __init__(self, model: nn.Module, gm: fx.GraphModule, ranges: dict[str, tuple[float, float]],
                  quants: dict[str, LayerQuant]):
@@ -209,14 +294,14 @@ class _Builder:
                 calls[n.target] = calls.get(n.target, 0) + 1
         # a layer called twice keeps one module for both calls: it stays out of the graph
         self.quants = {k: q for k, q in quants.items() if calls.get(k) == 1}
+        self.u8 = u8_mode(self.quants, self.modules)
         self.graph = fx.Graph()
         self.env: dict[fx.Node, fx.Node] = {}
-        self.isq: dict[fx.Node, bool] = {}
-        self.dq: dict[fx.Node, fx.Node] = {}
-        self.qin: dict[fx.Node, fx.Node] = {}
+        self.kind: dict[fx.Node, str] = {}
+        self.cast: dict[tuple[fx.Node, str], fx.Node] = {}  # (node, kind) -> its converted copy
         self.qp: dict[fx.Node, tuple[float, int]] = {}  # int8 node -> its (scale, zero-point)
-        self.qin_qp: dict[fx.Node, tuple[float, int]] = {}
-        self.absorbed: dict[fx.Node, fx.Node] = {}  # fused ReLU / ReLU6 -> its producer
+        self.qin_qp: dict[fx.Node, tuple[float, int]] = {}  # float node -> the grid it was quantized on
+        self.absorbed: dict[fx.Node, fx.Node] = {}  # fused ReLU / ReLU6 / sum -> its producer
         self.converted: list[tuple[str, nn.Module, str]] = []
         self.float_ops: dict[str, int] = {}
 
@@ -250,102 +335,201 @@ class _Builder:
             return None
         return user
 
-    def as_float(self, node: Any) -> Any:
-        if not isinstance(node, fx.Node) or not self.isq.get(node, False):
-            return self.env.get(node, node) if isinstance(node, fx.Node) else node
-        if node not in self.dq:
-            self.dq[node] = self.graph.call_method("dequantize", (self.env[node],))
-        return self.dq[node]
+    def quantized(self, node: Any) -> bool:
+        return isinstance(node, fx.Node) and self.kind.get(node, "f") != "f"
 
-    def as_q(self, node: fx.Node, scale: float, zp: int) -> fx.Node:
-        if self.isq.get(node, False):
+    def converted_copy(self, node: fx.Node, kind: str, make) -> fx.Node:
+        if (node, kind) not in self.cast:
+            self.cast[(node, kind)] = make()
+        return self.cast[(node, kind)]
+
+    def as_float(self, node: Any) -> Any:
+        if not isinstance(node, fx.Node):
+            return node
+        if not self.quantized(node):
+            return self.env.get(node, node)
+        q = self.as_q(node, *self.qp[node])
+        return self.converted_copy(node, "f", lambda: self.graph.call_method("dequantize", (q,)))
+
+    def as_q(self, node: fx.Node, scale: float, zp: int, conv: bool = False) -> fx.Node:
+        """``node`` as a quint8 tensor; a float one quantized on ``scale`` / ``zp`` (channels-last
+        when ``conv``: what its first reader, a conv, takes)."""
+        kind = self.kind.get(node, "f")
+        if kind == "q":
             return self.env[node]
-        if node not in self.qin:
-            self.qin[node] = self.graph.call_function(torch.quantize_per_tensor,
-                                                      (self.env[node], scale, zp, torch.quint8))
-            self.qin_qp[node] = (scale, zp)
-        return self.qin[node]
+        if kind == "u":
+            return self.converted_copy(node, "q", lambda: self.graph.call_function(
+                torch._make_per_tensor_quantized_tensor, (self.env[node], *self.qp[node])))
+        self.qin_qp.setdefault(node, (scale, zp))
+        quantize = quantize_channels_last if conv else torch.quantize_per_tensor
+        return self.converted_copy(node, "q", lambda: self.graph.call_function(
+            quantize, (self.env[node], scale, zp, torch.quint8)))
+
+    def as_u8(self, node: fx.Node, scale: float, zp: int) -> fx.Node:
+        """``node`` as a plain uint8 tensor (a float one quantized on ``scale`` / ``zp``)."""
+        if self.kind.get(node, "f") == "u":
+            return self.env[node]
+        q = self.as_q(node, scale, zp, conv=True)
+        return self.converted_copy(node, "u", lambda: self.graph.call_method("int_repr", (q,)))
 
     def input_qparams(self, node: fx.Node) -> tuple[float, int] | None:
-        return self.qp.get(node) if self.isq.get(node, False) else self.qin_qp.get(node)
+        return self.qp.get(node) if self.quantized(node) else self.qin_qp.get(node)
+
+    def set(self, node: fx.Node, new: fx.Node, kind: str, qparams: tuple[float, int] | None = None) -> None:
+        self.env[node], self.kind[node] = new, kind
+        if qparams is not None:
+            self.qp[node] = qparams
+
+    def accum_for(self, conv: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+        """``(sum, other input)`` when ``conv``'s only use is a residual sum whose other input
+        can take the sum in place: a uint8 tensor already computed, fresh from a oneDNN conv (or
+        a pool of one), which nothing reads after this conv."""
+        if not self.u8 or len(conv.users) != 1:
+            return None
+        add = next(iter(conv.users))
+        if not self.is_add(add) or add.args[0] is add.args[1]:
+            return None
+        other = add.args[1] if add.args[0] is conv else add.args[0]
+        kind = self.kind.get(other)
+        if kind is None:
+            return None  # not computed yet: the other input's conv takes the sum
+        buffer = self.env[other]
+        # a oneDNN conv's output, or a uint8 copy of a quint8 tensor: either is fresh memory
+        fresh = kind == "q" or (kind == "u" and buffer.op == "call_module"
+                                and isinstance(self.modules.get(buffer.target), OnednnConv2d))
+        if not fresh:
+            return None
+        sharing = [n for n, new in self.env.items() if new is buffer]  # the tensor and what was fused into it
+        for n in sharing:
+            for user in n.users:
+                if user is add or user in sharing:
+                    continue
+                if user not in self.env or self.layer(user) is None:
+                    return None  # read later, or by an op that could keep a view of it
+        return add, other
 
     def emit(self, node: fx.Node) -> None:
         if node in self.absorbed:  # fused into its producer: the producer's output stands for it
             producer = self.absorbed[node]
-            self.env[node], self.isq[node] = self.env[producer], True
-            self.qp[node] = self.qp[producer]
+            self.set(node, self.env[producer], self.kind[producer], self.qp[producer])
             return
         if node.op == "placeholder" or node.op == "get_attr":
-            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
-            self.isq[node] = False
+            self.set(node, self.graph.node_copy(node, lambda n: self.env[n]), "f")
             return
         if node.op == "output":
             self.graph.output(fx.map_arg(node.args[0], self.as_float))
             return
         layer = self.layer(node)
+        if layer is not None and isinstance(layer, nn.Conv2d) and self.u8 and self.onednn_conv(node, layer):
+            return
         if layer is not None and isinstance(layer, nn.Conv2d) and len(node.users) == 1:
             user = next(iter(node.users))
             act = _fusable_act(user, self.modules)
             if act is not None and user.name in self.ranges and _has_onednn_conv():
                 q = self.quants[node.target]
-                x = self.as_q(node.args[0], q.in_scale, q.in_zero_point)
+                x = self.as_q(node.args[0], q.in_scale, q.in_zero_point, conv=True)
                 out = self.qparams(user)
-                new = ConvAct2d(layer, q, act, self.input_qparams(node.args[0]), out)
-                swap(self.model, node.target, new)
-                self.modules[node.target] = new
-                self.env[node] = self.graph.call_module(node.target, (x,))
-                self.isq[node], self.qp[node] = True, out
-                self.absorbed[user] = node
-                self.converted.append((node.target, layer, "int8 oneDNN conv + fused " + ("SiLU" if act == "swish" else "Hardswish") + ", int8 in / int8 out"))
+                new = OnednnConv2d(layer, q, act, self.input_qparams(node.args[0]), out)
+                self.install(node, layer, new, (x,), "q", out, user,
+                             "int8 oneDNN conv + fused " + ("SiLU" if act == "swish" else "Hardswish")
+                             + ", int8 in / int8 out")
                 return
         if layer is not None:
             relu = self.fusable(node)
-            out = relu or node
-            scale, zp = self.qparams(out)
+            scale, zp = self.qparams(relu or node)
             q = self.quants[node.target]
-            x = self.as_q(node.args[0], q.in_scale, q.in_zero_point)
+            x = self.as_q(node.args[0], q.in_scale, q.in_zero_point, conv=isinstance(layer, nn.Conv2d))
             new = _int8_module(layer, q, relu is not None, scale, zp)
-            new.train(layer.training)
-            swap(self.model, node.target, new)
-            self.modules[node.target] = new
-            self.env[node] = self.graph.call_module(node.target, (x,))
-            self.isq[node], self.qp[node] = True, (scale, zp)
-            if relu is not None:
-                self.absorbed[relu] = node
             kind = "ReLU6" if relu is not None and _is_relu(relu, self.modules) == "relu6" else "ReLU"
-            self.converted.append((node.target, layer, "int8 x86 kernel, int8 in / int8 out"
-                                   + (f" + fused {kind}" if relu is not None else "")))
+            self.install(node, layer, new, (x,), "q", (scale, zp), relu,
+                         "int8 x86 kernel, int8 in / int8 out" + (f" + fused {kind}" if relu is not None else ""))
             return
-        inputs_q = [a for a in node.all_input_nodes if self.isq.get(a, False)]
+        inputs_q = [a for a in node.all_input_nodes if self.quantized(a)]
         if self.is_add(node) and inputs_q:
             relu = self.fusable(node)
-            out = relu or node
-            scale, zp = self.qparams(out)
+            scale, zp = self.qparams(relu or node)
             a, b = (self.as_q(arg, *_full_u8(*self.ranges[arg.name])) for arg in node.args)
             op = torch.ops.quantized.add_relu if relu is not None else torch.ops.quantized.add
-            self.env[node] = self.graph.call_function(op, (a, b, scale, zp))
-            self.isq[node], self.qp[node] = True, (scale, zp)
+            self.set(node, self.graph.call_function(op, (a, b, scale, zp)), "q", (scale, zp))
             if relu is not None:
                 self.absorbed[relu] = node
             return
         if inputs_q and self.hardswish(node) and node.name in self.ranges:
             scale, zp = self.qparams(node)
-            self.env[node] = self.graph.call_function(torch.ops.quantized.hardswish,
-                                                      (self.env[node.args[0]], scale, zp))
-            self.isq[node], self.qp[node] = True, (scale, zp)
+            x = self.as_q(node.args[0], *self.qp[node.args[0]])
+            self.set(node, self.graph.call_function(torch.ops.quantized.hardswish, (x, scale, zp)), "q", (scale, zp))
             return
         if inputs_q and self.same_qparams(node):
-            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
-            self.isq[node] = node.op != "call_method" or node.target not in ("size", "dim")
-            if self.isq[node]:
-                self.qp[node] = self.qp.get(inputs_q[0])
+            source = inputs_q[0]
+            kind = "u" if self.kind[source] == "u" and self.u8_same(node) else "q"
+            value = self.env[source] if kind == "u" else self.as_q(source, *self.qp[source])
+            new = self.graph.node_copy(node, lambda n: value if n is source else self.env[n])
+            reads_shape = node.op == "call_method" and node.target in ("size", "dim")
+            self.set(node, new, "f" if reads_shape else kind, None if reads_shape else self.qp[source])
             return
         # a float op: dequantize what reaches it
         if inputs_q:
             label = self.label(node)
             self.float_ops[label] = self.float_ops.get(label, 0) + 1
-        self.env[node] = self.graph.node_copy(node, self.as_float)
-        self.isq[node] = False
+        self.set(node, self.graph.node_copy(node, self.as_float), "f")
+
+    def onednn_conv(self, node: fx.Node, layer: nn.Conv2d) -> bool:
+        """``u8`` mode: the conv on oneDNN, uint8 in and out, with what follows fused into it.
+        False (nothing emitted) when what reads its output needs a quint8 tensor: the quint8
+        kernel then writes one directly instead of a copy being made."""
+        user = next(iter(node.users)) if len(node.users) == 1 else None
+        act = _fusable_act(user, self.modules) if user is not None and user.name in self.ranges else None
+        relu = self.fusable(node)
+        accum = None if act or relu else self.accum_for(node)
+        fused = relu or (user if act else None)
+        if accum is None and not self.reads_u8(fused or node):
+            return False
+        q = self.quants[node.target]
+        x = self.as_u8(node.args[0], q.in_scale, q.in_zero_point)
+        in_qp = self.input_qparams(node.args[0])
+        if accum is not None:
+            add, other = accum
+            sum_relu = self.fusable(add)
+            out = self.qparams(sum_relu or add)
+            new = OnednnConv2d(layer, q, "none", in_qp, out, self.qp[other], "relu" if sum_relu else "none",
+                               quantized_io=False)
+            self.install(node, layer, new, (x, self.as_u8(other, *self.qp[other])), "u", out, add,
+                         "int8 oneDNN conv + fused residual sum" + (" + ReLU" if sum_relu else "")
+                         + ", uint8 in / uint8 out")
+            if sum_relu is not None:
+                self.absorbed[sum_relu] = node
+            return True
+        out = self.qparams(fused or node)
+        name = {"swish": "SiLU", "hardswish": "Hardswish"}.get(act or "", "ReLU6" if relu is not None and
+                                                               _is_relu(relu, self.modules) == "relu6" else "ReLU")
+        new = OnednnConv2d(layer, q, act or ("relu" if relu is not None else "none"), in_qp, out, quantized_io=False)
+        self.install(node, layer, new, (x,), "u", out, fused,
+                     "int8 oneDNN conv" + (f" + fused {name}" if fused is not None else "") + ", uint8 in / uint8 out")
+        return True
+
+    def reads_u8(self, tensor: fx.Node) -> bool:
+        """Does everything that reads ``tensor`` take it as a uint8 tensor (convs, sums, views)?"""
+        return all((self.layer(user) is not None and isinstance(self.modules[user.target], nn.Conv2d))
+                   or self.is_add(user) or self.u8_same(user) for user in tensor.users)
+
+    def install(self, node: fx.Node, layer: nn.Module, new: nn.Module, args: tuple, kind: str,
+                out: tuple[float, int], fused: fx.Node | None, after: str) -> None:
+        """Put ``new`` in ``layer``'s place and call it; ``fused`` (its activation or sum) is
+        absorbed into it."""
+        new.train(layer.training)
+        swap(self.model, node.target, new)
+        self.modules[node.target] = new
+        self.set(node, self.graph.call_module(node.target, args), kind, out)
+        if fused is not None:
+            self.absorbed[fused] = node
+        self.converted.append((node.target, layer, after))
+
+    def u8_same(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return type(self.modules.get(node.target)) in _U8_SAME_MODULES
+        if node.op == "call_function":
+            return node.target in _U8_SAME_FUNCTIONS
+        return node.op == "call_method" and node.target in _U8_SAME_METHODS
 
     def hardswish(self, node: fx.Node) -> bool:
         if len(node.all_input_nodes) != 1:

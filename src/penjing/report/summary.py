@@ -122,7 +122,11 @@ class Summary:
 
 SHORT_HEADERS = {"nonzeros": "nnz", "kept %": "kept%", "params": "params", "energy": "energy"}
 SHORT_TYPES = {"Conv2d": "Conv", "Linear": "Lin", "WinogradConv2d": "WinoConv", "Int8Linear": "i8Lin",
-               "Int8Conv2d": "i8Conv", "TernaryLinear": "TerLin", "ConvTranspose2d": "ConvT"}
+               "Int8Conv2d": "i8Conv", "TernaryLinear": "TerLin", "ConvTranspose2d": "ConvT",
+               # the int8 graph's layers (pj.convert on a CNN): oneDNN and torch.ao quantized modules
+               "OnednnConv2d": "i8Conv", "QuantizedConv2d": "qConv", "QuantizedConvReLU2d": "qConvR",
+               "PerShapeConv2d": "qConv", "PerShapeConvReLU2d": "qConvR", "QuantizedLinear": "qLin",
+               "QuantizedLinearReLU": "qLinR"}
 
 
 def _short_cell(column: str, text: str) -> str:
