@@ -286,6 +286,47 @@ def end_to_end(rounds: int, threads_list: list[int]) -> list[str]:
     return lines
 
 
+def end_to_end_int8(rounds: int, threads_list: list[int]) -> list[str]:
+    """The MLP pruned 90% and converted to int8 (static W8A8, ``pj.convert``), run from its .pjz
+    by the sparse int8 kernels, against the same int8 model on torch's dense int8 kernels
+    (fbgemm) and against fp32."""
+    torch.manual_seed(0)
+    model = mlp()
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    fp32 = pj.bake(copy.deepcopy(model)).eval()
+    gen = torch.Generator().manual_seed(4)
+    pj.quantize(model, pj.QuantConfig(bits=8), data=[(torch.randn(64, 1024, generator=gen), torch.zeros(64))])
+    int8 = pj.convert(model, graph=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mlp_int8.pjz"
+        pj.save(int8, path)
+        size = path.stat().st_size
+        torch.set_num_threads(threads_list[0])
+        loaded, info = load_into(mlp(), path, runtime="kernel", return_info=True)
+    lines = [f"File {size:,} bytes; every layer runs `{info.layers[0].format}` "
+             f"({', '.join(c.name for c in info.layers)}).\n",
+             "| batch | threads | fp32 (ms) | int8, torch fbgemm (ms) | int8 sparse from .pjz (ms) | vs fp32 | "
+             "vs int8 fbgemm | spread vs fbgemm | max rel err vs int8 model |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    with torch.no_grad():
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            for batch in (1, 8, 32):
+                x = torch.randn(batch, 1024, generator=gen)
+                ref = int8(x)
+                err = float((loaded(x) - ref).abs().max() / ref.abs().max())
+                times, cpu = interleaved({"fp32": fp32, "int8": int8, "pjz": loaded}, x, rounds)
+                use = cpu if threads == 1 else times  # at 1 thread the CPU time (see the targets' note)
+                f, q, k = (statistics.median(use[n]) for n in ("fp32", "int8", "pjz"))
+                lo, hi = np.percentile(np.array(use["int8"]) / np.array(use["pjz"]), [25, 75])
+                RATIOS[("mlp-int8", batch, threads, "vs int8")] = q / k
+                lines.append(f"| {batch} | {threads}{' (CPU time)' if threads == 1 else ''} | {f * 1e3:.3f} | "
+                             f"{q * 1e3:.3f} | {k * 1e3:.3f} | **{f / k:.2f}x** | **{q / k:.2f}x** | "
+                             f"{lo:.2f}-{hi:.2f} | {err:.1e} |")
+                print(lines[-1], flush=True)
+    return lines
+
+
 @torch.no_grad()
 def isa_cases(rounds: int) -> list[str]:
     """The same layer through each compiled variant this CPU runs (AVX2 here stands in for an
@@ -378,6 +419,7 @@ def main() -> None:
     lin = linear_cases(rounds, threads_list, [1, 8, 32])
     conv = conv_cases(rounds, threads_list)
     e2e = end_to_end(rounds, threads_list)
+    e2e_int8 = end_to_end_int8(rounds, threads_list)
     isa = isa_cases(rounds)
     load_after = uptime()
     (b1, t1), own = _busy(), _own_cpu() - own0
@@ -407,7 +449,8 @@ def main() -> None:
     body = [*lin, *conv, "", "## Kernel variants (dispatch)\n",
             "| layer | batch | threads | variant | median (ms) | vs dense | spread | CPU median (ms) | vs dense in CPU |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|",
-            *isa, "", "## End to end: MLP 1024-4096-4096-1000, 90% pruned + 5-bit shared, run from its .pjz\n", *e2e]
+            *isa, "", "## End to end: MLP 1024-4096-4096-1000, 90% pruned + 5-bit shared, run from its .pjz\n", *e2e,
+            "", "## End to end: the same MLP 90% pruned + int8 (static W8A8), run from its .pjz\n", *e2e_int8]
     layers_at = head.index("## Layers\n")
     head = head[:layers_at] + targets(threads_list) + head[layers_at:]
     Path(args.out).write_text("\n".join(head + body) + "\n")

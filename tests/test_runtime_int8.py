@@ -61,6 +61,10 @@ def test_static_int8_mlp_runs_on_sparse_int8_kernels_from_the_file(static_mlp):
         with torch.no_grad():
             # float sums of the same integer products: measured <= 2e-7 relative
             assert rel(loaded(x), model(x)) <= 1e-5
+    # many inputs: an input rounded to the other integer would move its outputs by ~1e-4
+    x = torch.randn(4096, 48) * 2
+    with torch.no_grad():
+        assert rel(loaded(x), model(x)) <= 1e-5
     x3 = torch.randn(2, 5, 48)
     with torch.no_grad():
         assert loaded(x3).shape == (2, 5, 10)
@@ -100,7 +104,7 @@ def test_dynamic_and_weight_only_int8_layers_keep_their_input_rule(tmp_path):
         loaded = load_into(mlp(), path, runtime="kernel")
         grid = loaded[0].input_grid
         assert (grid.mode if grid is not None else None) == expect_grid
-        x = torch.randn(6, 48) * 3
+        x = torch.randn(2048, 48) * 3
         x[0] *= 50  # a row far louder than the rest: dynamic rows must not share its scale
         with torch.no_grad():
             assert rel(loaded(x), model(x)) <= 1e-5
@@ -148,10 +152,28 @@ def test_dense_int8_weights_stay_on_the_int8_layer(tmp_path):
 def test_input_grid_is_the_int8_layers_rounding():
     grid = InputGrid("static", torch.tensor(0.5), torch.tensor(3), 0, 15)
     x = torch.tensor([-10.0, -1.4, 0.0, 0.26, 2.0, 100.0])
-    # q = clamp(round(x / 0.5) + 3, 0, 15); value (q - 3) * 0.5
-    assert grid(x).tolist() == [-1.5, -1.5, 0.0, 0.5, 2.0, 6.0]
+    # q = clamp(round(x / 0.5) + 3, 0, 15); the integers q - 3, the step 0.5 for the weights
+    assert grid(x).tolist() == [-3.0, -3.0, 0.0, 1.0, 4.0, 12.0] and grid.step == 0.5
     dyn = InputGrid("dynamic", torch.tensor(1.0), torch.tensor(0), -127, 127)
     row = torch.tensor([[127.0, 0.4, -63.6]])
-    assert dyn(row).tolist() == [[127.0, 0.0, -64.0]]
+    assert dyn(row).tolist() == [[127.0, 0.0, -64.0]] and dyn.step == 1.0
     with pytest.raises(ValueError, match="InputGrid mode must be 'static' or 'dynamic', got 'weight'"):
         InputGrid("weight", torch.tensor(1.0), torch.tensor(0), 0, 255)
+
+
+def test_fused_input_grid_rounds_exactly_as_fbgemm_quantizes():
+    """fbgemm rounds fma(x, 1/s, z); round(x / s) + z differs on ~1 input in 250,000."""
+    import warnings
+
+    torch.manual_seed(1)
+    x = torch.randn(2_000_000) * 3
+    differ = 0
+    for scale, zp in ((0.03233, 134), (0.0123456, 0), (0.1, 77)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated
+            ints = torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr().float()
+        fbgemm = ints - zp
+        grid = InputGrid("static", torch.tensor(scale), torch.tensor(zp), 0, 255, fused=True)
+        assert torch.equal(grid(x), fbgemm)
+        differ += int((InputGrid("static", torch.tensor(scale), torch.tensor(zp), 0, 255)(x) != fbgemm).sum())
+    assert differ > 0  # the difference the fused rounding exists for

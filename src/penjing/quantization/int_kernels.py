@@ -202,9 +202,11 @@ class _Int8Base(_Int8Storage, nn.Module):
 
         if self.mode == "weight":
             return None
+        fused = self.backend == "fbgemm"  # fbgemm rounds its own way (see InputGrid)
         if self.mode == "dynamic":
-            return InputGrid("dynamic", torch.tensor(1.0), torch.tensor(0), -127, 127, getattr(self, "smooth", None))
-        return InputGrid("static", self.input_scale, self.input_zero_point, self.in_qmin, self.in_qmax)
+            return InputGrid("dynamic", torch.tensor(1.0), torch.tensor(0), -127, 127, getattr(self, "smooth", None),
+                             fused)
+        return InputGrid("static", self.input_scale, self.input_zero_point, self.in_qmin, self.in_qmax, None, fused)
 
 
 class Int8Linear(_Int8Base):

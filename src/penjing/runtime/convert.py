@@ -123,13 +123,16 @@ def _int8_runtime_layer(module: nn.Module, weight, bias) -> RuntimeLayer | None:
         if getattr(module, "padding_mode", "zeros") != "zeros" or isinstance(getattr(module, "padding_arg", 0), str):
             return None
         positions = block_diagonal_positions(positions, rows, cols, groups)
-    made = SparseWeights.from_positions(rows, groups * cols, positions, values=values, scales=module.weight_scale)
+    grid = module.float_input_grid()
+    # the input's step folded into the channel scales, a float32 product as fbgemm forms it
+    scales = module.weight_scale.float() * torch.tensor(1.0 if grid is None else grid.step, dtype=torch.float32)
+    made = SparseWeights.from_positions(rows, groups * cols, positions, values=values, scales=scales)
     if conv:
         layer = SparseConv2d(made, bias, shape[1] * groups, shape[2:], module.stride, module.padding, module.dilation,
                              groups)
     else:
         layer = SparseLinear(made, bias)
-    return layer.takes_int8_input(module.float_input_grid(), module.fused_relu)
+    return layer.takes_int8_input(grid, module.fused_relu)
 
 
 def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None = None,
