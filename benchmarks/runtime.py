@@ -61,10 +61,15 @@ def _runqueue_wait() -> float:
 WAITS: dict[tuple, list[float]] = {}
 
 
-def interleaved(methods: dict[str, callable], x, rounds: int, warmup: int = 3, key=None):
+def interleaved(methods: dict[str, callable], x, rounds: int, warmup: int = 3, key=None, repeat: int = 1):
     """Per method: wall-clock seconds of each round and the calling thread's CPU seconds (the
     second ignores time spent descheduled; it is the whole cost only at one thread). With
-    ``key``, each round's share of wall time spent waiting for a CPU goes to ``WAITS``."""
+    ``key``, each round's share of wall time spent waiting for a CPU goes to ``WAITS``.
+
+    ``repeat`` > 1: in each round a method runs ``repeat`` times back to back and the last
+    call is timed: the steady state of a layer called again and again, whose weights stay in
+    the caches if they fit (with ``repeat=1`` the other methods' calls in between, a 64 MB
+    dense weight among them, have pushed them out to DRAM)."""
     names = list(methods)
     for _ in range(warmup):
         for n in names:
@@ -74,6 +79,8 @@ def interleaved(methods: dict[str, callable], x, rounds: int, warmup: int = 3, k
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
+            for _ in range(repeat - 1):
+                methods[n](x)
             q0 = _runqueue_wait()
             c0, t0 = time.thread_time(), time.perf_counter()
             methods[n](x)
@@ -109,19 +116,21 @@ def _busy() -> tuple[float, float]:
 RATIOS: dict[tuple[str, int, int, str], float] = {}
 
 
-def rows_for(case: str, batch: int, threads: int, both, ref: str = "dense", key: str | None = None) -> list[str]:
+def rows_for(case: str, batch: int, threads: int, both, ref: str = "dense", key: str | None = None,
+             tag: str = "") -> list[str]:
+    """Table rows of one case; ``tag`` ("" or "-resident") keeps the repeated-call ratios apart."""
     times, cpu = both
     d = times[ref]
     dm = statistics.median(d)
     out = []
     for n, ts in times.items():
         m = statistics.median(ts)
-        RATIOS[(key or case, batch, threads, n)] = dm / m
+        RATIOS[(key or case, batch, threads, n + tag)] = dm / m
         cm = statistics.median(cpu[n])
-        RATIOS[(key or case, batch, threads, n, "cpu")] = statistics.median(cpu[ref]) / cm if cm else float("nan")
+        RATIOS[(key or case, batch, threads, n + tag, "cpu")] = statistics.median(cpu[ref]) / cm if cm else float("nan")
         per_round = np.array(d) / np.array(ts)
         lo, hi = np.percentile(per_round, [25, 75])
-        cpu_cells = (f"{cm * 1e3:.3f} | {RATIOS[(key or case, batch, threads, n, 'cpu')]:.2f}x" if threads == 1
+        cpu_cells = (f"{cm * 1e3:.3f} | {RATIOS[(key or case, batch, threads, n + tag, 'cpu')]:.2f}x" if threads == 1
                      else "- | -")
         out.append(f"| {case} | {batch} | {threads} | {n} | {m * 1e3:.3f} | **{dm / m:.2f}x** | {lo:.2f}-{hi:.2f} | "
                    f"{cpu_cells} |")
@@ -179,7 +188,17 @@ def linear_cases(rounds: int, threads_list: list[int], batches: list[int]) -> li
                 err = float((layer(x) - ref).abs().max() / ref.abs().max())
                 lines += rows_for(f"{name} (max rel err {err:.1e})", batch, threads, times, key=name)
                 print(lines[-len(methods):][1] if len(methods) > 1 else lines[-1], flush=True)
+                if threads == 1:
+                    resident = interleaved(methods, x, rounds, repeat=REPEAT)
+                    RESIDENT.extend(rows_for(name, batch, threads, resident, key=name, tag="-resident"))
+                    print(RESIDENT[-len(methods):][1] if len(methods) > 1 else RESIDENT[-1], flush=True)
     return lines
+
+
+#: in the resident protocol each method runs this many times per round, the last call timed
+REPEAT = 3
+#: the Layers-table rows of the resident protocol (1 thread), filled by linear_cases
+RESIDENT: list[str] = []
 
 
 @torch.no_grad()
@@ -286,6 +305,47 @@ def end_to_end(rounds: int, threads_list: list[int]) -> list[str]:
     return lines
 
 
+def end_to_end_int8(rounds: int, threads_list: list[int]) -> list[str]:
+    """The MLP pruned 90% and converted to int8 (static W8A8, ``pj.convert``), run from its .pjz
+    by the sparse int8 kernels, against the same int8 model on torch's dense int8 kernels
+    (fbgemm) and against fp32."""
+    torch.manual_seed(0)
+    model = mlp()
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    fp32 = pj.bake(copy.deepcopy(model)).eval()
+    gen = torch.Generator().manual_seed(4)
+    pj.quantize(model, pj.QuantConfig(bits=8), data=[(torch.randn(64, 1024, generator=gen), torch.zeros(64))])
+    int8 = pj.convert(model, graph=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mlp_int8.pjz"
+        pj.save(int8, path)
+        size = path.stat().st_size
+        torch.set_num_threads(threads_list[0])
+        loaded, info = load_into(mlp(), path, runtime="kernel", return_info=True)
+    lines = [f"File {size:,} bytes; every layer runs `{info.layers[0].format}` "
+             f"({', '.join(c.name for c in info.layers)}).\n",
+             "| batch | threads | fp32 (ms) | int8, torch fbgemm (ms) | int8 sparse from .pjz (ms) | vs fp32 | "
+             "vs int8 fbgemm | spread vs fbgemm | max rel err vs int8 model |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    with torch.no_grad():
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            for batch in (1, 8, 32):
+                x = torch.randn(batch, 1024, generator=gen)
+                ref = int8(x)
+                err = float((loaded(x) - ref).abs().max() / ref.abs().max())
+                times, cpu = interleaved({"fp32": fp32, "int8": int8, "pjz": loaded}, x, rounds)
+                use = cpu if threads == 1 else times  # at 1 thread the CPU time (see the targets' note)
+                f, q, k = (statistics.median(use[n]) for n in ("fp32", "int8", "pjz"))
+                lo, hi = np.percentile(np.array(use["int8"]) / np.array(use["pjz"]), [25, 75])
+                RATIOS[("mlp-int8", batch, threads, "vs int8")] = q / k
+                lines.append(f"| {batch} | {threads}{' (CPU time)' if threads == 1 else ''} | {f * 1e3:.3f} | "
+                             f"{q * 1e3:.3f} | {k * 1e3:.3f} | **{f / k:.2f}x** | **{q / k:.2f}x** | "
+                             f"{lo:.2f}-{hi:.2f} | {err:.1e} |")
+                print(lines[-1], flush=True)
+    return lines
+
+
 @torch.no_grad()
 def isa_cases(rounds: int) -> list[str]:
     """The same layer through each compiled variant this CPU runs (AVX2 here stands in for an
@@ -315,8 +375,9 @@ def targets(threads_list: list[int]) -> list[str]:
     """The issue's must-show targets against what this run measured."""
     f90, f95 = "4096x4096 90% sparse fp32", "4096x4096 95% sparse fp32"
     def R(*key):
-        def get(th, cpu):
-            return RATIOS[(key[0], key[1], th, key[2], "cpu") if cpu else (key[0], key[1], th, key[2])]
+        def get(th, cpu):  # cpu: False (wall), True (CPU time), "resident" (CPU time, repeated calls)
+            method = key[2] + ("-resident" if cpu == "resident" else "")
+            return RATIOS[(key[0], key[1], th, method, "cpu") if cpu else (key[0], key[1], th, method)]
         return get
 
     def vs_best(b):
@@ -334,7 +395,7 @@ def targets(threads_list: list[int]) -> list[str]:
     checks.append(("3x3 conv 256 ch 14x14 90%, batch 1: >= 2x", R("conv3", 1, "penjing"), 2))
     checks.append(("MLP 1024-4096-4096-1000 from its .pjz, batch 1: >= 4x", R("mlp", 1, "pjz"), 4))
     head = ("| target | " + " | ".join(f"{t} thread(s), wall" for t in threads_list)
-            + " | 1 thread, CPU time |")
+            + " | 1 thread, CPU time | 1 thread, CPU time, repeated calls |")
     wait = {n: statistics.median(WAITS.get((f90, 1, 1, n), [float("nan")])) for n in ("dense", "penjing")}
     lines = ["## Targets (from this run)\n",
              "Wall: ratio of wall-clock medians (what the issue asks for). CPU time: ratio of the calling "
@@ -345,16 +406,26 @@ def targets(threads_list: list[int]) -> list[str]:
              f"run, {f90} at batch 1, 1 thread: the dense call spent a median {wait['dense']:.0%} of its wall "
              f"time waiting for a CPU, penjing's {wait['penjing']:.0%}; Linux schedstat). At 1 thread the "
              "**CPU-time column is the honest one** here; the wall columns equal it only on an idle machine.\n",
-             head, "|---|" + "---:|" * (len(threads_list) + 1)]
+             "Repeated calls: the same layer called again and again, the last of "
+             f"{REPEAT} back-to-back calls timed (the resident protocol): compressed weights then stay in "
+             "the L2/L3 caches where they fit (4096x4096 at 90%: 10 MB), as a compressed model's do in a "
+             "serving loop, while a 64 MB dense weight never does. It is a second measurement beside the "
+             "first, not a replacement: the other columns time single calls, after the other methods' "
+             "calls have pushed the weights out to DRAM.\n",
+             head, "|---|" + "---:|" * (len(threads_list) + 2)]
     for name, get, goal in checks:
         cells = []
-        for th, cpu in [*((t, False) for t in threads_list), (1, True)]:
-            v = get(th, cpu)
+        for th, cpu in [*((t, False) for t in threads_list), (1, True), (1, "resident")]:
+            try:
+                v = get(th, cpu)
+            except KeyError:  # (the resident protocol times the Linear cases only)
+                cells.append("-")
+                continue
             cells.append(f"{v:.2f}x {'met' if v >= goal else '**missed**'}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     errs = [RATIOS[("mlp-err", b, th, "pjz")] for b in (1, 8, 32) for th in threads_list]
     lines.append(f"| MLP outputs within 1e-5 relative of the baked model | max {max(errs):.1e} "
-                 f"{'met' if max(errs) <= 1e-5 else '**missed**'} |" + " |" * len(threads_list))
+                 f"{'met' if max(errs) <= 1e-5 else '**missed**'} |" + " |" * (len(threads_list) + 1))
     return lines + [""]
 
 
@@ -378,6 +449,7 @@ def main() -> None:
     lin = linear_cases(rounds, threads_list, [1, 8, 32])
     conv = conv_cases(rounds, threads_list)
     e2e = end_to_end(rounds, threads_list)
+    e2e_int8 = end_to_end_int8(rounds, threads_list)
     isa = isa_cases(rounds)
     load_after = uptime()
     (b1, t1), own = _busy(), _own_cpu() - own0
@@ -404,10 +476,14 @@ def main() -> None:
         "| layer | batch | threads | method | median (ms) | vs dense | spread | CPU median (ms) | vs dense in CPU |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    body = [*lin, *conv, "", "## Kernel variants (dispatch)\n",
+    body = [*lin, *conv, "", f"## Layers, repeated calls (1 thread; the last of {REPEAT} back-to-back calls "
+            "timed: weights in cache where they fit)\n",
+            "| layer | batch | threads | method | median (ms) | vs dense | spread | CPU median (ms) | vs dense in CPU |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|", *RESIDENT, "", "## Kernel variants (dispatch)\n",
             "| layer | batch | threads | variant | median (ms) | vs dense | spread | CPU median (ms) | vs dense in CPU |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|",
-            *isa, "", "## End to end: MLP 1024-4096-4096-1000, 90% pruned + 5-bit shared, run from its .pjz\n", *e2e]
+            *isa, "", "## End to end: MLP 1024-4096-4096-1000, 90% pruned + 5-bit shared, run from its .pjz\n", *e2e,
+            "", "## End to end: the same MLP 90% pruned + int8 (static W8A8), run from its .pjz\n", *e2e_int8]
     layers_at = head.index("## Layers\n")
     head = head[:layers_at] + targets(threads_list) + head[layers_at:]
     Path(args.out).write_text("\n".join(head + body) + "\n")

@@ -110,3 +110,10 @@ def test_speed_record_says_why_when_the_file_fits_no_model(run_dir):
                                "fc1.weight, fc2.bias)."}
     ok = speed_record(out / "model.pjz", [wrong[0], result.dense], [1])  # the second architecture fits
     assert [r["name"] for r in ok["rows"]] == ["fc1", "fc2", "fc3"] and ok["markdown"].startswith("`model.pjz`")
+
+
+def test_speed_tables_keep_the_digits_of_microsecond_layers():
+    from penjing.core.report import ms_text
+
+    assert [ms_text(s) for s in (0.0123194, 1.234e-4, 4.21e-6, 3.3e-7, 0.0)] == ["12.319", "0.123", "0.0042",
+                                                                                "0.00033", "0.000"]

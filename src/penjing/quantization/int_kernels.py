@@ -195,6 +195,19 @@ class _Int8Base(_Int8Storage, nn.Module):
     def _post_op(self) -> str:
         return "relu" if self.fused_relu else "none"
 
+    def float_input_grid(self) -> nn.Module | None:
+        """This layer's input rounding as a float module (``None`` for weight-only layers), for
+        a kernel that multiplies the int8 weight in float (see :mod:`.input_grid`)."""
+        from penjing.quantization.input_grid import InputGrid
+
+        if self.mode == "weight":
+            return None
+        fused = self.backend == "fbgemm"  # fbgemm rounds its own way (see InputGrid)
+        if self.mode == "dynamic":
+            return InputGrid("dynamic", torch.tensor(1.0), torch.tensor(0), -127, 127, getattr(self, "smooth", None),
+                             fused)
+        return InputGrid("static", self.input_scale, self.input_zero_point, self.in_qmin, self.in_qmax, None, fused)
+
 
 class Int8Linear(_Int8Base):
     """``y = requant(int32(q_x @ q_w^T)) + b`` with an int8 weight.

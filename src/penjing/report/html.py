@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from penjing.core.report import RATIO_BASIS
+from penjing.core.report import RATIO_BASIS, ms_text
 from penjing.report.run_data import load_run
 
 STYLE = """
@@ -120,8 +120,8 @@ def _speed_section(speed: dict | None) -> str:
     if "error" in speed:
         return f"<p>{_esc(speed['error'])}</p>"
     rows = [[r["name"], r["format"], r["kernel"], r["batch"], f"{r['weight_bytes']:,}",
-             f"{r['dense_bytes'] / r['weight_bytes']:.1f}x", f"{1e3 * r['time_s']:.3f}", f"{1e3 * r['dense_s']:.3f}",
-             f"{r['speedup']:.2f}x", f"{1e3 * r['predicted_s']:.3f}", f"{r['bandwidth_fraction']:.0%}"]
+             f"{r['dense_bytes'] / r['weight_bytes']:.1f}x", ms_text(r['time_s']), ms_text(r['dense_s']),
+             f"{r['speedup']:.2f}x", ms_text(r['predicted_s']), f"{r['bandwidth_fraction']:.0%}"]
             for r in speed["rows"]]
     head = ["layer", "format", "kernel", "batch", "weight bytes/call", "vs dense bytes", "time (ms)", "dense (ms)",
             "speed-up", "bytes predict (ms)", "of bandwidth"]

@@ -33,17 +33,20 @@ __all__ = ["BinaryLinear", "BitWeights", "CodebookLinear", "FileSpeed", "LayerCh
 
 
 def convert(model, *, select=None):
-    """Replace, in place, every ``nn.Linear`` / ``nn.Conv2d`` (optionally only those ``select``
-    names, a set of module names) whose weight a kernel takes; returns the names replaced."""
+    """Replace, in place, every ``nn.Linear`` / ``nn.Conv2d`` and every int8 layer of
+    ``pj.convert`` (optionally only those ``select`` names, a set of module names) whose weight
+    a kernel takes; returns the names replaced."""
     from torch import nn
 
+    from penjing.runtime.convert import is_int8_layer
     from penjing.runtime.load import _set_module
 
     replaced = []
     for name, module in list(model.named_modules()):
         if not name or (select is not None and name not in select):
             continue
-        layer = runtime_layer(module) if isinstance(module, (nn.Linear, nn.Conv2d)) else None
+        takes = isinstance(module, (nn.Linear, nn.Conv2d)) or is_int8_layer(module)
+        layer = runtime_layer(module) if takes else None
         if layer is not None:
             _set_module(model, name, layer)
             replaced.append(name)

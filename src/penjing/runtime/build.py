@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
-COMMON_FLAGS = ["-O3", "-fPIC", "-pthread", "-fno-strict-aliasing", "-std=gnu11"]
+#: -ffp-contract=off: the epilogues' (sum * scale) + bias must not become an fma (see kernels.c);
+#: the inner loops are intrinsics, so their fmas stay
+COMMON_FLAGS = ["-O3", "-fPIC", "-pthread", "-fno-strict-aliasing", "-std=gnu11", "-ffp-contract=off"]
 #: variant -> (gcc flags, CPU flags from /proc/cpuinfo it needs)
 VARIANTS: dict[str, tuple[list[str], set[str]]] = {
     "generic": ([], set()),

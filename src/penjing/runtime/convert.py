@@ -4,10 +4,12 @@ and the ``auto`` choice: time kernel and dense on the layer's own input shape, k
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,13 +80,70 @@ def _weights_for(weight: torch.Tensor | StoredSparse, rows: int, cols: int, allo
     return sparse
 
 
+def is_int8_layer(module: nn.Module) -> bool:
+    """An int8 Linear / Conv2d of ``pj.convert`` (layer mode): its integers in ``weight_int8``,
+    per-channel ``weight_scale``, and its input rounding as :meth:`float_input_grid`."""
+    return hasattr(module, "weight_int8") and hasattr(module, "float_input_grid")
+
+
+def _int8_nonzeros(weight: torch.Tensor | StoredSparse) -> tuple[np.ndarray, torch.Tensor] | None:
+    """(ascending flat positions, int8 values) of an int8 weight's nonzeros."""
+    if isinstance(weight, StoredSparse):
+        if weight.values is not None:
+            values = weight.values
+        elif weight.codebook is not None:
+            values = weight.codebook[torch.as_tensor(weight.indices, dtype=torch.int64)]
+        else:
+            return None
+        return (np.asarray(weight.positions, dtype=np.int64), values) if values.dtype == torch.int8 else None
+    if weight.dtype != torch.int8:
+        return None
+    flat = weight.detach().reshape(-1)
+    pos = torch.nonzero(flat).reshape(-1)
+    return pos.numpy(), flat[pos]
+
+
+def _int8_runtime_layer(module: nn.Module, weight, bias) -> RuntimeLayer | None:
+    """``pj.convert``'s int8 Linear / Conv2d as a sparse int8 layer: the same integers and
+    per-channel scales, its input rounded to the same grid in float (``float_input_grid``),
+    its fused ReLU after. ``None`` where the kernels cannot: asymmetric weights (a zero-point
+    per channel, which the kernels do not subtract), non-zero padding modes, dense weights."""
+    if bool((module.weight_zero_point != 0).any()):
+        return None
+    w = module.weight_int8 if weight is None else weight
+    shape = tuple(w.shape)
+    rows, cols = shape[0], math.prod(shape[1:])
+    nonzeros = _int8_nonzeros(w)
+    if nonzeros is None or len(nonzeros[0]) > MAX_SPARSE_DENSITY * rows * cols:
+        return None
+    positions, values = nonzeros
+    conv = len(shape) == 4
+    groups = module.groups if conv else 1
+    if conv:
+        if getattr(module, "padding_mode", "zeros") != "zeros" or isinstance(getattr(module, "padding_arg", 0), str):
+            return None
+        positions = block_diagonal_positions(positions, rows, cols, groups)
+    grid = module.float_input_grid()
+    # the input's step folded into the channel scales, a float32 product as fbgemm forms it
+    scales = module.weight_scale.float() * torch.tensor(1.0 if grid is None else grid.step, dtype=torch.float32)
+    made = SparseWeights.from_positions(rows, groups * cols, positions, values=values, scales=scales)
+    if conv:
+        layer = SparseConv2d(made, bias, shape[1] * groups, shape[2:], module.stride, module.padding, module.dilation,
+                             groups)
+    else:
+        layer = SparseLinear(made, bias)
+    return layer.takes_int8_input(grid, module.fused_relu)
+
+
 def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None = None,
                   bias: torch.Tensor | None = None) -> RuntimeLayer | None:
-    """The runtime layer for ``module`` (an ``nn.Linear`` or ``nn.Conv2d``) with ``weight``
-    (default: the module's own, parametrized or baked), or ``None`` when no kernel applies
-    (a dense fp32 weight, grouped convolutions...)."""
-    w = module.weight if weight is None else weight
+    """The runtime layer for ``module`` (an ``nn.Linear`` or ``nn.Conv2d``, or an int8 one of
+    ``pj.convert``, :func:`is_int8_layer`) with ``weight`` (default: the module's own,
+    parametrized or baked), or ``None`` when no kernel applies (a dense fp32 weight...)."""
     b = module.bias if bias is None else bias
+    if is_int8_layer(module):
+        return _int8_runtime_layer(module, weight, b)
+    w = module.weight if weight is None else weight
     if isinstance(module, nn.Linear):
         made = _weights_for(w, module.out_features, module.in_features, allow_bits=True)
         if made is None:

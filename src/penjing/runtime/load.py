@@ -33,6 +33,7 @@ from penjing.runtime.convert import (
     dense_twin,
     input_for,
     input_shapes,
+    is_int8_layer,
     runtime_layer,
     time_pair,
 )
@@ -208,26 +209,40 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
             return _load_whole(model, dense, path, runtime, rss0, return_info)
         _replay(model, file_info.structure, stored, path)
         layers: dict[str, RuntimeLayer] = {}
+        #: int8 layers taken by a kernel: name -> (the int8 module, its stored weight), which
+        #: ``auto`` loads and times as the dense alternative
+        int8: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
         for name, module in list(model.named_modules()):
             key = f"{name}.weight" if name else "weight"
-            if not isinstance(module, (nn.Linear, nn.Conv2d)) or key not in stored:
+            is_int8 = is_int8_layer(module)
+            if not (is_int8 or isinstance(module, (nn.Linear, nn.Conv2d))) or key not in stored:
                 continue
             weight = stored[key]
             shape = tuple(weight.shape)
-            if shape != tuple(module.weight.shape):
+            own = tuple((module.weight_int8 if is_int8 else module.weight).shape)
+            if shape != own:
                 raise ValueError(f"{path} does not fit the model: {key} is {list(shape)} in the file, "
-                                 f"{list(module.weight.shape)} in the model")
+                                 f"{list(own)} in the model")
             bias_key = f"{name}.bias" if name else "bias"
             bias = stored.get(bias_key)
             if isinstance(bias, StoredSparse):
                 bias = densify(bias)
             if (bias is None) != (module.bias is None):
                 raise ValueError(f"{path} does not fit the model: {name or 'the model'} bias differs")
+            prefix = f"{name}." if name else ""
+            own_keys = [k for k in stored if k.startswith(prefix) and "." not in k[len(prefix):]] if is_int8 else []
+            if is_int8:  # its scales and input grid first: the runtime layer copies them
+                module.load_state_dict({k[len(prefix):]: densify(stored[k]) if isinstance(stored[k], StoredSparse)
+                                        else stored[k] for k in own_keys if k != key}, strict=False)
             layer = runtime_layer(module, weight, bias)
             if layer is None:
                 continue
             layers[name] = layer
-            del stored[key]
+            if is_int8:
+                int8[name] = (module, weight)
+            for k in own_keys:
+                stored.pop(k)
+            stored.pop(key, None)
             stored.pop(bias_key, None)
         rest = {k: densify(v) if isinstance(v, StoredSparse) else v for k, v in stored.items()}
         del stored
@@ -237,20 +252,28 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
         del rest
         sizes = _input_sizes(model, layers, example) if runtime == "auto" and example is not None else {}
         for name, layer in layers.items():
-            dense_bytes = 4 * _dense_numel(layer)
+            dense_bytes = (1 if name in int8 else 4) * _dense_numel(layer)
             choice = LayerChoice(name, layer.format, "kernel", layer.weight_bytes, dense_bytes)
             if runtime == "auto":
                 if isinstance(layer, SparseConv2d) and name not in sizes:
                     raise ValueError(f"runtime='auto' times conv layer {name} on its input size: pass "
                                      "example=<an input of the model>, or use runtime='kernel'")
                 x = input_for(layer, batch, sizes.get(name))
-                weight = layer.dense_weight()
-                choice.kernel_s, choice.dense_s = time_pair(layer, dense_call(layer, weight), x, rounds)
+                if name in int8:  # the dense alternative is the int8 layer itself (its int8 kernel)
+                    module, stored_weight = int8[name]
+                    module.load_state_dict({"weight": densify(stored_weight) if isinstance(stored_weight, StoredSparse)
+                                            else stored_weight}, strict=False)
+                    dense, make_dense = module, (lambda m=module: m)
+                else:
+                    dense = dense_call(layer, layer.dense_weight())
+                    make_dense = lambda layer=layer: dense_twin(layer)  # noqa: E731
+                choice.kernel_s, choice.dense_s = time_pair(layer, dense, x, rounds)
                 if choice.dense_s < choice.kernel_s:
                     choice.chosen = "dense"
-                    _set_module(model, name, dense_twin(layer))
-                del weight
+                    _set_module(model, name, make_dense())
+                del dense, make_dense
             choices.append(choice)
+        int8.clear()
     gc.collect()
     _trim_heap()
     info = LoadInfo(path, path.stat().st_size, runtime, compiled_isa(), rss0, rss_bytes(),

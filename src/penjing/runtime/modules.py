@@ -28,6 +28,27 @@ class RuntimeLayer(nn.Module):
             self.register_buffer(f"w_{name}", t, persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous().clone(),
                              persistent=False)
+        #: an int8 layer's input rounding (``(q - z) * s`` in float) and its fused ReLU, when
+        #: this layer runs an int8 weight stored by ``pj.convert`` (see :meth:`takes_int8_input`)
+        self.input_grid: nn.Module | None = None
+        self.fused_relu = False
+
+    def takes_int8_input(self, grid: nn.Module | None, relu: bool) -> RuntimeLayer:
+        """Run as the int8 layer this one replaces: its input rounded to that layer's grid first
+        (``grid``; ``None`` for weight-only int8), its ReLU applied after."""
+        self.input_grid, self.fused_relu = grid, bool(relu)
+        return self
+
+    def _input_note(self) -> str:
+        return "" if self.input_grid is None else f", {self.input_grid.mode} int8 input"
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_grid is None else self.input_grid(x)
+
+    def _relu(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.fused_relu:
+            return y
+        return torch.relu(y) if torch.is_grad_enabled() and y.requires_grad else y.relu_()
 
     def _sync(self) -> None:
         # a buffer replaced by .to()/.cpu()/.float(): point the kernels at the new memory
@@ -66,7 +87,8 @@ class RuntimeLayer(nn.Module):
         return self.weights.to_dense()
 
     def extra_repr(self) -> str:  # the Linear layers'; SparseConv2d has its own
-        return f"{self.in_features}, {self.out_features}, {self.format}, bias={self.bias is not None}"
+        relu = ", relu" if self.fused_relu else ""
+        return f"{self.in_features}, {self.out_features}, {self.format}, bias={self.bias is not None}{relu}"
 
 
 def _sparse_format(w: SparseWeights) -> str:
@@ -93,7 +115,7 @@ class SparseLinear(RuntimeLayer):
 
     @property
     def format(self) -> str:
-        return _sparse_format(self.weights)
+        return _sparse_format(self.weights) + self._input_note()
 
     def _csr(self) -> torch.Tensor:
         if self._csr_cache is None:
@@ -102,7 +124,7 @@ class SparseLinear(RuntimeLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._sync()
-        return ops.sparse_linear(self.weights, x, self.bias, self._csr)
+        return self._relu(ops.sparse_linear(self.weights, self._grid(x), self.bias, self._csr))
 
 
 class CodebookLinear(SparseLinear):
@@ -212,7 +234,7 @@ class SparseConv2d(RuntimeLayer):
 
     @property
     def format(self) -> str:
-        return _sparse_format(self.weights)
+        return _sparse_format(self.weights) + self._input_note()
 
     def _csr(self) -> torch.Tensor:
         if self._csr_cache is None:
@@ -227,6 +249,9 @@ class SparseConv2d(RuntimeLayer):
         self._sync()
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SparseConv2d expects [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        return self._relu(self._conv(self._grid(x)))
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         oh, ow = self.out_size(h, w)
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from penjing.core.report import ms_text
 from penjing.runtime.convert import dense_call, input_for, input_shapes, time_pair
 from penjing.runtime.modules import RuntimeLayer, SparseConv2d
 from penjing.runtime.ops import compiled_isa, read_probe
@@ -120,14 +121,14 @@ def format_report(rows: list[LayerSpeed], bandwidth: float | None = None) -> str
     lines = []
     for r in rows:
         lines.append(f"| {r.name} | {r.format} | {r.kernel} | {r.batch} | {r.weight_bytes:,} | "
-                     f"{r.dense_bytes / r.weight_bytes:.1f}x | {r.time_s * 1e3:.3f} | {r.dense_s * 1e3:.3f} | "
-                     f"{r.speedup:.2f}x | {r.predicted_s * 1e3:.3f} | {r.bandwidth_fraction:.0%} |")
+                     f"{r.dense_bytes / r.weight_bytes:.1f}x | {ms_text(r.time_s)} | {ms_text(r.dense_s)} | "
+                     f"{r.speedup:.2f}x | {ms_text(r.predicted_s)} | {r.bandwidth_fraction:.0%} |")
     for b in sorted({r.batch for r in rows}):
         sel = [r for r in rows if r.batch == b]
         t, d = sum(r.time_s for r in sel), sum(r.dense_s for r in sel)
         wb, db = sum(r.weight_bytes for r in sel), sum(r.dense_bytes for r in sel)
-        lines.append(f"| **all layers** | | | {b} | {wb:,} | {db / wb:.1f}x | {t * 1e3:.3f} | {d * 1e3:.3f} | "
-                     f"{d / t:.2f}x | {wb / bw * 1e3:.3f} | {wb / bw / t:.0%} |")
+        lines.append(f"| **all layers** | | | {b} | {wb:,} | {db / wb:.1f}x | {ms_text(t)} | {ms_text(d)} | "
+                     f"{d / t:.2f}x | {ms_text(wb / bw)} | {wb / bw / t:.0%} |")
     return head + "\n".join(lines) + "\n"
 
 

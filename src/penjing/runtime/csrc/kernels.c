@@ -11,6 +11,9 @@
  *   kind 0: values_f32[i]             (fp32 values)
  *   kind 1: values_i8[i] * scales[r]  (int8 values, one scale per output channel)
  *   kind 2: centroids[code]           (shared weights: Deep Compression's codebook)
+ * Every output is (sum * scale) + bias, rounded twice, never fused (and the file is built with
+ * -ffp-contract=off): with int8 values and integer inputs the sums are exact, and so the
+ * outputs are bit for bit those of fbgemm's int8 GEMM, which requantizes the same way.
  * Ternary / binary layout: one bit per weight in uint16 words, row-major, rows padded to
  * whole 64-column blocks: ternary has a plus plane and a minus plane, binary one sign plane.
  */
@@ -386,7 +389,7 @@ INLINE void spmm_tile(const pj_sparse *W, const int kind, const int NV, const in
     for (int v = 0; v < NV; v++) {
         vf sum = acc[v][0];
         for (int u = 1; u < S; u++) sum = VADD(sum, acc[v][u]);
-        VSTOREM(Y + r * P + j0 + v * VW, m[v], VFMA(sum, s, bv));
+        VSTOREM(Y + r * P + j0 + v * VW, m[v], VADD(VMUL(sum, s), bv));
     }
 }
 
@@ -419,7 +422,7 @@ INLINE void spmm_tile8(const pj_sparse *W, const int kind, int64_t r, const floa
     }
     __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     __m256 s = _mm256_set1_ps(kind == 1 ? W->scales[r] : 1.0f), bv = _mm256_set1_ps(bias ? bias[r] : 0.0f);
-    _mm256_mask_storeu_ps(Y + r * P, m, _mm256_fmadd_ps(sum, s, bv));
+    _mm256_mask_storeu_ps(Y + r * P, m, _mm256_add_ps(_mm256_mul_ps(sum, s), bv));
 }
 #endif
 
@@ -500,7 +503,7 @@ INLINE void conv_rows(const convctx *c, const int kind, int64_t lo, int64_t hi) 
         }
         __m512 s = _mm512_set1_ps(kind == 1 ? W->scales[r] : 1.0f), bv = _mm512_set1_ps(c->bias ? c->bias[r] : 0.0f);
         float *o = c->out + r * oh * c->ow;
-        for (int q = 0; q < oh; q++) _mm512_mask_storeu_ps(o + q * c->ow, m, _mm512_fmadd_ps(acc[q], s, bv));
+        for (int q = 0; q < oh; q++) _mm512_mask_storeu_ps(o + q * c->ow, m, _mm512_add_ps(_mm512_mul_ps(acc[q], s), bv));
     }
 }
 
