@@ -132,22 +132,75 @@ def user_config(a: int, df: str, bw: int) -> ScaleSimConfig:
                           ifmap_bw=bw, filter_bw=bw)
 
 
+def user_key(user_cache: dict, first: dict, x, a: int, df: str, bw: int) -> str:
+    """The cache key of ``x``'s USER run: its shape's first name, or any cached layer of that shape
+    (an earlier run may have been keyed by another layer of the same shape: same SCALE-Sim input)."""
+    key = f"{first[shape_key(x)]}|{a}|{df}|USER{bw}"
+    if key not in user_cache:
+        for name in first.get(("names", shape_key(x)), ()):
+            alias = f"{name}|{a}|{df}|USER{bw}"
+            if alias in user_cache:
+                return alias
+    return key
+
+
+def first_names(layers) -> dict:
+    first = {}
+    for x in layers:
+        first.setdefault(shape_key(x), x.name)
+        first.setdefault(("names", shape_key(x)), []).append(x.name)
+    return first
+
+
+def fill_user(cache: dict, path: Path, layers, bandwidths: list[int], part: str) -> int:
+    """Run SCALE-Sim for the USER pairs of the sweep missing from ``path``, cheapest first (by the
+    CALC run's CPU time), this worker taking every N-th of them (``part`` = "I/N"), and add each
+    result to ``path`` as soon as it is done (under a lock file, re-reading the file first, so that
+    workers running side by side never lose each other's runs)."""
+    import fcntl
+
+    index, count = (int(v) for v in part.split("/"))
+    user_cache = json.loads(path.read_text()) if path.exists() else {}
+    first = first_names(layers)
+    todo = {}
+    for bw in bandwidths:
+        for a in ARRAYS:
+            for df in DATAFLOWS:
+                for x in layers:
+                    key = user_key(user_cache, first, x, a, df, bw)
+                    if key not in user_cache and key not in todo:
+                        calc = cache.get(f"{first[shape_key(x)]}|{a}|{df}|CALC", {}).get("cpu_s", 1.0)
+                        todo[key] = (calc * (8 if bw < 10 else 3), x, user_config(a, df, bw))
+    mine = sorted(todo.items(), key=lambda kv: kv[1][0])[index::count]
+    print(f"{len(todo)} USER runs missing; worker {part} runs {len(mine)}", flush=True)
+    for key, (_, x, cfg) in mine:
+        r = run_scalesim([x], cfg)
+        entry = {"compute": r.compute[0], "bandwidth": r.bandwidth[0], "detailed": r.detailed[0], "cpu_s": r.cpu_s}
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = json.loads(path.read_text()) if path.exists() else {}
+            current[key] = entry
+            tmp = path.with_suffix(f".tmp{index}")
+            tmp.write_text(json.dumps(current))
+            os.replace(tmp, path)
+        print(f"{time.strftime('%H:%M:%S')} {key} {r.cpu_s:.1f} s", flush=True)
+    return 0
+
+
 def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int], run_missing: bool):
     """Every layer x array x dataflow x bandwidth against SCALE-Sim's USER mode. Layers of one
     shape (ResNet-18 repeats its 3x3 convs) share one SCALE-Sim run, keyed by the first name."""
     lines = ["| layer | array | df | bw | SCALE-Sim total | SCALE-Sim stalls | penjing total | penjing stalls | "
              "difference | DRAM words equal | SCALE-Sim CPU s | penjing CPU ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    first = {}
-    for x in layers:
-        first.setdefault(shape_key(x), x.name)
+    first = first_names(layers)
     summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0}
     for bw in bandwidths:
         for a in ARRAYS:
             for df in DATAFLOWS:
                 cfg = user_config(a, df, bw)
                 for x in layers:
-                    key = f"{first[shape_key(x)]}|{a}|{df}|USER{bw}"
+                    key = user_key(user_cache, first, x, a, df, bw)
                     if key not in user_cache and not run_missing:
                         summary["missing"] += 1
                         continue
@@ -163,7 +216,7 @@ def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int]
                     summary["equal"] += me.total_cycles == total and me.stall_cycles == stalls
                     summary["dram_equal"] += dram_eq
                     summary["max_diff"] = max(summary["max_diff"], abs(diff))
-                    shared = x.name != first[shape_key(x)]
+                    shared = key.split("|")[0] != x.name
                     summary["ref_s"] += 0 if shared else ref["cpu_s"]
                     summary["ours_s"] += 0 if shared else ours
                     lines.append(f"| {x.name} | {a}x{a} | {df} | {bw} | {total:,} | {stalls:,} | {me.total_cycles:,} | "
@@ -271,6 +324,9 @@ def main() -> int:
     parser.add_argument("--user-bandwidths", default="10,2", help="USER-mode bandwidths (words/cycle)")
     parser.add_argument("--run-missing-user", action="store_true",
                         help="run SCALE-Sim for USER pairs missing from --user-cache (slow: ~10-120 s each)")
+    parser.add_argument("--fill-user", metavar="I/N", default=None,
+                        help="only run the USER pairs missing from --user-cache (worker I of N, cheapest "
+                             "first), adding each to --user-cache as it finishes; no report")
     parser.add_argument("--speed-config", default="ws", choices=(*DATAFLOWS, "none"),
                         help="dataflow whose whole-network SCALE-Sim run (32x32) is timed in this run; "
                              "none: every configuration from the cached per-layer CPU times")
@@ -297,6 +353,12 @@ def main() -> int:
     cache = json.loads(args.cache.read_text()) if args.cache and args.cache.exists() else {}
     user_cache = json.loads(args.user_cache.read_text()) if args.user_cache and args.user_cache.exists() else {}
     layers = gemm_shapes() + resnet18_convs()
+    if args.fill_user:
+        if not args.user_cache:
+            print("--fill-user needs --user-cache")
+            return 2
+        return fill_user(cache, args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")],
+                         args.fill_user)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     head = [f"Command: `python {' '.join(sys.argv)}` (repository root, venv active)",
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",

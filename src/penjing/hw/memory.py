@@ -40,6 +40,7 @@ ofmap one from the first ``Bandwidth``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -208,62 +209,6 @@ class _IfmapGeometry:
         return boxes
 
 
-def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, timeline: list,
-                  cycle: int, distinct: int | None = None) -> None:
-    """Walk ``addresses`` (in stream order) exactly: SCALE-Sim's epoch rule, address by address.
-
-    The mask is the epoch's content (``state.n`` addresses set). The fresh addresses of the rest
-    are marked and counted at once; only when they complete the epoch is the completing one
-    located, by first occurrences over the shortest prefix that holds it. ``distinct``: the
-    caller's count of fresh distinct addresses in the whole stream, when it has one."""
-    pos = 0
-    while pos < len(addresses):
-        rest = addresses[pos:]
-        if state.n:
-            outside = np.flatnonzero(~flat_mask[rest])
-            fresh = rest[outside]
-        else:  # an empty epoch (after a flush): every address is fresh
-            outside, fresh = None, rest
-        need = state.E - state.n
-        if distinct is None:
-            flat_mask[fresh] = True
-            distinct = int(np.count_nonzero(flat_mask)) - state.n
-            if distinct < need:
-                state.reads += distinct
-                state.n += distinct
-                return
-            flat_mask[fresh] = False  # undo: the epoch completes inside the rest
-        length = min(len(fresh), max(4096, int(len(fresh) * 1.25 * need / distinct)))
-        while True:
-            first = _first_occurrences(fresh[:length], flat_mask.size)
-            if len(first) >= need or length == len(fresh):
-                break
-            length = min(len(fresh), 2 * length)
-        cut = first[need - 1] if outside is None else outside[first[need - 1]]  # completes the epoch
-        distinct = None
-        state.reads += need
-        state.flushes += 1
-        state.n = 0
-        flat_mask[...] = False
-        timeline.append(cycle)
-        pos += int(cut) + 1
-
-
-_STAMP = np.zeros(0, dtype=np.int32)
-
-
-def _first_occurrences(values: np.ndarray, space: int) -> np.ndarray:
-    """Sorted positions of the first occurrence of each value (values in ``[0, space)``)."""
-    global _STAMP
-    if _STAMP.size < space:
-        _STAMP = np.full(space, np.iinfo(np.int32).max, dtype=np.int32)
-    idx = np.arange(len(values), dtype=np.int32)
-    np.minimum.at(_STAMP, values, idx)
-    first = np.flatnonzero(_STAMP[values] == idx)
-    _STAMP[values] = np.iinfo(np.int32).max
-    return first
-
-
 def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: int, unit_cycles: int,
                        timeline: list) -> None:
     """os / is ifmap: units of ``block`` output pixels by one window row (all its columns and
@@ -274,7 +219,6 @@ def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: 
     x = geo.x
     M, C = x.M, x.channels
     mask = np.zeros((x.ifmap_h, x.ifmap_w, C), dtype=bool)
-    flat = mask.reshape(-1)
     units = math.ceil(M / block)
     step = max(1, unit_cycles // x.filter_h)
     cycle = 0
@@ -291,26 +235,10 @@ def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: 
                 for rows, cols in boxes:
                     mask[rows, cols] = True
             else:
-                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2, new)
+                _keyed_walk(state, mask, *_unit_pieces(geo, p0, p1, r), timeline, cycle + step // 2)
             cycle += step
         if state.flushes == flushes_before and state.reads == reads_before:
             break  # a pass that read nothing: the rest hit too
-
-
-def _unit_addresses(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> np.ndarray:
-    """Ifmap addresses of window row ``r`` of pixels ``[p0, p1)`` in stream order (skewed:
-    pixel ``j`` of the block reaches window position ``k`` at step ``k + j``)."""
-    x = geo.x
-    C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(p0, p1, dtype=np.int32)
-    oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(S * C, dtype=np.int32)
-    s, c = np.divmod(k, C)
-    y = (oy * x.stride_h + r)[None, :]
-    col = (ox * x.stride_w)[None, :] + s[:, None]
-    addr = (y * W + col) * C + c[:, None]
-    addr[(y >= x.ifmap_h) | (col >= W)] = -1
-    return _skewed(addr)
 
 
 SKEWS = 2
@@ -321,11 +249,15 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
     """ws ifmap: folds of ``block`` window columns over all output pixels, ``passes`` times
     (once per column fold), each fold cut into chunks of whole output rows (a fold streams
     pixel by pixel). Chunks inside the epoch are counted with set operations; a chunk that
-    completes an epoch is walked address by address in stream order."""
+    completes an epoch is walked address by address in stream order (:func:`_keyed_walk`).
+
+    Runs of chunks are counted as one union: when a run leaves the epoch incomplete, so does
+    every chunk in it (the counts of a run's prefixes only grow), so the result is the same
+    as counting chunk by chunk. The run length is guessed from the last run's fresh addresses
+    per chunk and halved until it fits; a single chunk that completes the epoch is walked."""
     x = geo.x
     K = x.K
     mask = np.zeros((x.ifmap_h, x.ifmap_w, x.channels), dtype=bool)
-    flat = mask.reshape(-1)
     units = math.ceil(K / block)
     cycle = 0
     for _ in range(passes):
@@ -337,61 +269,190 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
             # chunks of at least 8 skews of the fold (its ``block`` columns lag by up to
             # block - 1 steps, so a chunk's edges mix with its neighbours'), else ~E/4 addresses
             rows_per_chunk = max(1, math.ceil(SKEWS * block / geo.Ew), state.E // (16 * max(per_row, 1)))
-            for oy0 in range(0, geo.Eh, rows_per_chunk):
-                oy1 = min(geo.Eh, oy0 + rows_per_chunk)
-                views = [mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
-                         for r, s_, c0, c1 in groups]
-                # the views of a fold's window positions overlap (strided windows): count the
-                # union by marking as we go, and undo the marks if the chunk completes an epoch
-                saved, new = [], 0
-                for v in views:
-                    saved.append(v.copy())
-                    new += int((~v).sum())
-                    v[...] = True
+            chunks = math.ceil(geo.Eh / rows_per_chunk)
+            k, per_chunk = 0, 0.0
+            while k < chunks:
+                run = 1 if per_chunk <= 0 else max(1, int((state.E - state.n - 1) / per_chunk))
+                while True:
+                    k1 = min(chunks, k + run)
+                    new, commit = _rows_union(mask, geo, groups, k * rows_per_chunk,
+                                              min(geo.Eh, k1 * rows_per_chunk))
+                    if state.n + new < state.E or k1 - k == 1:
+                        break
+                    run = max(1, (k1 - k) // 2)
                 if state.n + new < state.E:
+                    commit()
                     state.reads += new
                     state.n += new
-                else:
-                    for v, old in zip(reversed(views), reversed(saved), strict=True):
-                        v[...] = old
-                    chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
-                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle,
-                                  new)
+                    per_chunk = new / (k1 - k)
+                    k = k1
+                    continue
+                oy0, oy1 = k * rows_per_chunk, min(geo.Eh, (k + 1) * rows_per_chunk)
+                chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
+                _keyed_walk(state, mask, *_chunk_pieces(geo, oy0, oy1, j0, j1, groups), timeline, chunk_cycle)
+                k += 1
             cycle += unit_cycles
         if state.flushes == flushes_before and state.reads == reads_before:
             break
 
 
-def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) -> np.ndarray:
-    """Ifmap addresses of output rows ``[oy0, oy1)`` x window columns ``[j0, j1)`` in ws stream
-    order (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``)."""
+def _rows_union(mask: np.ndarray, geo: _IfmapGeometry, groups: list, oy0: int, oy1: int):
+    """Fresh addresses (not in ``mask``) in the union of the window groups of output rows
+    ``[oy0, oy1)``, and a function that adds them to ``mask``; ``mask`` is left unchanged."""
+    views = [mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
+             for r, s_, c0, c1 in groups]
+    if len(groups) == 1:  # one view: no overlap with itself
+        v = views[0]
+        return v.size - int(np.count_nonzero(v)), functools.partial(v.fill, True)
+    # several window positions overlap (strided windows): their union in a scratch box
+    x = geo.x
+    r_lo, r_hi = min(g[0] for g in groups), max(g[0] for g in groups)
+    y0 = oy0 * x.stride_h + r_lo
+    y1 = min(x.ifmap_h, (oy1 - 1) * x.stride_h + r_hi + 1)
+    c_lo, c_hi = min(g[2] for g in groups), max(g[3] for g in groups)
+    if y0 >= y1:
+        return 0, lambda: None
+    box = mask[y0:y1, :, c_lo:c_hi]
+    union = np.zeros(box.shape, dtype=bool)
+    for r, s_, c0, c1 in groups:
+        rows = geo._rows_slice(oy0, oy1, r)
+        if rows.start >= rows.stop:
+            continue
+        union[rows.start - y0:rows.stop - y0:rows.step, geo._cols_slice(0, geo.Ew, s_), c0 - c_lo:c1 - c_lo] = True
+    fresh = union & ~box
+    return int(np.count_nonzero(fresh)), functools.partial(np.logical_or, box, union, out=box)
+
+
+def _chunk_pieces(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int, groups: list) -> list:
+    """The ws chunk of output rows ``[oy0, oy1)`` x window columns ``[j0, j1)`` as pieces for
+    :func:`_keyed_walk`: one ifmap view per window group with each element's stream position
+    (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``; skewed order)."""
+    width = j1 - j0
+    Ew = geo.Ew
+    bound = ((oy1 - oy0) * Ew + width) * width  # above every position of the chunk
+    dt = _key_dtype(bound)
+    pieces = []
+    jg = 0
+    for r, s_, c0, c1 in groups:
+        rows, cols = geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, Ew, s_)
+        n_oy = len(range(rows.start, rows.stop, rows.step or 1))
+        n_ox = len(range(cols.start, cols.stop, cols.step or 1))
+        jj = jg + np.arange(c1 - c0, dtype=dt)
+        jg += c1 - c0
+        if n_oy == 0 or n_ox == 0:
+            continue
+        # position (t + jj) * width + jj with t = (oy - oy0) * Ew + ox: the skewed order
+        key = ((np.arange(n_oy, dtype=dt) * (Ew * width))[:, None, None]
+               + (np.arange(n_ox, dtype=dt) * width)[None, :, None] + (jj * (width + 1))[None, None, :])
+        pieces.append(((rows, cols, slice(c0, c1)), key))
+    return pieces, bound
+
+
+def _unit_pieces(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> list:
+    """The os / is unit (window row ``r`` of pixels ``[p0, p1)``) as pieces for
+    :func:`_keyed_walk`: per output-row segment and window column ``s`` one ifmap view, with
+    each element's stream position (pixel ``j`` of the block reaches window position ``k`` at
+    step ``k + j``; skewed order)."""
     x = geo.x
     C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew, dtype=np.int32)
-    oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(j0, j1, dtype=np.int32)
-    r, rest = np.divmod(k, S * C)
-    s, c = np.divmod(rest, C)
-    y = (oy * x.stride_h)[:, None] + r[None, :]
-    col = (ox * x.stride_w)[:, None] + s[None, :]
-    addr = (y * W + col) * C + c[None, :]
-    addr[(y >= x.ifmap_h) | (col >= W)] = -1
-    return _skewed(addr)
+    width = p1 - p0
+    bound = (S * C + width) * width  # above every position of the unit
+    dt = _key_dtype(bound)
+    chan = np.arange(C, dtype=dt) * width
+    pieces = []
+    for oy, ox0, ox1 in geo.pixel_segments(p0, p1):
+        y = oy * x.stride_h + r
+        if y >= x.ifmap_h:
+            continue
+        jj = (oy * geo.Ew + np.arange(ox0, ox1, dtype=dt) - p0) * (width + 1)
+        for s_ in range(S):
+            n = min(ox1, (W - 1 - s_) // x.stride_w + 1) - ox0
+            if n <= 0:
+                continue
+            col0 = ox0 * x.stride_w + s_
+            cols = slice(col0, col0 + (n - 1) * x.stride_w + 1, x.stride_w)
+            # position (k + jj) * width + jj with window position k = s * C + c
+            key = (jj[:n, None] + (s_ * C * width + chan)[None, :])[None]
+            pieces.append(((slice(y, y + 1), cols, slice(0, C)), key))
+    return pieces, bound
 
 
-def _skewed(matrix: np.ndarray) -> np.ndarray:
-    """The valid entries of ``matrix`` (time x array edge, -1 = no request) in the order the
-    array requests them: column ``j`` delayed by ``j`` steps, read row by row."""
-    flat = matrix.reshape(-1)[_skew_order(*matrix.shape)]
-    return flat[flat >= 0]
+def _nth_smallest(values: np.ndarray, n: int, bound: int) -> int:
+    """The ``n``-th smallest (1-based) of distinct non-negative ``values`` below ``bound``."""
+    if bound <= 8 * len(values) + 4096:  # a bitmap of the positions: two passes, no sort
+        present = np.zeros(bound, dtype=bool)
+        present[values] = True
+        return int(np.flatnonzero(present)[n - 1])
+    return int(np.partition(values, n - 1)[n - 1])
 
 
-@functools.lru_cache(maxsize=64)
-def _skew_order(steps: int, width: int) -> np.ndarray:
-    """Flat indices of a ``steps x width`` matrix in skewed order: by ``t + j``, then ``j``."""
-    t = np.arange(steps)[:, None]
-    j = np.arange(width)[None, :]
-    return np.argsort(((t + j) * width + j).reshape(-1))
+def _key_dtype(bound: int):
+    return np.int32 if bound < np.iinfo(np.int32).max else np.int64
+
+
+def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, timeline: list,
+                cycle: int) -> None:
+    """SCALE-Sim's epoch rule over a unit of the demand stream that completes the epoch.
+
+    The unit is given as ``pieces``: views ``mask[index]`` with, per element, its position in
+    the stream (a unique integer below ``bound`` per occurrence; an address occurs in several
+    pieces when windows overlap). What matters of an address is its first position: the epoch
+    completes at the ``E - n``-th fresh address (not in the epoch) in that order. After a flush
+    the epoch is empty and the rest of the unit (positions after the cut; an address counts
+    from its first position after it) fills it again, flushing whenever it holds ``E``. This
+    is the address-by-address walk, without materialising the stream (module doc)."""
+    if len(pieces) == 1:  # one view: every address occurs once, at its own position
+        (index, key), = pieces
+        sub = mask[index]
+        need = state.E - state.n
+        cut = _nth_smallest(key[~sub], need, bound)
+        while True:
+            state.reads += need
+            state.flushes += 1
+            state.n = 0
+            mask[...] = False
+            timeline.append(cycle)
+            after = key > cut
+            count = int(np.count_nonzero(after))
+            if count < state.E:
+                sub[after] = True
+                state.reads += count
+                state.n = count
+                return
+            need = state.E
+            cut = _nth_smallest(key[after], need, bound)
+    box = tuple(slice(min(idx[d].start for idx, _ in pieces), max(idx[d].stop for idx, _ in pieces))
+                for d in range(mask.ndim))
+    rel = [tuple(slice(i.start - b.start, i.stop - b.start, i.step) for i, b in zip(idx, box, strict=True))
+           for idx, _ in pieces]
+    keys = [key for _, key in pieces]
+    none = np.iinfo(keys[0].dtype).max
+    sub = mask[box]
+    first = np.full(sub.shape, none, dtype=keys[0].dtype)
+    for key, where in zip(keys, rel, strict=True):
+        view = first[where]
+        np.minimum(view, key, out=view)
+    need = state.E - state.n
+    cut = _nth_smallest(first[(first != none) & ~sub], need, bound)
+    while True:
+        state.reads += need
+        state.flushes += 1
+        state.n = 0
+        mask[...] = False
+        timeline.append(cycle)
+        first.fill(none)
+        for key, where in zip(keys, rel, strict=True):
+            view = first[where]
+            np.minimum(view, np.where(key > cut, key, none), out=view)
+        after = first != none
+        count = int(np.count_nonzero(after))
+        if count < state.E:
+            sub[after] = True
+            state.reads += count
+            state.n = count
+            return
+        need = state.E
+        cut = _nth_smallest(first[after], need, bound)
 
 
 def _is_gemm_form(x: ConvShape) -> bool:
@@ -417,9 +478,9 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
     ``ifmap_words`` / ``filter_words`` scale the addresses per element (below 1 for operands
     narrower than the 1-byte word, e.g. 4-bit weights: two per word)."""
     df = config.dataflow
-    R, C = config.rows, config.cols
+    C = config.cols
     Fr, Fc = counts.fold_rows, counts.fold_cols
-    M, K, N = layer.M, layer.K, layer.N
+    K, N = layer.K, layer.N
     # ---- filter: distinct addresses, re-streamed whole (exact cyclic scans)
     filt = _Epochs(epoch_size(config.filter_kb / filter_words))
     f_timeline: list = []
@@ -431,22 +492,7 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
         for fc in range(Fc):
             cyclic_scan(filt, K * min(C, N - fc * C), Fr)
     # ---- ifmap
-    ifm = _Epochs(epoch_size(config.ifmap_kb / ifmap_words))
-    i_timeline: list = []
-    if _is_gemm_form(layer):
-        touched = M * K
-        if layer.ofmap_h * layer.stride_h > layer.ifmap_h or layer.ofmap_w * layer.stride_w > layer.ifmap_w:
-            geo = _IfmapGeometry(layer)  # pixels reading past the ifmap (SCALE-Sim's ceil) issue none
-            touched = _touched(geo)
-        cyclic_scan(ifm, touched, 1 if df == "is" else Fc)
-    else:
-        geo = _IfmapGeometry(layer)
-        if df == "os":
-            _pixel_block_reads(ifm, geo, R, Fc, counts.fold_cycles, i_timeline)
-        elif df == "is":
-            _pixel_block_reads(ifm, geo, C, 1, counts.fold_cycles * Fr, i_timeline)
-        else:
-            _window_block_reads(ifm, geo, R, Fc, counts.fold_cycles, i_timeline)
+    ifm, i_timeline = ifmap_epochs(layer, config, counts, ifmap_words)
     # cyclic scans keep no timeline: place their last flush by the share of reads before it
     for state, timeline in ((filt, f_timeline), (ifm, i_timeline)):
         if state.flushes and not timeline:
@@ -455,6 +501,30 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
     return DramCounts(ifmap_reads=ifm.reads, filter_reads=filt.reads,
                       ofmap_writes=counts.ofmap_elements, ifmap_flush_cycles=i_timeline,
                       filter_flush_cycles=f_timeline)
+
+
+def ifmap_epochs(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
+                 ifmap_words: float = 1.0) -> tuple[_Epochs, list]:
+    """The ifmap read buffer after the layer (DRAM reads, flushes, epoch fill) and the cycles
+    of its flushes (walked units only)."""
+    df, R, C = config.dataflow, config.rows, config.cols
+    ifm = _Epochs(epoch_size(config.ifmap_kb / ifmap_words))
+    timeline: list = []
+    if _is_gemm_form(layer):
+        touched = layer.M * layer.K
+        if layer.ofmap_h * layer.stride_h > layer.ifmap_h or layer.ofmap_w * layer.stride_w > layer.ifmap_w:
+            geo = _IfmapGeometry(layer)  # pixels reading past the ifmap (SCALE-Sim's ceil) issue none
+            touched = _touched(geo)
+        cyclic_scan(ifm, touched, 1 if df == "is" else counts.fold_cols)
+    else:
+        geo = _IfmapGeometry(layer)
+        if df == "os":
+            _pixel_block_reads(ifm, geo, R, counts.fold_cols, counts.fold_cycles, timeline)
+        elif df == "is":
+            _pixel_block_reads(ifm, geo, C, 1, counts.fold_cycles * counts.fold_rows, timeline)
+        else:
+            _window_block_reads(ifm, geo, R, counts.fold_cols, counts.fold_cycles, timeline)
+    return ifm, timeline
 
 
 def _touched(geo: _IfmapGeometry) -> int:
@@ -604,5 +674,16 @@ def _ofmap_window(res: LayerResult) -> None:
 
 
 def simulate_topology(layers: list[ConvShape], config: ScaleSimConfig) -> list[LayerResult]:
-    """Every layer of a topology under ``config``."""
-    return [simulate_layer(layer, config) for layer in layers]
+    """Every layer of a topology under ``config``. Layers of one shape (ResNet repeats its 3x3
+    convolutions) are simulated once and their result copied under each name: a layer's
+    counts depend on its shape and the config only."""
+    done: dict[tuple, LayerResult] = {}
+    out = []
+    for layer in layers:
+        shape = tuple(getattr(layer, f.name) for f in dataclasses.fields(layer) if f.name != "name")
+        if shape not in done:
+            done[shape] = simulate_layer(layer, config)
+            out.append(done[shape])
+        else:
+            out.append(dataclasses.replace(done[shape], name=layer.name))
+    return out
