@@ -215,30 +215,98 @@ def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: 
     channels, the order both dataflows stream a fold in), ``passes`` times over the image (os:
     once per column fold). A unit that stays inside the epoch is counted with set operations; a
     unit that completes an epoch is walked address by address in its stream order (window
-    position major, pixel minor: the systolic skew), so the flush falls where SCALE-Sim's does."""
+    position major, pixel minor: the systolic skew), so the flush falls where SCALE-Sim's does.
+
+    Runs of whole blocks (all their window rows) are counted as one union first, as the ws
+    chunks are (:func:`_window_block_reads`); a block whose union completes the epoch is taken
+    window row by window row."""
     x = geo.x
-    M, C = x.M, x.channels
+    M, C, R = x.M, x.channels, x.filter_h
     mask = np.zeros((x.ifmap_h, x.ifmap_w, C), dtype=bool)
     units = math.ceil(M / block)
-    step = max(1, unit_cycles // x.filter_h)
+    step = max(1, unit_cycles // R)
     cycle = 0
     for _ in range(passes):
         flushes_before, reads_before = state.flushes, state.reads
-        for u in range(units * x.filter_h):
-            u, r = divmod(u, x.filter_h)
-            p0, p1 = u * block, min(M, (u + 1) * block)
-            boxes = geo.pixels_window_row(p0, p1, r)
-            new = sum(int((~mask[rows, cols]).sum()) for rows, cols in boxes)
+        u, per_block = 0, 0.0
+        while u < units:
+            run = 1 if per_block <= 0 else max(1, int((state.E - state.n - 1) / per_block))
+            # a block expected to complete the epoch goes window row by window row at once
+            while per_block <= 0 or state.n + per_block < state.E:
+                u1 = min(units, u + run)
+                boxes = _block_footprint(geo, u * block, min(M, u1 * block))
+                new, commit = _boxes_union(mask, boxes)
+                if state.n + new < state.E or u1 - u == 1:
+                    break
+                run = max(1, (u1 - u) // 2)
+            else:
+                new = state.E  # not counted: taken row by row below
             if state.n + new < state.E:
+                commit()
                 state.reads += new
                 state.n += new
-                for rows, cols in boxes:
-                    mask[rows, cols] = True
-            else:
-                _keyed_walk(state, mask, *_unit_pieces(geo, p0, p1, r), timeline, cycle + step // 2)
-            cycle += step
+                per_block = new / (u1 - u)
+                cycle += step * R * (u1 - u)
+                u = u1
+                continue
+            p0, p1 = u * block, min(M, (u + 1) * block)
+            for r in range(R):
+                boxes = geo.pixels_window_row(p0, p1, r)
+                new = sum(v.size - int(np.count_nonzero(v)) for v in (mask[rows, cols] for rows, cols in boxes))
+                if state.n + new < state.E:
+                    state.reads += new
+                    state.n += new
+                    for rows, cols in boxes:
+                        mask[rows, cols] = True
+                else:
+                    _keyed_walk(state, mask, *_unit_pieces(geo, p0, p1, r), timeline, cycle + step // 2)
+                cycle += step
+            u += 1
         if state.flushes == flushes_before and state.reads == reads_before:
             break  # a pass that read nothing: the rest hit too
+
+
+def _block_footprint(geo: _IfmapGeometry, p0: int, p1: int) -> list[tuple[slice, slice]]:
+    """``(rows, cols)`` boxes (channel-complete) of the input that output pixels ``[p0, p1)``
+    read through all window rows: per output-row segment its ``R`` input rows, consecutive
+    whole output rows merged when their windows touch."""
+    x = geo.x
+    segments = geo.pixel_segments(p0, p1)
+    merged: list[list[int]] = []  # [oy_first, oy_last, ox0, ox1]
+    for oy, ox0, ox1 in segments:
+        if (merged and ox0 == 0 and ox1 == geo.Ew and merged[-1][2] == 0 and merged[-1][3] == geo.Ew
+                and x.stride_h <= x.filter_h):
+            merged[-1][1] = oy
+        else:
+            merged.append([oy, oy, ox0, ox1])
+    boxes = []
+    for oy0, oy1, ox0, ox1 in merged:
+        y0 = oy0 * x.stride_h
+        rows = slice(y0, min(x.ifmap_h, oy1 * x.stride_h + x.filter_h))
+        if rows.start >= rows.stop:
+            continue
+        if x.stride_w <= x.filter_w:
+            boxes.append((rows, slice(ox0 * x.stride_w, min((ox1 - 1) * x.stride_w + x.filter_w, x.ifmap_w))))
+        else:
+            boxes += [(rows, geo._cols_slice(ox0, ox1, s_)) for s_ in range(x.filter_w)]
+    return boxes
+
+
+def _boxes_union(mask: np.ndarray, boxes: list[tuple[slice, slice]]):
+    """Fresh addresses in the union of channel-complete ``boxes`` and a function adding them
+    to ``mask`` (left unchanged). Boxes of different output rows may overlap (``R > stride``)."""
+    if not boxes:
+        return 0, lambda: None
+    if len(boxes) == 1:
+        v = mask[boxes[0]]
+        return v.size - int(np.count_nonzero(v)), functools.partial(v.fill, True)
+    y0, y1 = min(b[0].start for b in boxes), max(b[0].stop for b in boxes)
+    union = np.zeros((y1 - y0, mask.shape[1]), dtype=bool)
+    for rows, cols in boxes:
+        union[rows.start - y0:rows.stop - y0, cols] = True
+    sub = mask[y0:y1]
+    fresh = union[:, :, None] & ~sub
+    return int(np.count_nonzero(fresh)), functools.partial(np.logical_or, sub, union[:, :, None], out=sub)
 
 
 SKEWS = 2
@@ -314,13 +382,44 @@ def _rows_union(mask: np.ndarray, geo: _IfmapGeometry, groups: list, oy0: int, o
         return 0, lambda: None
     box = mask[y0:y1, :, c_lo:c_hi]
     union = np.zeros(box.shape, dtype=bool)
-    for r, s_, c0, c1 in groups:
+    for r, cols, c0, c1 in _merged_groups(geo, groups):
         rows = geo._rows_slice(oy0, oy1, r)
         if rows.start >= rows.stop:
             continue
-        union[rows.start - y0:rows.stop - y0:rows.step, geo._cols_slice(0, geo.Ew, s_), c0 - c_lo:c1 - c_lo] = True
+        union[rows.start - y0:rows.stop - y0:rows.step, cols, c0 - c_lo:c1 - c_lo] = True
     fresh = union & ~box
     return int(np.count_nonzero(fresh)), functools.partial(np.logical_or, box, union, out=box)
+
+
+def _merged_groups(geo: _IfmapGeometry, groups: list) -> list[tuple[int, slice, int, int]]:
+    """Window groups as ``(r, cols, c0, c1)``: runs of whole-channel groups of one window row
+    merged into one column range when their strided columns touch (stride <= run length)."""
+    x = geo.x
+    out: list = []
+    run: list = []  # [r, s_first, s_last] of whole-channel groups
+
+    def close():
+        if not run:
+            return
+        r, sa, sb = run
+        if x.stride_w <= sb - sa + 1:
+            out.append((r, slice(sa, min(x.ifmap_w, (geo.Ew - 1) * x.stride_w + sb + 1)), 0, x.channels))
+        else:
+            out.extend((r, geo._cols_slice(0, geo.Ew, s_), 0, x.channels) for s_ in range(sa, sb + 1))
+        run.clear()
+
+    for r, s_, c0, c1 in groups:
+        if c0 == 0 and c1 == x.channels:
+            if run and run[0] == r and run[2] == s_ - 1:
+                run[2] = s_
+                continue
+            close()
+            run.extend((r, s_, s_))
+        else:
+            close()
+            out.append((r, geo._cols_slice(0, geo.Ew, s_), c0, c1))
+    close()
+    return out
 
 
 def _chunk_pieces(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int, groups: list) -> list:
