@@ -541,8 +541,11 @@ def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, time
         timeline.append(cycle)
         first.fill(none)
         for key, where in zip(keys, rel, strict=True):
+            # keys grow along every axis of a piece: its first and last are its extremes
+            if key.flat[-1] <= cut:
+                continue
             view = first[where]
-            np.minimum(view, np.where(key > cut, key, none), out=view)
+            np.minimum(view, key if key.flat[0] > cut else np.where(key > cut, key, none), out=view)
         after = first != none
         count = int(np.count_nonzero(after))
         if count < state.E:
