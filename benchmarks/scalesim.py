@@ -9,7 +9,8 @@ Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.jso
    in a temporary folder; its report rows are kept in ``--cache`` (a JSON of this script's own
    earlier SCALE-Sim runs, with their CPU times) so that a rerun only runs what is missing.
 2. Speed on the whole ResNet-18 (20 convs + fc): SCALE-Sim's CPU time for the network is
-   measured here, in this process, for one configuration (WS 32x32, ``--speed-config``; ``none``
+   measured here, in this process, for one configuration (``--speed-config``, default WS, on
+   ``--speed-array``, default 32x32; ``none``
    skips it); the other configurations use the per-layer CPU times of the parity runs. penjing's
    time is the median of 14 rounds of the whole topology (each distinct shape simulated once),
    7 taken before and 7 after SCALE-Sim's run, and, interleaved, of every layer on its own.
@@ -108,7 +109,7 @@ def penjing_seconds(layers, cfg, rounds=7) -> tuple[list[float], list[float]]:
     return topology, every
 
 
-def speed(cache, path, layers, speed_df: str) -> list[str]:
+def speed(cache, path, layers, speed_df: str, speed_array: int = 32) -> list[str]:
     lines = ["| config | SCALE-Sim CPU s | source | penjing CPU ms (median, min-max) | speed-up | "
              "every layer on its own: penjing CPU ms (median, min-max) | speed-up |",
              "|---|---:|---|---:|---:|---:|---:|"]
@@ -116,7 +117,7 @@ def speed(cache, path, layers, speed_df: str) -> list[str]:
         for df in DATAFLOWS:
             cfg = ScaleSimConfig(rows=a, cols=a, dataflow=df)
             before = penjing_seconds(layers, cfg)
-            if a == 32 and df == speed_df:
+            if a == speed_array and df == speed_df:
                 start = time.process_time()
                 run_scalesim(layers, cfg)  # the whole network in one SCALE-Sim run, timed here
                 ref_s, source = time.process_time() - start, "whole network, this run"
@@ -337,8 +338,10 @@ def main() -> int:
                         help="only run the USER pairs missing from --user-cache (worker I of N, cheapest "
                              "first), adding each to --user-cache as it finishes; no report")
     parser.add_argument("--speed-config", default="ws", choices=(*DATAFLOWS, "none"),
-                        help="dataflow whose whole-network SCALE-Sim run (32x32) is timed in this run; "
+                        help="dataflow whose whole-network SCALE-Sim run (on --speed-array) is timed in this run; "
                              "none: every configuration from the cached per-layer CPU times")
+    parser.add_argument("--speed-array", type=int, default=32, choices=ARRAYS,
+                        help="array (rows = cols) of the --speed-config run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scalesim.md"))
     parser.add_argument("--compression-only", action="store_true",
                         help="only section 4 (no SCALE-Sim), to benchmarks/results/scalesim_compression.md")
@@ -376,7 +379,7 @@ def main() -> int:
             "times are CPU seconds (process_time).", ""]
     par, summ = parity(cache, args.cache, layers)
     net = resnet18_convs() + [resnet18_fc()]
-    spd = speed(cache, args.cache, net, args.speed_config)
+    spd = speed(cache, args.cache, net, args.speed_config, args.speed_array)
     usr, us = user_mode(user_cache, args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")],
                         args.run_missing_user)
     comp = compression()
@@ -396,7 +399,8 @@ def main() -> int:
         f"the result under the other names; the last two columns simulate all {len(net)} layers one by one (`simulate_layer`, no shape cache). "
         "The SCALE-Sim side is its CPU time on the same layers: the sum of the per-layer runs of "
         "section 1 (this script's own earlier SCALE-Sim runs, kept in `--cache`), or, for the "
-        "`--speed-config` dataflow on 32x32, one whole-network run timed in this process.", "",
+        "`--speed-config` dataflow on the `--speed-array` array, one whole-network run timed in this "
+        "process (source: whole network, this run).", "",
         *spd, "",
         "## 3. USER mode (bandwidth-limited) total cycles", "",
         f"{us['pairs']} layer/config/bandwidth pairs with a SCALE-Sim run in `--user-cache` (64 KiB SRAMs, "

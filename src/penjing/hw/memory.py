@@ -367,10 +367,9 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
 def _rows_union(mask: np.ndarray, geo: _IfmapGeometry, groups: list, oy0: int, oy1: int):
     """Fresh addresses (not in ``mask``) in the union of the window groups of output rows
     ``[oy0, oy1)``, and a function that adds them to ``mask``; ``mask`` is left unchanged."""
-    views = [mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
-             for r, s_, c0, c1 in groups]
     if len(groups) == 1:  # one view: no overlap with itself
-        v = views[0]
+        (r, s_, c0, c1), = groups
+        v = mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
         return v.size - int(np.count_nonzero(v)), functools.partial(v.fill, True)
     # several window positions overlap (strided windows): their union in a scratch box
     x = geo.x
