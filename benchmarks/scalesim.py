@@ -162,38 +162,71 @@ def first_names(layers) -> dict:
     return first
 
 
-def fill_user(cache: dict, path: Path, layers, bandwidths: list[int], part: str) -> int:
-    """Run SCALE-Sim for the USER pairs of the sweep missing from ``path``, cheapest first (by the
-    CALC run's CPU time), this worker taking every N-th of them (``part`` = "I/N"), and add each
-    result to ``path`` as soon as it is done (under a lock file, re-reading the file first, so that
-    workers running side by side never lose each other's runs)."""
+def fill_user(path: Path, layers, bandwidths: list[int]) -> int:
+    """Run SCALE-Sim for the USER pairs of the sweep missing from ``path`` and add each result to
+    ``path`` as soon as it is done. Several of these workers may run side by side: under a lock
+    file each re-reads ``path`` and a claims file (the keys taken by running workers, by process
+    id) and takes the next free key, so none is run twice and none is lost. Keys go shortest
+    first: SCALE-Sim's USER run time grows with the cycles it simulates, which penjing's replay
+    predicts (the sweep's runs take from 0.1 s to hours)."""
     import fcntl
+    import tempfile
 
-    index, count = (int(v) for v in part.split("/"))
     user_cache = json.loads(path.read_text()) if path.exists() else {}
     first = first_names(layers)
     todo = {}
     for bw in bandwidths:
         for a in ARRAYS:
             for df in DATAFLOWS:
+                cfg = user_config(a, df, bw)
                 for x in layers:
                     key = user_key(user_cache, first, x, a, df, bw)
                     if key not in user_cache and key not in todo:
-                        calc = cache.get(f"{first[shape_key(x)]}|{a}|{df}|CALC", {}).get("cpu_s", 1.0)
-                        todo[key] = (calc * (8 if bw < 10 else 3), x, user_config(a, df, bw))
-    mine = sorted(todo.items(), key=lambda kv: kv[1][0])[index::count]
-    print(f"{len(todo)} USER runs missing; worker {part} runs {len(mine)}", flush=True)
-    for key, (_, x, cfg) in mine:
-        r = run_scalesim([x], cfg)
-        entry = {"compute": r.compute[0], "bandwidth": r.bandwidth[0], "detailed": r.detailed[0], "cpu_s": r.cpu_s}
-        with open(path.with_suffix(".lock"), "w") as lock:
+                        todo[key] = (simulate_layer(x, cfg).total_cycles, x, cfg)
+    order = sorted(todo, key=lambda k: todo[k][0])
+    lock_path = Path(tempfile.gettempdir()) / f"{path.name}.lock"
+    claims_path = Path(tempfile.gettempdir()) / f"{path.name}.claims.json"
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def locked(update):
+        with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = json.loads(path.read_text()) if path.exists() else {}
+            claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
+            claims = {k: pid for k, pid in claims.items() if alive(pid) and k not in current}
+            result = update(current, claims)
+            claims_path.write_text(json.dumps(claims))
+            return result
+
+    def take(current, claims):
+        for key in order:
+            if key not in current and key not in claims:
+                claims[key] = os.getpid()
+                return key
+        return None
+
+    print(f"{len(order)} USER runs missing", flush=True)
+    while (key := locked(take)) is not None:
+        _, x, cfg = todo[key]
+        print(f"{time.strftime('%H:%M:%S')} start {key} ({todo[key][0]:,} cycles)", flush=True)
+        r = run_scalesim([x], cfg)
+        entry = {"compute": r.compute[0], "bandwidth": r.bandwidth[0], "detailed": r.detailed[0], "cpu_s": r.cpu_s}
+
+        def add(current, claims, key=key, entry=entry):
             current[key] = entry
-            tmp = path.with_suffix(f".tmp{index}")
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(current))
             os.replace(tmp, path)
-        print(f"{time.strftime('%H:%M:%S')} {key} {r.cpu_s:.1f} s", flush=True)
+            claims.pop(key, None)
+
+        locked(add)
+        print(f"{time.strftime('%H:%M:%S')} done {key} {r.cpu_s:.1f} s", flush=True)
     return 0
 
 
@@ -334,9 +367,9 @@ def main() -> int:
     parser.add_argument("--user-bandwidths", default="10,2", help="USER-mode bandwidths (words/cycle)")
     parser.add_argument("--run-missing-user", action="store_true",
                         help="run SCALE-Sim for USER pairs missing from --user-cache (slow: ~10-120 s each)")
-    parser.add_argument("--fill-user", metavar="I/N", default=None,
-                        help="only run the USER pairs missing from --user-cache (worker I of N, cheapest "
-                             "first), adding each to --user-cache as it finishes; no report")
+    parser.add_argument("--fill-user", action="store_true",
+                        help="only run the USER pairs missing from --user-cache (shortest first), adding "
+                             "each to --user-cache as it finishes; no report. Start several to use more cores")
     parser.add_argument("--speed-config", default="ws", choices=(*DATAFLOWS, "none"),
                         help="dataflow whose whole-network SCALE-Sim run (on --speed-array) is timed in this run; "
                              "none: every configuration from the cached per-layer CPU times")
@@ -369,8 +402,7 @@ def main() -> int:
         if not args.user_cache:
             print("--fill-user needs --user-cache")
             return 2
-        return fill_user(cache, args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")],
-                         args.fill_user)
+        return fill_user(args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")])
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     head = [f"Command: `python {' '.join(sys.argv)}` (repository root, venv active)",
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
