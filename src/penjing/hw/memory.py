@@ -24,9 +24,11 @@ distinct addresses (the active half), then forgets them all and starts the next.
 costs a DRAM read when it is not yet in the current epoch, so the DRAM reads of an operand are
 the distinct addresses per epoch of its demand stream. Here the stream is walked unit by unit
 (ws: a chunk of output rows of a fold; os/is: a block of output pixels by one window row) with
-the epoch kept as a mask over the ifmap: a unit that stays inside the epoch is counted with
-set operations, the unit where an epoch completes is walked address by address in SCALE-Sim's
-skewed order, so the flush falls where SCALE-Sim's does. Filters and GEMM operands (all addresses
+the epoch kept as a mask over the ifmap: units that stay inside the epoch are counted with set
+operations (runs of them as one union), the unit where an epoch completes is walked in
+SCALE-Sim's skewed order, so the flush falls where SCALE-Sim's does. The walk keeps, per
+address, its first position in the unit's stream (closed-form positions on strided views of
+the ifmap, :func:`_keyed_walk`) instead of building the stream. Filters and GEMM operands (all addresses
 distinct, re-streamed whole) are cyclic scans and come out exact. Every ofmap element a fold
 writes goes to DRAM (partial sums included): no de-duplication, as in SCALE-Sim.
 
