@@ -237,7 +237,8 @@ def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int]
              "difference | DRAM words equal | SCALE-Sim CPU s | penjing CPU ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     first = first_names(layers)
-    summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0}
+    summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0,
+               "missing_runs": {}}
     for bw in bandwidths:
         for a in ARRAYS:
             for df in DATAFLOWS:
@@ -246,6 +247,8 @@ def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int]
                     key = user_key(user_cache, first, x, a, df, bw)
                     if key not in user_cache and not run_missing:
                         summary["missing"] += 1
+                        if key not in summary["missing_runs"]:  # penjing's cycles: how long SCALE-Sim would run
+                            summary["missing_runs"][key] = simulate_layer(x, cfg).total_cycles
                         continue
                     ref = reference(user_cache, path, x, cfg, key)
                     start = time.process_time()
@@ -261,6 +264,8 @@ def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int]
                     summary["max_diff"] = max(summary["max_diff"], abs(diff))
                     shared = key.split("|")[0] != x.name
                     summary["ref_s"] += 0 if shared else ref["cpu_s"]
+                    if not shared and total >= 100_000:
+                        summary.setdefault("us_per_cycle", []).append(1e6 * ref["cpu_s"] / total)
                     summary["ours_s"] += 0 if shared else ours
                     lines.append(f"| {x.name} | {a}x{a} | {df} | {bw} | {total:,} | {stalls:,} | {me.total_cycles:,} | "
                                  f"{me.stall_cycles:,} | {100 * diff:+.2f}% | {'yes' if dram_eq else 'NO'} | "
@@ -442,7 +447,13 @@ def main() -> int:
         f"{us['dram_equal']}/{us['pairs']}. penjing replays SCALE-Sim's USER memory system "
         "(penjing/hw/user_bandwidth.py). CPU time over the distinct runs: SCALE-Sim "
         f"{us['ref_s']:,.0f} s, penjing {us['ours_s']:,.1f} s ({us['ref_s'] / max(us['ours_s'], 1e-9):,.0f}x). "
-        "Layers of one shape share one SCALE-Sim run (marked shared).", "", *usr, "",
+        "Layers of one shape share one SCALE-Sim run (marked shared).", "",
+        *([f"Not run ({len(us['missing_runs'])} distinct SCALE-Sim runs, {us['missing']} pairs; penjing's "
+           "predicted total cycles in brackets; SCALE-Sim took "
+           f"{min(us['us_per_cycle']):.1f}-{max(us['us_per_cycle']):.1f} CPU us per total cycle on the runs above "
+           "of 100,000 cycles or more): " + ", ".join(f"{k} ({c:,})" for k, c in sorted(us["missing_runs"].items(), key=lambda kv: kv[1]))
+           + ".", ""] if us["missing_runs"] else []),
+        *usr, "",
         "## 4. Compression in the cycle model (ResNet-18, 224x224, WS, edge array with fp32 PEs)", "",
         *comp, ""]
     args.out.write_text("\n".join(text))
