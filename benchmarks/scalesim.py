@@ -9,9 +9,11 @@ Run: ``python benchmarks/scalesim.py --cache benchmarks/results/scalesim_ref.jso
    in a temporary folder; its report rows are kept in ``--cache`` (a JSON of this script's own
    earlier SCALE-Sim runs, with their CPU times) so that a rerun only runs what is missing.
 2. Speed on the whole ResNet-18 (20 convs + fc): SCALE-Sim's CPU time for the network is
-   measured here, in this process, for one configuration (WS 32x32, ``--speed-config``; ``none``
+   measured here, in this process, for one configuration (``--speed-config``, default WS, on
+   ``--speed-array``, default 32x32; ``none``
    skips it); the other configurations use the per-layer CPU times of the parity runs. penjing's
-   time is the median of 7 rounds of the whole topology taken before and after SCALE-Sim's run.
+   time is the median of 14 rounds of the whole topology (each distinct shape simulated once),
+   7 taken before and 7 after SCALE-Sim's run, and, interleaved, of every layer on its own.
 3. USER mode (bandwidth-limited), every layer x array x dataflow x ``--user-bandwidths``: total
    and stall cycles and DRAM words of both, SCALE-Sim's runs kept in ``--user-cache`` (missing
    ones run with ``--run-missing-user``).
@@ -92,23 +94,30 @@ def parity(cache, path, layers) -> tuple[list[str], dict]:
     return lines, summary
 
 
-def penjing_seconds(layers, cfg, rounds=7) -> list[float]:
-    times = []
+def penjing_seconds(layers, cfg, rounds=7) -> tuple[list[float], list[float]]:
+    """CPU seconds of ``rounds`` whole-topology runs (each shape once) and, interleaved, of
+    ``rounds`` runs simulating every layer on its own (no shape cache)."""
+    topology, every = [], []
     for _ in range(rounds):
         start = time.process_time()
         simulate_topology(layers, cfg)
-        times.append(time.process_time() - start)
-    return times
+        topology.append(time.process_time() - start)
+        start = time.process_time()
+        for x in layers:
+            simulate_layer(x, cfg)
+        every.append(time.process_time() - start)
+    return topology, every
 
 
-def speed(cache, path, layers, speed_df: str) -> list[str]:
-    lines = ["| config | SCALE-Sim CPU s | source | penjing CPU ms (median, min-max) | speed-up |",
-             "|---|---:|---|---:|---:|"]
+def speed(cache, path, layers, speed_df: str, speed_array: int = 32) -> list[str]:
+    lines = ["| config | SCALE-Sim CPU s | source | penjing CPU ms (median, min-max) | speed-up | "
+             "every layer on its own: penjing CPU ms (median, min-max) | speed-up |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for a in ARRAYS:
         for df in DATAFLOWS:
             cfg = ScaleSimConfig(rows=a, cols=a, dataflow=df)
             before = penjing_seconds(layers, cfg)
-            if a == 32 and df == speed_df:
+            if a == speed_array and df == speed_df:
                 start = time.process_time()
                 run_scalesim(layers, cfg)  # the whole network in one SCALE-Sim run, timed here
                 ref_s, source = time.process_time() - start, "whole network, this run"
@@ -116,10 +125,11 @@ def speed(cache, path, layers, speed_df: str) -> list[str]:
                 ref_s = sum(reference(cache, path, x, cfg, f"{x.name}|{a}|{df}|CALC")["cpu_s"] for x in layers)
                 source = "sum of per-layer runs"
             after = penjing_seconds(layers, cfg)
-            ours = before + after
-            med = statistics.median(ours)
-            lines.append(f"| {a}x{a} {df} | {ref_s:,.1f} | {source} | {1e3 * med:.1f} "
-                         f"({1e3 * min(ours):.1f}-{1e3 * max(ours):.1f}) | {ref_s / med:,.0f}x |")
+            cells = []
+            for ours in (before[0] + after[0], before[1] + after[1]):
+                med = statistics.median(ours)
+                cells.append(f"{1e3 * med:.1f} ({1e3 * min(ours):.1f}-{1e3 * max(ours):.1f}) | {ref_s / med:,.0f}x")
+            lines.append(f"| {a}x{a} {df} | {ref_s:,.1f} | {source} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -132,24 +142,113 @@ def user_config(a: int, df: str, bw: int) -> ScaleSimConfig:
                           ifmap_bw=bw, filter_bw=bw)
 
 
+def user_key(user_cache: dict, first: dict, x, a: int, df: str, bw: int) -> str:
+    """The cache key of ``x``'s USER run: its shape's first name, or any cached layer of that shape
+    (an earlier run may have been keyed by another layer of the same shape: same SCALE-Sim input)."""
+    key = f"{first[shape_key(x)]}|{a}|{df}|USER{bw}"
+    if key not in user_cache:
+        for name in first.get(("names", shape_key(x)), ()):
+            alias = f"{name}|{a}|{df}|USER{bw}"
+            if alias in user_cache:
+                return alias
+    return key
+
+
+def first_names(layers) -> dict:
+    first = {}
+    for x in layers:
+        first.setdefault(shape_key(x), x.name)
+        first.setdefault(("names", shape_key(x)), []).append(x.name)
+    return first
+
+
+def fill_user(path: Path, layers, bandwidths: list[int]) -> int:
+    """Run SCALE-Sim for the USER pairs of the sweep missing from ``path`` and add each result to
+    ``path`` as soon as it is done. Several of these workers may run side by side: under a lock
+    file each re-reads ``path`` and a claims file (the keys taken by running workers, by process
+    id) and takes the next free key, so none is run twice and none is lost. Keys go shortest
+    first: SCALE-Sim's USER run time grows with the cycles it simulates, which penjing's replay
+    predicts (the sweep's runs take from 0.1 s to hours)."""
+    import fcntl
+    import tempfile
+
+    user_cache = json.loads(path.read_text()) if path.exists() else {}
+    first = first_names(layers)
+    todo = {}
+    for bw in bandwidths:
+        for a in ARRAYS:
+            for df in DATAFLOWS:
+                cfg = user_config(a, df, bw)
+                for x in layers:
+                    key = user_key(user_cache, first, x, a, df, bw)
+                    if key not in user_cache and key not in todo:
+                        todo[key] = (simulate_layer(x, cfg).total_cycles, x, cfg)
+    order = sorted(todo, key=lambda k: todo[k][0])
+    lock_path = Path(tempfile.gettempdir()) / f"{path.name}.lock"
+    claims_path = Path(tempfile.gettempdir()) / f"{path.name}.claims.json"
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def locked(update):
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = json.loads(path.read_text()) if path.exists() else {}
+            claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
+            claims = {k: pid for k, pid in claims.items() if alive(pid) and k not in current}
+            result = update(current, claims)
+            claims_path.write_text(json.dumps(claims))
+            return result
+
+    def take(current, claims):
+        for key in order:
+            if key not in current and key not in claims:
+                claims[key] = os.getpid()
+                return key
+        return None
+
+    print(f"{len(order)} USER runs missing", flush=True)
+    while (key := locked(take)) is not None:
+        _, x, cfg = todo[key]
+        print(f"{time.strftime('%H:%M:%S')} start {key} ({todo[key][0]:,} cycles)", flush=True)
+        r = run_scalesim([x], cfg)
+        entry = {"compute": r.compute[0], "bandwidth": r.bandwidth[0], "detailed": r.detailed[0], "cpu_s": r.cpu_s}
+
+        def add(current, claims, key=key, entry=entry):
+            current[key] = entry
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(current))
+            os.replace(tmp, path)
+            claims.pop(key, None)
+
+        locked(add)
+        print(f"{time.strftime('%H:%M:%S')} done {key} {r.cpu_s:.1f} s", flush=True)
+    return 0
+
+
 def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int], run_missing: bool):
     """Every layer x array x dataflow x bandwidth against SCALE-Sim's USER mode. Layers of one
     shape (ResNet-18 repeats its 3x3 convs) share one SCALE-Sim run, keyed by the first name."""
     lines = ["| layer | array | df | bw | SCALE-Sim total | SCALE-Sim stalls | penjing total | penjing stalls | "
              "difference | DRAM words equal | SCALE-Sim CPU s | penjing CPU ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    first = {}
-    for x in layers:
-        first.setdefault(shape_key(x), x.name)
-    summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0}
+    first = first_names(layers)
+    summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0,
+               "missing_runs": {}}
     for bw in bandwidths:
         for a in ARRAYS:
             for df in DATAFLOWS:
                 cfg = user_config(a, df, bw)
                 for x in layers:
-                    key = f"{first[shape_key(x)]}|{a}|{df}|USER{bw}"
+                    key = user_key(user_cache, first, x, a, df, bw)
                     if key not in user_cache and not run_missing:
                         summary["missing"] += 1
+                        if key not in summary["missing_runs"]:  # penjing's cycles: how long SCALE-Sim would run
+                            summary["missing_runs"][key] = simulate_layer(x, cfg).total_cycles
                         continue
                     ref = reference(user_cache, path, x, cfg, key)
                     start = time.process_time()
@@ -163,8 +262,10 @@ def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int]
                     summary["equal"] += me.total_cycles == total and me.stall_cycles == stalls
                     summary["dram_equal"] += dram_eq
                     summary["max_diff"] = max(summary["max_diff"], abs(diff))
-                    shared = x.name != first[shape_key(x)]
+                    shared = key.split("|")[0] != x.name
                     summary["ref_s"] += 0 if shared else ref["cpu_s"]
+                    if not shared and total >= 100_000:
+                        summary.setdefault("us_per_cycle", []).append(1e6 * ref["cpu_s"] / total)
                     summary["ours_s"] += 0 if shared else ours
                     lines.append(f"| {x.name} | {a}x{a} | {df} | {bw} | {total:,} | {stalls:,} | {me.total_cycles:,} | "
                                  f"{me.stall_cycles:,} | {100 * diff:+.2f}% | {'yes' if dram_eq else 'NO'} | "
@@ -271,9 +372,14 @@ def main() -> int:
     parser.add_argument("--user-bandwidths", default="10,2", help="USER-mode bandwidths (words/cycle)")
     parser.add_argument("--run-missing-user", action="store_true",
                         help="run SCALE-Sim for USER pairs missing from --user-cache (slow: ~10-120 s each)")
+    parser.add_argument("--fill-user", action="store_true",
+                        help="only run the USER pairs missing from --user-cache (shortest first), adding "
+                             "each to --user-cache as it finishes; no report. Start several to use more cores")
     parser.add_argument("--speed-config", default="ws", choices=(*DATAFLOWS, "none"),
-                        help="dataflow whose whole-network SCALE-Sim run (32x32) is timed in this run; "
+                        help="dataflow whose whole-network SCALE-Sim run (on --speed-array) is timed in this run; "
                              "none: every configuration from the cached per-layer CPU times")
+    parser.add_argument("--speed-array", type=int, default=32, choices=ARRAYS,
+                        help="array (rows = cols) of the --speed-config run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scalesim.md"))
     parser.add_argument("--compression-only", action="store_true",
                         help="only section 4 (no SCALE-Sim), to benchmarks/results/scalesim_compression.md")
@@ -297,6 +403,11 @@ def main() -> int:
     cache = json.loads(args.cache.read_text()) if args.cache and args.cache.exists() else {}
     user_cache = json.loads(args.user_cache.read_text()) if args.user_cache and args.user_cache.exists() else {}
     layers = gemm_shapes() + resnet18_convs()
+    if args.fill_user:
+        if not args.user_cache:
+            print("--fill-user needs --user-cache")
+            return 2
+        return fill_user(args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")])
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     head = [f"Command: `python {' '.join(sys.argv)}` (repository root, venv active)",
             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -304,7 +415,8 @@ def main() -> int:
             "SCALE-Sim 3.0.0 in this process (numpy shim, see penjing/hw/scalesim_ref.py); "
             "times are CPU seconds (process_time).", ""]
     par, summ = parity(cache, args.cache, layers)
-    spd = speed(cache, args.cache, resnet18_convs() + [resnet18_fc()], args.speed_config)
+    net = resnet18_convs() + [resnet18_fc()]
+    spd = speed(cache, args.cache, net, args.speed_config, args.speed_array)
     usr, us = user_mode(user_cache, args.user_cache, layers, [int(b) for b in args.user_bandwidths.split(",")],
                         args.run_missing_user)
     comp = compression()
@@ -317,7 +429,16 @@ def main() -> int:
         f"{summ['counts_equal']}/{summ['pairs']}; DRAM reads and writes per operand within 5% on "
         f"{summ['within5']}/{summ['pairs']} (largest difference {100 * summ['max_dram']:.2f}%, {summ['worst']}). "
         "DRAM columns: penjing / SCALE-Sim - 1.", "", *par, "",
-        "## 2. Speed, whole ResNet-18 (20 convs + fc)", "", *spd, "",
+        "## 2. Speed, whole ResNet-18 (20 convs + fc)", "",
+        f"CPU time of `simulate_topology` on the {len(net)} layers, the median of 14 rounds (7 before and 7 "
+        "after the SCALE-Sim side, interleaved with the every-layer rounds). It simulates each "
+        f"distinct layer shape once ({len({shape_key(x) for x in net})} of the {len(net)}) and copies "
+        f"the result under the other names; the last two columns simulate all {len(net)} layers one by one (`simulate_layer`, no shape cache). "
+        "The SCALE-Sim side is its CPU time on the same layers: the sum of the per-layer runs of "
+        "section 1 (this script's own earlier SCALE-Sim runs, kept in `--cache`), or, for the "
+        "`--speed-config` dataflow on the `--speed-array` array, one whole-network run timed in this "
+        "process (source: whole network, this run).", "",
+        *spd, "",
         "## 3. USER mode (bandwidth-limited) total cycles", "",
         f"{us['pairs']} layer/config/bandwidth pairs with a SCALE-Sim run in `--user-cache` (64 KiB SRAMs, "
         f"the same bandwidth on all three interfaces; {us['missing']} pairs of the sweep have no run yet and "
@@ -326,7 +447,13 @@ def main() -> int:
         f"{us['dram_equal']}/{us['pairs']}. penjing replays SCALE-Sim's USER memory system "
         "(penjing/hw/user_bandwidth.py). CPU time over the distinct runs: SCALE-Sim "
         f"{us['ref_s']:,.0f} s, penjing {us['ours_s']:,.1f} s ({us['ref_s'] / max(us['ours_s'], 1e-9):,.0f}x). "
-        "Layers of one shape share one SCALE-Sim run (marked shared).", "", *usr, "",
+        "Layers of one shape share one SCALE-Sim run (marked shared).", "",
+        *([f"Not run ({len(us['missing_runs'])} distinct SCALE-Sim runs, {us['missing']} pairs; penjing's "
+           "predicted total cycles in brackets; SCALE-Sim took "
+           f"{min(us['us_per_cycle']):.1f}-{max(us['us_per_cycle']):.1f} CPU us per total cycle on the runs above "
+           "of 100,000 cycles or more): " + ", ".join(f"{k} ({c:,})" for k, c in sorted(us["missing_runs"].items(), key=lambda kv: kv[1]))
+           + ".", ""] if us["missing_runs"] else []),
+        *usr, "",
         "## 4. Compression in the cycle model (ResNet-18, 224x224, WS, edge array with fp32 PEs)", "",
         *comp, ""]
     args.out.write_text("\n".join(text))

@@ -253,3 +253,34 @@ def test_2_4_pruning_and_int8_simulate_fewer_cycles_and_dram_bytes():
     assert [r.gemm for r in q.rows if r.kind == "gemm"] == ["256x144x32 (K'=36)", "256x288x32 (K'=72)"]
     assert q.compute_cycles < dense.compute_cycles and q.dram_bytes < dense.dram_bytes
     assert q.energy_pj < dense.energy_pj
+
+
+def test_the_hand_derived_layer_of_docs_hardware_md():
+    """docs/hardware.md derives ResNet-18's ``6.conv2`` (3x3 conv 128 -> 128 on 28x28, ws on
+    the edge array with 32-bit float PEs) by hand, dense, 2:4-pruned and int8: the simulator
+    gives those numbers (K', cycles F_R F_C 878 - 1, weight and ofmap bytes; the ifmap reads
+    the doc quotes from the memory model)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 128, 28, 28)
+    hw = load_hw("edge").with_(bits=32, arith="float")
+
+    def layer():
+        return nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, bias=False)).eval()
+
+    pruned = layer()
+    with torch.no_grad():  # 2:4 along the input channels
+        w = pruned[0].weight.permute(0, 2, 3, 1).reshape(-1, 4)
+        keep = torch.zeros_like(w).scatter_(-1, w.abs().topk(2, dim=-1).indices, 1.0)
+        pruned[0].weight.copy_((w * keep).reshape(128, 3, 3, 128).permute(0, 3, 1, 2))
+    int8 = layer()
+    pj.quantize(int8, QuantConfig(bits=8), data=[x], progress=False)
+    got = {}
+    for name, model in (("dense", layer()), ("2:4", pruned), ("int8", int8)):
+        row = next(r for r in simulate(model, x, hw, dataflow="ws").rows if r.kind == "gemm")
+        got[name] = (row.gemm, row.compute_cycles, row.dram_ifmap_read_bytes, row.dram_filter_read_bytes,
+                     row.dram_ofmap_write_bytes)
+    assert got == {
+        "dense": ("784x1152x128", 36 * 4 * 878 - 1, 14_450_688, 1152 * 128 * 4, 36 * 784 * 128 * 4),
+        "2:4": ("784x1152x128 (K'=576)", 18 * 4 * 878 - 1, 14_450_688, 73_728 * (32 + 2) / 8, 18 * 784 * 128 * 4),
+        "int8": ("784x1152x128 (K'=288)", 9 * 4 * 878 - 1, 3_612_672, 147_456, 9 * 784 * 128 * 1),
+    }

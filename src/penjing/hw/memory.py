@@ -24,9 +24,11 @@ distinct addresses (the active half), then forgets them all and starts the next.
 costs a DRAM read when it is not yet in the current epoch, so the DRAM reads of an operand are
 the distinct addresses per epoch of its demand stream. Here the stream is walked unit by unit
 (ws: a chunk of output rows of a fold; os/is: a block of output pixels by one window row) with
-the epoch kept as a mask over the ifmap: a unit that stays inside the epoch is counted with
-set operations, the unit where an epoch completes is walked address by address in SCALE-Sim's
-skewed order, so the flush falls where SCALE-Sim's does. Filters and GEMM operands (all addresses
+the epoch kept as a mask over the ifmap: units that stay inside the epoch are counted with set
+operations (runs of them as one union), the unit where an epoch completes is walked in
+SCALE-Sim's skewed order, so the flush falls where SCALE-Sim's does. The walk keeps, per
+address, its first position in the unit's stream (closed-form positions on strided views of
+the ifmap, :func:`_keyed_walk`) instead of building the stream. Filters and GEMM operands (all addresses
 distinct, re-streamed whole) are cyclic scans and come out exact. Every ofmap element a fold
 writes goes to DRAM (partial sums included): no de-duplication, as in SCALE-Sim.
 
@@ -40,6 +42,7 @@ ofmap one from the first ``Bandwidth``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -208,109 +211,104 @@ class _IfmapGeometry:
         return boxes
 
 
-def _exact_stream(state: _Epochs, flat_mask: np.ndarray, addresses: np.ndarray, timeline: list,
-                  cycle: int, distinct: int | None = None) -> None:
-    """Walk ``addresses`` (in stream order) exactly: SCALE-Sim's epoch rule, address by address.
-
-    The mask is the epoch's content (``state.n`` addresses set). The fresh addresses of the rest
-    are marked and counted at once; only when they complete the epoch is the completing one
-    located, by first occurrences over the shortest prefix that holds it. ``distinct``: the
-    caller's count of fresh distinct addresses in the whole stream, when it has one."""
-    pos = 0
-    while pos < len(addresses):
-        rest = addresses[pos:]
-        if state.n:
-            outside = np.flatnonzero(~flat_mask[rest])
-            fresh = rest[outside]
-        else:  # an empty epoch (after a flush): every address is fresh
-            outside, fresh = None, rest
-        need = state.E - state.n
-        if distinct is None:
-            flat_mask[fresh] = True
-            distinct = int(np.count_nonzero(flat_mask)) - state.n
-            if distinct < need:
-                state.reads += distinct
-                state.n += distinct
-                return
-            flat_mask[fresh] = False  # undo: the epoch completes inside the rest
-        length = min(len(fresh), max(4096, int(len(fresh) * 1.25 * need / distinct)))
-        while True:
-            first = _first_occurrences(fresh[:length], flat_mask.size)
-            if len(first) >= need or length == len(fresh):
-                break
-            length = min(len(fresh), 2 * length)
-        cut = first[need - 1] if outside is None else outside[first[need - 1]]  # completes the epoch
-        distinct = None
-        state.reads += need
-        state.flushes += 1
-        state.n = 0
-        flat_mask[...] = False
-        timeline.append(cycle)
-        pos += int(cut) + 1
-
-
-_STAMP = np.zeros(0, dtype=np.int32)
-
-
-def _first_occurrences(values: np.ndarray, space: int) -> np.ndarray:
-    """Sorted positions of the first occurrence of each value (values in ``[0, space)``)."""
-    global _STAMP
-    if _STAMP.size < space:
-        _STAMP = np.full(space, np.iinfo(np.int32).max, dtype=np.int32)
-    idx = np.arange(len(values), dtype=np.int32)
-    np.minimum.at(_STAMP, values, idx)
-    first = np.flatnonzero(_STAMP[values] == idx)
-    _STAMP[values] = np.iinfo(np.int32).max
-    return first
-
-
 def _pixel_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes: int, unit_cycles: int,
                        timeline: list) -> None:
     """os / is ifmap: units of ``block`` output pixels by one window row (all its columns and
     channels, the order both dataflows stream a fold in), ``passes`` times over the image (os:
     once per column fold). A unit that stays inside the epoch is counted with set operations; a
     unit that completes an epoch is walked address by address in its stream order (window
-    position major, pixel minor: the systolic skew), so the flush falls where SCALE-Sim's does."""
+    position major, pixel minor: the systolic skew), so the flush falls where SCALE-Sim's does.
+
+    Runs of whole blocks (all their window rows) are counted as one union first, as the ws
+    chunks are (:func:`_window_block_reads`); a block whose union completes the epoch is taken
+    window row by window row."""
     x = geo.x
-    M, C = x.M, x.channels
+    M, C, R = x.M, x.channels, x.filter_h
     mask = np.zeros((x.ifmap_h, x.ifmap_w, C), dtype=bool)
-    flat = mask.reshape(-1)
     units = math.ceil(M / block)
-    step = max(1, unit_cycles // x.filter_h)
+    step = max(1, unit_cycles // R)
     cycle = 0
     for _ in range(passes):
         flushes_before, reads_before = state.flushes, state.reads
-        for u in range(units * x.filter_h):
-            u, r = divmod(u, x.filter_h)
-            p0, p1 = u * block, min(M, (u + 1) * block)
-            boxes = geo.pixels_window_row(p0, p1, r)
-            new = sum(int((~mask[rows, cols]).sum()) for rows, cols in boxes)
+        u, per_block = 0, 0.0
+        while u < units:
+            run = 1 if per_block <= 0 else max(1, int((state.E - state.n - 1) / per_block))
+            # a block expected to complete the epoch goes window row by window row at once
+            while per_block <= 0 or state.n + per_block < state.E:
+                u1 = min(units, u + run)
+                boxes = _block_footprint(geo, u * block, min(M, u1 * block))
+                new, commit = _boxes_union(mask, boxes)
+                if state.n + new < state.E or u1 - u == 1:
+                    break
+                run = max(1, (u1 - u) // 2)
+            else:
+                new = state.E  # not counted: taken row by row below
             if state.n + new < state.E:
+                commit()
                 state.reads += new
                 state.n += new
-                for rows, cols in boxes:
-                    mask[rows, cols] = True
-            else:
-                _exact_stream(state, flat, _unit_addresses(geo, p0, p1, r), timeline, cycle + step // 2, new)
-            cycle += step
+                per_block = new / (u1 - u)
+                cycle += step * R * (u1 - u)
+                u = u1
+                continue
+            p0, p1 = u * block, min(M, (u + 1) * block)
+            for r in range(R):
+                boxes = geo.pixels_window_row(p0, p1, r)
+                new = sum(v.size - int(np.count_nonzero(v)) for v in (mask[rows, cols] for rows, cols in boxes))
+                if state.n + new < state.E:
+                    state.reads += new
+                    state.n += new
+                    for rows, cols in boxes:
+                        mask[rows, cols] = True
+                else:
+                    _keyed_walk(state, mask, *_unit_pieces(geo, p0, p1, r), timeline, cycle + step // 2)
+                cycle += step
+            u += 1
         if state.flushes == flushes_before and state.reads == reads_before:
             break  # a pass that read nothing: the rest hit too
 
 
-def _unit_addresses(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> np.ndarray:
-    """Ifmap addresses of window row ``r`` of pixels ``[p0, p1)`` in stream order (skewed:
-    pixel ``j`` of the block reaches window position ``k`` at step ``k + j``)."""
+def _block_footprint(geo: _IfmapGeometry, p0: int, p1: int) -> list[tuple[slice, slice]]:
+    """``(rows, cols)`` boxes (channel-complete) of the input that output pixels ``[p0, p1)``
+    read through all window rows: per output-row segment its ``R`` input rows, consecutive
+    whole output rows merged when their windows touch."""
     x = geo.x
-    C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(p0, p1, dtype=np.int32)
-    oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(S * C, dtype=np.int32)
-    s, c = np.divmod(k, C)
-    y = (oy * x.stride_h + r)[None, :]
-    col = (ox * x.stride_w)[None, :] + s[:, None]
-    addr = (y * W + col) * C + c[:, None]
-    addr[(y >= x.ifmap_h) | (col >= W)] = -1
-    return _skewed(addr)
+    segments = geo.pixel_segments(p0, p1)
+    merged: list[list[int]] = []  # [oy_first, oy_last, ox0, ox1]
+    for oy, ox0, ox1 in segments:
+        if (merged and ox0 == 0 and ox1 == geo.Ew and merged[-1][2] == 0 and merged[-1][3] == geo.Ew
+                and x.stride_h <= x.filter_h):
+            merged[-1][1] = oy
+        else:
+            merged.append([oy, oy, ox0, ox1])
+    boxes = []
+    for oy0, oy1, ox0, ox1 in merged:
+        y0 = oy0 * x.stride_h
+        rows = slice(y0, min(x.ifmap_h, oy1 * x.stride_h + x.filter_h))
+        if rows.start >= rows.stop:
+            continue
+        if x.stride_w <= x.filter_w:
+            boxes.append((rows, slice(ox0 * x.stride_w, min((ox1 - 1) * x.stride_w + x.filter_w, x.ifmap_w))))
+        else:
+            boxes += [(rows, geo._cols_slice(ox0, ox1, s_)) for s_ in range(x.filter_w)]
+    return boxes
+
+
+def _boxes_union(mask: np.ndarray, boxes: list[tuple[slice, slice]]):
+    """Fresh addresses in the union of channel-complete ``boxes`` and a function adding them
+    to ``mask`` (left unchanged). Boxes of different output rows may overlap (``R > stride``)."""
+    if not boxes:
+        return 0, lambda: None
+    if len(boxes) == 1:
+        v = mask[boxes[0]]
+        return v.size - int(np.count_nonzero(v)), functools.partial(v.fill, True)
+    y0, y1 = min(b[0].start for b in boxes), max(b[0].stop for b in boxes)
+    union = np.zeros((y1 - y0, mask.shape[1]), dtype=bool)
+    for rows, cols in boxes:
+        union[rows.start - y0:rows.stop - y0, cols] = True
+    sub = mask[y0:y1]
+    fresh = union[:, :, None] & ~sub
+    return int(np.count_nonzero(fresh)), functools.partial(np.logical_or, sub, union[:, :, None], out=sub)
 
 
 SKEWS = 2
@@ -321,11 +319,15 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
     """ws ifmap: folds of ``block`` window columns over all output pixels, ``passes`` times
     (once per column fold), each fold cut into chunks of whole output rows (a fold streams
     pixel by pixel). Chunks inside the epoch are counted with set operations; a chunk that
-    completes an epoch is walked address by address in stream order."""
+    completes an epoch is walked address by address in stream order (:func:`_keyed_walk`).
+
+    Runs of chunks are counted as one union: when a run leaves the epoch incomplete, so does
+    every chunk in it (the counts of a run's prefixes only grow), so the result is the same
+    as counting chunk by chunk. The run length is guessed from the last run's fresh addresses
+    per chunk and halved until it fits; a single chunk that completes the epoch is walked."""
     x = geo.x
     K = x.K
     mask = np.zeros((x.ifmap_h, x.ifmap_w, x.channels), dtype=bool)
-    flat = mask.reshape(-1)
     units = math.ceil(K / block)
     cycle = 0
     for _ in range(passes):
@@ -337,61 +339,223 @@ def _window_block_reads(state: _Epochs, geo: _IfmapGeometry, block: int, passes:
             # chunks of at least 8 skews of the fold (its ``block`` columns lag by up to
             # block - 1 steps, so a chunk's edges mix with its neighbours'), else ~E/4 addresses
             rows_per_chunk = max(1, math.ceil(SKEWS * block / geo.Ew), state.E // (16 * max(per_row, 1)))
-            for oy0 in range(0, geo.Eh, rows_per_chunk):
-                oy1 = min(geo.Eh, oy0 + rows_per_chunk)
-                views = [mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
-                         for r, s_, c0, c1 in groups]
-                # the views of a fold's window positions overlap (strided windows): count the
-                # union by marking as we go, and undo the marks if the chunk completes an epoch
-                saved, new = [], 0
-                for v in views:
-                    saved.append(v.copy())
-                    new += int((~v).sum())
-                    v[...] = True
+            chunks = math.ceil(geo.Eh / rows_per_chunk)
+            k, per_chunk = 0, 0.0
+            while k < chunks:
+                run = 1 if per_chunk <= 0 else max(1, int((state.E - state.n - 1) / per_chunk))
+                while True:
+                    k1 = min(chunks, k + run)
+                    new, commit = _rows_union(mask, geo, groups, k * rows_per_chunk,
+                                              min(geo.Eh, k1 * rows_per_chunk))
+                    if state.n + new < state.E or k1 - k == 1:
+                        break
+                    run = max(1, (k1 - k) // 2)
                 if state.n + new < state.E:
+                    commit()
                     state.reads += new
                     state.n += new
-                else:
-                    for v, old in zip(reversed(views), reversed(saved), strict=True):
-                        v[...] = old
-                    chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
-                    _exact_stream(state, flat, _chunk_addresses(geo, oy0, oy1, j0, j1), timeline, chunk_cycle,
-                                  new)
+                    per_chunk = new / (k1 - k)
+                    k = k1
+                    continue
+                oy0, oy1 = k * rows_per_chunk, min(geo.Eh, (k + 1) * rows_per_chunk)
+                chunk_cycle = cycle + unit_cycles * oy0 // max(geo.Eh, 1)
+                _keyed_walk(state, mask, *_chunk_pieces(geo, oy0, oy1, j0, j1, groups), timeline, chunk_cycle)
+                k += 1
             cycle += unit_cycles
         if state.flushes == flushes_before and state.reads == reads_before:
             break
 
 
-def _chunk_addresses(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int) -> np.ndarray:
-    """Ifmap addresses of output rows ``[oy0, oy1)`` x window columns ``[j0, j1)`` in ws stream
-    order (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``)."""
+def _rows_union(mask: np.ndarray, geo: _IfmapGeometry, groups: list, oy0: int, oy1: int):
+    """Fresh addresses (not in ``mask``) in the union of the window groups of output rows
+    ``[oy0, oy1)``, and a function that adds them to ``mask``; ``mask`` is left unchanged."""
+    if len(groups) == 1:  # one view: no overlap with itself
+        (r, s_, c0, c1), = groups
+        v = mask[geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, geo.Ew, s_), c0:c1]
+        return v.size - int(np.count_nonzero(v)), functools.partial(v.fill, True)
+    # several window positions overlap (strided windows): their union in a scratch box
+    x = geo.x
+    r_lo, r_hi = min(g[0] for g in groups), max(g[0] for g in groups)
+    y0 = oy0 * x.stride_h + r_lo
+    y1 = min(x.ifmap_h, (oy1 - 1) * x.stride_h + r_hi + 1)
+    c_lo, c_hi = min(g[2] for g in groups), max(g[3] for g in groups)
+    if y0 >= y1:
+        return 0, lambda: None
+    box = mask[y0:y1, :, c_lo:c_hi]
+    union = np.zeros(box.shape, dtype=bool)
+    for r, cols, c0, c1 in _merged_groups(geo, groups):
+        rows = geo._rows_slice(oy0, oy1, r)
+        if rows.start >= rows.stop:
+            continue
+        union[rows.start - y0:rows.stop - y0:rows.step, cols, c0 - c_lo:c1 - c_lo] = True
+    fresh = union & ~box
+    return int(np.count_nonzero(fresh)), functools.partial(np.logical_or, box, union, out=box)
+
+
+def _merged_groups(geo: _IfmapGeometry, groups: list) -> list[tuple[int, slice, int, int]]:
+    """Window groups as ``(r, cols, c0, c1)``: runs of whole-channel groups of one window row
+    merged into one column range when their strided columns touch (stride <= run length)."""
+    x = geo.x
+    out: list = []
+    run: list = []  # [r, s_first, s_last] of whole-channel groups
+
+    def close():
+        if not run:
+            return
+        r, sa, sb = run
+        if x.stride_w <= sb - sa + 1:
+            out.append((r, slice(sa, min(x.ifmap_w, (geo.Ew - 1) * x.stride_w + sb + 1)), 0, x.channels))
+        else:
+            out.extend((r, geo._cols_slice(0, geo.Ew, s_), 0, x.channels) for s_ in range(sa, sb + 1))
+        run.clear()
+
+    for r, s_, c0, c1 in groups:
+        if c0 == 0 and c1 == x.channels:
+            if run and run[0] == r and run[2] == s_ - 1:
+                run[2] = s_
+                continue
+            close()
+            run.extend((r, s_, s_))
+        else:
+            close()
+            out.append((r, geo._cols_slice(0, geo.Ew, s_), c0, c1))
+    close()
+    return out
+
+
+def _chunk_pieces(geo: _IfmapGeometry, oy0: int, oy1: int, j0: int, j1: int, groups: list) -> list:
+    """The ws chunk of output rows ``[oy0, oy1)`` x window columns ``[j0, j1)`` as pieces for
+    :func:`_keyed_walk`: one ifmap view per window group with each element's stream position
+    (column ``j`` of the fold reaches pixel ``p`` at step ``p + j``; skewed order)."""
+    width = j1 - j0
+    Ew = geo.Ew
+    bound = ((oy1 - oy0) * Ew + width) * width  # above every position of the chunk
+    dt = _key_dtype(bound)
+    pieces = []
+    jg = 0
+    for r, s_, c0, c1 in groups:
+        rows, cols = geo._rows_slice(oy0, oy1, r), geo._cols_slice(0, Ew, s_)
+        n_oy = len(range(rows.start, rows.stop, rows.step or 1))
+        n_ox = len(range(cols.start, cols.stop, cols.step or 1))
+        jj = jg + np.arange(c1 - c0, dtype=dt)
+        jg += c1 - c0
+        if n_oy == 0 or n_ox == 0:
+            continue
+        # position (t + jj) * width + jj with t = (oy - oy0) * Ew + ox: the skewed order
+        key = ((np.arange(n_oy, dtype=dt) * (Ew * width))[:, None, None]
+               + (np.arange(n_ox, dtype=dt) * width)[None, :, None] + (jj * (width + 1))[None, None, :])
+        pieces.append(((rows, cols, slice(c0, c1)), key))
+    return pieces, bound
+
+
+def _unit_pieces(geo: _IfmapGeometry, p0: int, p1: int, r: int) -> list:
+    """The os / is unit (window row ``r`` of pixels ``[p0, p1)``) as pieces for
+    :func:`_keyed_walk`: per output-row segment and window column ``s`` one ifmap view, with
+    each element's stream position (pixel ``j`` of the block reaches window position ``k`` at
+    step ``k + j``; skewed order)."""
     x = geo.x
     C, S, W = x.channels, x.filter_w, x.ifmap_w
-    p = np.arange(oy0 * geo.Ew, oy1 * geo.Ew, dtype=np.int32)
-    oy, ox = np.divmod(p, geo.Ew)
-    k = np.arange(j0, j1, dtype=np.int32)
-    r, rest = np.divmod(k, S * C)
-    s, c = np.divmod(rest, C)
-    y = (oy * x.stride_h)[:, None] + r[None, :]
-    col = (ox * x.stride_w)[:, None] + s[None, :]
-    addr = (y * W + col) * C + c[None, :]
-    addr[(y >= x.ifmap_h) | (col >= W)] = -1
-    return _skewed(addr)
+    width = p1 - p0
+    bound = (S * C + width) * width  # above every position of the unit
+    dt = _key_dtype(bound)
+    chan = np.arange(C, dtype=dt) * width
+    pieces = []
+    for oy, ox0, ox1 in geo.pixel_segments(p0, p1):
+        y = oy * x.stride_h + r
+        if y >= x.ifmap_h:
+            continue
+        jj = (oy * geo.Ew + np.arange(ox0, ox1, dtype=dt) - p0) * (width + 1)
+        for s_ in range(S):
+            n = min(ox1, (W - 1 - s_) // x.stride_w + 1) - ox0
+            if n <= 0:
+                continue
+            col0 = ox0 * x.stride_w + s_
+            cols = slice(col0, col0 + (n - 1) * x.stride_w + 1, x.stride_w)
+            # position (k + jj) * width + jj with window position k = s * C + c
+            key = (jj[:n, None] + (s_ * C * width + chan)[None, :])[None]
+            pieces.append(((slice(y, y + 1), cols, slice(0, C)), key))
+    return pieces, bound
 
 
-def _skewed(matrix: np.ndarray) -> np.ndarray:
-    """The valid entries of ``matrix`` (time x array edge, -1 = no request) in the order the
-    array requests them: column ``j`` delayed by ``j`` steps, read row by row."""
-    flat = matrix.reshape(-1)[_skew_order(*matrix.shape)]
-    return flat[flat >= 0]
+def _nth_smallest(values: np.ndarray, n: int, bound: int) -> int:
+    """The ``n``-th smallest (1-based) of distinct non-negative ``values`` below ``bound``."""
+    if bound <= 8 * len(values) + 4096:  # a bitmap of the positions: two passes, no sort
+        present = np.zeros(bound, dtype=bool)
+        present[values] = True
+        return int(np.flatnonzero(present)[n - 1])
+    return int(np.partition(values, n - 1)[n - 1])
 
 
-@functools.lru_cache(maxsize=64)
-def _skew_order(steps: int, width: int) -> np.ndarray:
-    """Flat indices of a ``steps x width`` matrix in skewed order: by ``t + j``, then ``j``."""
-    t = np.arange(steps)[:, None]
-    j = np.arange(width)[None, :]
-    return np.argsort(((t + j) * width + j).reshape(-1))
+def _key_dtype(bound: int):
+    return np.int32 if bound < np.iinfo(np.int32).max else np.int64
+
+
+def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, timeline: list,
+                cycle: int) -> None:
+    """SCALE-Sim's epoch rule over a unit of the demand stream that completes the epoch.
+
+    The unit is given as ``pieces``: views ``mask[index]`` with, per element, its position in
+    the stream (a unique integer below ``bound`` per occurrence; an address occurs in several
+    pieces when windows overlap). What matters of an address is its first position: the epoch
+    completes at the ``E - n``-th fresh address (not in the epoch) in that order. After a flush
+    the epoch is empty and the rest of the unit (positions after the cut; an address counts
+    from its first position after it) fills it again, flushing whenever it holds ``E``. This
+    is the address-by-address walk, without materialising the stream (module doc)."""
+    if len(pieces) == 1:  # one view: every address occurs once, at its own position
+        (index, key), = pieces
+        sub = mask[index]
+        need = state.E - state.n
+        cut = _nth_smallest(key[~sub], need, bound)
+        while True:
+            state.reads += need
+            state.flushes += 1
+            state.n = 0
+            mask[...] = False
+            timeline.append(cycle)
+            after = key > cut
+            count = int(np.count_nonzero(after))
+            if count < state.E:
+                sub[after] = True
+                state.reads += count
+                state.n = count
+                return
+            need = state.E
+            cut = _nth_smallest(key[after], need, bound)
+    box = tuple(slice(min(idx[d].start for idx, _ in pieces), max(idx[d].stop for idx, _ in pieces))
+                for d in range(mask.ndim))
+    rel = [tuple(slice(i.start - b.start, i.stop - b.start, i.step) for i, b in zip(idx, box, strict=True))
+           for idx, _ in pieces]
+    keys = [key for _, key in pieces]
+    none = np.iinfo(keys[0].dtype).max
+    sub = mask[box]
+    first = np.full(sub.shape, none, dtype=keys[0].dtype)
+    for key, where in zip(keys, rel, strict=True):
+        view = first[where]
+        np.minimum(view, key, out=view)
+    need = state.E - state.n
+    cut = _nth_smallest(first[(first != none) & ~sub], need, bound)
+    while True:
+        state.reads += need
+        state.flushes += 1
+        state.n = 0
+        mask[...] = False
+        timeline.append(cycle)
+        first.fill(none)
+        for key, where in zip(keys, rel, strict=True):
+            # keys grow along every axis of a piece: its first and last are its extremes
+            if key.flat[-1] <= cut:
+                continue
+            view = first[where]
+            np.minimum(view, key if key.flat[0] > cut else np.where(key > cut, key, none), out=view)
+        after = first != none
+        count = int(np.count_nonzero(after))
+        if count < state.E:
+            sub[after] = True
+            state.reads += count
+            state.n = count
+            return
+        need = state.E
+        cut = _nth_smallest(first[after], need, bound)
 
 
 def _is_gemm_form(x: ConvShape) -> bool:
@@ -417,9 +581,9 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
     ``ifmap_words`` / ``filter_words`` scale the addresses per element (below 1 for operands
     narrower than the 1-byte word, e.g. 4-bit weights: two per word)."""
     df = config.dataflow
-    R, C = config.rows, config.cols
+    C = config.cols
     Fr, Fc = counts.fold_rows, counts.fold_cols
-    M, K, N = layer.M, layer.K, layer.N
+    K, N = layer.K, layer.N
     # ---- filter: distinct addresses, re-streamed whole (exact cyclic scans)
     filt = _Epochs(epoch_size(config.filter_kb / filter_words))
     f_timeline: list = []
@@ -431,22 +595,7 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
         for fc in range(Fc):
             cyclic_scan(filt, K * min(C, N - fc * C), Fr)
     # ---- ifmap
-    ifm = _Epochs(epoch_size(config.ifmap_kb / ifmap_words))
-    i_timeline: list = []
-    if _is_gemm_form(layer):
-        touched = M * K
-        if layer.ofmap_h * layer.stride_h > layer.ifmap_h or layer.ofmap_w * layer.stride_w > layer.ifmap_w:
-            geo = _IfmapGeometry(layer)  # pixels reading past the ifmap (SCALE-Sim's ceil) issue none
-            touched = _touched(geo)
-        cyclic_scan(ifm, touched, 1 if df == "is" else Fc)
-    else:
-        geo = _IfmapGeometry(layer)
-        if df == "os":
-            _pixel_block_reads(ifm, geo, R, Fc, counts.fold_cycles, i_timeline)
-        elif df == "is":
-            _pixel_block_reads(ifm, geo, C, 1, counts.fold_cycles * Fr, i_timeline)
-        else:
-            _window_block_reads(ifm, geo, R, Fc, counts.fold_cycles, i_timeline)
+    ifm, i_timeline = ifmap_epochs(layer, config, counts, ifmap_words)
     # cyclic scans keep no timeline: place their last flush by the share of reads before it
     for state, timeline in ((filt, f_timeline), (ifm, i_timeline)):
         if state.flushes and not timeline:
@@ -455,6 +604,30 @@ def dram_counts(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
     return DramCounts(ifmap_reads=ifm.reads, filter_reads=filt.reads,
                       ofmap_writes=counts.ofmap_elements, ifmap_flush_cycles=i_timeline,
                       filter_flush_cycles=f_timeline)
+
+
+def ifmap_epochs(layer: ConvShape, config: ScaleSimConfig, counts: ArrayCounts,
+                 ifmap_words: float = 1.0) -> tuple[_Epochs, list]:
+    """The ifmap read buffer after the layer (DRAM reads, flushes, epoch fill) and the cycles
+    of its flushes (walked units only)."""
+    df, R, C = config.dataflow, config.rows, config.cols
+    ifm = _Epochs(epoch_size(config.ifmap_kb / ifmap_words))
+    timeline: list = []
+    if _is_gemm_form(layer):
+        touched = layer.M * layer.K
+        if layer.ofmap_h * layer.stride_h > layer.ifmap_h or layer.ofmap_w * layer.stride_w > layer.ifmap_w:
+            geo = _IfmapGeometry(layer)  # pixels reading past the ifmap (SCALE-Sim's ceil) issue none
+            touched = _touched(geo)
+        cyclic_scan(ifm, touched, 1 if df == "is" else counts.fold_cols)
+    else:
+        geo = _IfmapGeometry(layer)
+        if df == "os":
+            _pixel_block_reads(ifm, geo, R, counts.fold_cols, counts.fold_cycles, timeline)
+        elif df == "is":
+            _pixel_block_reads(ifm, geo, C, 1, counts.fold_cycles * counts.fold_rows, timeline)
+        else:
+            _window_block_reads(ifm, geo, R, counts.fold_cols, counts.fold_cycles, timeline)
+    return ifm, timeline
 
 
 def _touched(geo: _IfmapGeometry) -> int:
@@ -604,5 +777,16 @@ def _ofmap_window(res: LayerResult) -> None:
 
 
 def simulate_topology(layers: list[ConvShape], config: ScaleSimConfig) -> list[LayerResult]:
-    """Every layer of a topology under ``config``."""
-    return [simulate_layer(layer, config) for layer in layers]
+    """Every layer of a topology under ``config``. Layers of one shape (ResNet repeats its 3x3
+    convolutions) are simulated once and their result copied under each name: a layer's
+    counts depend on its shape and the config only."""
+    done: dict[tuple, LayerResult] = {}
+    out = []
+    for layer in layers:
+        shape = tuple(getattr(layer, f.name) for f in dataclasses.fields(layer) if f.name != "name")
+        if shape not in done:
+            done[shape] = simulate_layer(layer, config)
+            out.append(done[shape])
+        else:
+            out.append(dataclasses.replace(done[shape], name=layer.name))
+    return out
