@@ -115,5 +115,5 @@ def test_speed_record_says_why_when_the_file_fits_no_model(run_dir):
 def test_speed_tables_keep_the_digits_of_microsecond_layers():
     from penjing.core.report import ms_text
 
-    assert [ms_text(s) for s in (0.0123194, 1.234e-4, 4.21e-6, 3.3e-7, 0.0)] == ["12.319", "0.123", "0.0042",
-                                                                                "0.00033", "0.000"]
+    cases = (0.0123194, 1.234e-4, 2e-5, 4.21e-6, 2.6e-8, 0.0)
+    assert [ms_text(s) for s in cases] == ["12.319", "0.123", "0.020", "0.0042", "0.000026", "0.000"]

@@ -10,6 +10,7 @@ model to its last report, read with :func:`last_report`::
 
 from __future__ import annotations
 
+import math
 import textwrap
 import weakref
 from dataclasses import dataclass, field
@@ -152,7 +153,9 @@ def ms_text(seconds: float) -> str:
     """Milliseconds for a table cell: 3 decimals, or 2 significant digits below 0.1 ms (a layer
     that takes 4 us reads ``0.0042``, not ``0.000``)."""
     ms = seconds * 1e3
-    return f"{ms:.3f}" if ms >= 0.1 or ms == 0 else f"{ms:.2g}"
+    if ms >= 0.1 or ms <= 0:
+        return f"{ms:.3f}"
+    return f"{ms:.{max(3, 1 - math.floor(math.log10(ms)))}f}"  # 2 significant digits, no exponent
 
 
 def size_line(original_fp32_bytes: int, stored_bytes: float, source: str) -> str:
