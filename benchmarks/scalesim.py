@@ -154,6 +154,17 @@ def user_key(user_cache: dict, first: dict, x, a: int, df: str, bw: int) -> str:
     return key
 
 
+def user_sweep(user_cache: dict, layers, bandwidths: list[int]):
+    """Every (x, array, dataflow, bandwidth, config, cache key) pair of the USER sweep, in order."""
+    first = first_names(layers)
+    for bw in bandwidths:
+        for a in ARRAYS:
+            for df in DATAFLOWS:
+                cfg = user_config(a, df, bw)
+                for x in layers:
+                    yield x, a, df, bw, cfg, user_key(user_cache, first, x, a, df, bw)
+
+
 def first_names(layers) -> dict:
     first = {}
     for x in layers:
@@ -173,16 +184,10 @@ def fill_user(path: Path, layers, bandwidths: list[int]) -> int:
     import tempfile
 
     user_cache = json.loads(path.read_text()) if path.exists() else {}
-    first = first_names(layers)
     todo = {}
-    for bw in bandwidths:
-        for a in ARRAYS:
-            for df in DATAFLOWS:
-                cfg = user_config(a, df, bw)
-                for x in layers:
-                    key = user_key(user_cache, first, x, a, df, bw)
-                    if key not in user_cache and key not in todo:
-                        todo[key] = (simulate_layer(x, cfg).total_cycles, x, cfg)
+    for x, _, _, _, cfg, key in user_sweep(user_cache, layers, bandwidths):
+        if key not in user_cache and key not in todo:
+            todo[key] = (simulate_layer(x, cfg).total_cycles, x, cfg)
     order = sorted(todo, key=lambda k: todo[k][0])
     lock_path = Path(tempfile.gettempdir()) / f"{path.name}.lock"
     claims_path = Path(tempfile.gettempdir()) / f"{path.name}.claims.json"
@@ -236,40 +241,34 @@ def user_mode(user_cache: dict, path: Path | None, layers, bandwidths: list[int]
     lines = ["| layer | array | df | bw | SCALE-Sim total | SCALE-Sim stalls | penjing total | penjing stalls | "
              "difference | DRAM words equal | SCALE-Sim CPU s | penjing CPU ms |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    first = first_names(layers)
     summary = {"pairs": 0, "equal": 0, "dram_equal": 0, "max_diff": 0.0, "missing": 0, "ref_s": 0.0, "ours_s": 0.0,
                "missing_runs": {}}
-    for bw in bandwidths:
-        for a in ARRAYS:
-            for df in DATAFLOWS:
-                cfg = user_config(a, df, bw)
-                for x in layers:
-                    key = user_key(user_cache, first, x, a, df, bw)
-                    if key not in user_cache and not run_missing:
-                        summary["missing"] += 1
-                        if key not in summary["missing_runs"]:  # penjing's cycles: how long SCALE-Sim would run
-                            summary["missing_runs"][key] = simulate_layer(x, cfg).total_cycles
-                        continue
-                    ref = reference(user_cache, path, x, cfg, key)
-                    start = time.process_time()
-                    me = simulate_layer(x, cfg)
-                    ours = time.process_time() - start
-                    total, stalls = int(ref["compute"][2]), int(ref["compute"][3])
-                    det, rd = me.detailed_report(), ref["detailed"]
-                    dram_eq = [det[11], det[14], det[17]] == [rd[12], rd[15], rd[18]]
-                    diff = rel(me.total_cycles, total)
-                    summary["pairs"] += 1
-                    summary["equal"] += me.total_cycles == total and me.stall_cycles == stalls
-                    summary["dram_equal"] += dram_eq
-                    summary["max_diff"] = max(summary["max_diff"], abs(diff))
-                    shared = key.split("|")[0] != x.name
-                    summary["ref_s"] += 0 if shared else ref["cpu_s"]
-                    if not shared and total >= 100_000:
-                        summary.setdefault("us_per_cycle", []).append(1e6 * ref["cpu_s"] / total)
-                    summary["ours_s"] += 0 if shared else ours
-                    lines.append(f"| {x.name} | {a}x{a} | {df} | {bw} | {total:,} | {stalls:,} | {me.total_cycles:,} | "
-                                 f"{me.stall_cycles:,} | {100 * diff:+.2f}% | {'yes' if dram_eq else 'NO'} | "
-                                 f"{ref['cpu_s']:.1f}{' (shared)' if shared else ''} | {1e3 * ours:.0f} |")
+    for x, a, df, bw, cfg, key in user_sweep(user_cache, layers, bandwidths):
+        if key not in user_cache and not run_missing:
+            summary["missing"] += 1
+            if key not in summary["missing_runs"]:  # penjing's cycles: how long SCALE-Sim would run
+                summary["missing_runs"][key] = simulate_layer(x, cfg).total_cycles
+            continue
+        ref = reference(user_cache, path, x, cfg, key)
+        start = time.process_time()
+        me = simulate_layer(x, cfg)
+        ours = time.process_time() - start
+        total, stalls = int(ref["compute"][2]), int(ref["compute"][3])
+        det, rd = me.detailed_report(), ref["detailed"]
+        dram_eq = [det[11], det[14], det[17]] == [rd[12], rd[15], rd[18]]
+        diff = rel(me.total_cycles, total)
+        summary["pairs"] += 1
+        summary["equal"] += me.total_cycles == total and me.stall_cycles == stalls
+        summary["dram_equal"] += dram_eq
+        summary["max_diff"] = max(summary["max_diff"], abs(diff))
+        shared = key.split("|")[0] != x.name
+        summary["ref_s"] += 0 if shared else ref["cpu_s"]
+        if not shared and total >= 100_000:
+            summary.setdefault("us_per_cycle", []).append(1e6 * ref["cpu_s"] / total)
+        summary["ours_s"] += 0 if shared else ours
+        lines.append(f"| {x.name} | {a}x{a} | {df} | {bw} | {total:,} | {stalls:,} | {me.total_cycles:,} | "
+                     f"{me.stall_cycles:,} | {100 * diff:+.2f}% | {'yes' if dram_eq else 'NO'} | "
+                     f"{ref['cpu_s']:.1f}{' (shared)' if shared else ''} | {1e3 * ours:.0f} |")
     return lines, summary
 
 

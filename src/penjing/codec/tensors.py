@@ -353,6 +353,12 @@ class StoredSparse:
     codebook: torch.Tensor | None = None
     indices: np.ndarray | None = None
 
+    def nonzero_values(self) -> torch.Tensor:
+        """One value per stored position (a codebook tensor's looked up), in its stored dtype."""
+        if self.values is not None:
+            return self.values
+        return self.codebook[torch.as_tensor(self.indices, dtype=torch.int64)]
+
 
 def decode_stored(codec: int, payload: bytes | memoryview, dtype: torch.dtype, shape: tuple[int, ...],
                   what: str, base: int = 0) -> tuple[torch.Tensor | StoredSparse, dict[str, int]]:

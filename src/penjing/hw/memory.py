@@ -505,22 +505,9 @@ def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, time
         (index, key), = pieces
         sub = mask[index]
         need = state.E - state.n
-        cut = _nth_smallest(key[~sub], need, bound)
-        while True:
-            state.reads += need
-            state.flushes += 1
-            state.n = 0
-            mask[...] = False
-            timeline.append(cycle)
-            after = key > cut
-            count = int(np.count_nonzero(after))
-            if count < state.E:
-                sub[after] = True
-                state.reads += count
-                state.n = count
-                return
-            need = state.E
-            cut = _nth_smallest(key[after], need, bound)
+        _flush_until_fits(state, mask, sub, timeline, cycle, need, _nth_smallest(key[~sub], need, bound), bound,
+                          key, lambda cut: key > cut)
+        return
     box = tuple(slice(min(idx[d].start for idx, _ in pieces), max(idx[d].stop for idx, _ in pieces))
                 for d in range(mask.ndim))
     rel = [tuple(slice(i.start - b.start, i.stop - b.start, i.step) for i, b in zip(idx, box, strict=True))
@@ -533,13 +520,9 @@ def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, time
         view = first[where]
         np.minimum(view, key, out=view)
     need = state.E - state.n
-    cut = _nth_smallest(first[(first != none) & ~sub], need, bound)
-    while True:
-        state.reads += need
-        state.flushes += 1
-        state.n = 0
-        mask[...] = False
-        timeline.append(cycle)
+
+    def first_after(cut: int) -> np.ndarray:
+        """Each address's first position after ``cut`` (into ``first``); where it has one."""
         first.fill(none)
         for key, where in zip(keys, rel, strict=True):
             # keys grow along every axis of a piece: its first and last are its extremes
@@ -547,7 +530,24 @@ def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, time
                 continue
             view = first[where]
             np.minimum(view, key if key.flat[0] > cut else np.where(key > cut, key, none), out=view)
-        after = first != none
+        return first != none
+
+    _flush_until_fits(state, mask, sub, timeline, cycle, need,
+                      _nth_smallest(first[(first != none) & ~sub], need, bound), bound, first, first_after)
+
+
+def _flush_until_fits(state: _Epochs, mask: np.ndarray, sub: np.ndarray, timeline: list, cycle: int, need: int,
+                      cut: int, bound: int, keyed: np.ndarray, after_cut) -> None:
+    """Flush at ``cut`` (``need`` more reads complete the epoch), then again while the rest of
+    the unit fills a whole epoch: ``after_cut(cut)`` marks the addresses read after the cut,
+    ``keyed`` holds their positions; what is left when it fits stays in the epoch (``sub``)."""
+    while True:
+        state.reads += need
+        state.flushes += 1
+        state.n = 0
+        mask[...] = False
+        timeline.append(cycle)
+        after = after_cut(cut)
         count = int(np.count_nonzero(after))
         if count < state.E:
             sub[after] = True
@@ -555,7 +555,7 @@ def _keyed_walk(state: _Epochs, mask: np.ndarray, pieces: list, bound: int, time
             state.n = count
             return
         need = state.E
-        cut = _nth_smallest(first[after], need, bound)
+        cut = _nth_smallest(keyed[after], need, bound)
 
 
 def _is_gemm_form(x: ConvShape) -> bool:

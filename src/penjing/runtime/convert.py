@@ -89,12 +89,7 @@ def is_int8_layer(module: nn.Module) -> bool:
 def _int8_nonzeros(weight: torch.Tensor | StoredSparse) -> tuple[np.ndarray, torch.Tensor] | None:
     """(ascending flat positions, int8 values) of an int8 weight's nonzeros."""
     if isinstance(weight, StoredSparse):
-        if weight.values is not None:
-            values = weight.values
-        elif weight.codebook is not None:
-            values = weight.codebook[torch.as_tensor(weight.indices, dtype=torch.int64)]
-        else:
-            return None
+        values = weight.nonzero_values()
         return (np.asarray(weight.positions, dtype=np.int64), values) if values.dtype == torch.int8 else None
     if weight.dtype != torch.int8:
         return None

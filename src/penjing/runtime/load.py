@@ -96,7 +96,7 @@ def _trim_heap() -> None:
 
 def densify(s: StoredSparse) -> torch.Tensor:
     """A stored sparse tensor as a dense one (for the layers no kernel takes)."""
-    vals = s.values if s.values is not None else s.codebook[torch.as_tensor(s.indices, dtype=torch.int64)]
+    vals = s.nonzero_values()
     bits = to_bits(vals)
     out = np.zeros(math.prod(s.shape), dtype=bits.dtype)
     out[s.positions] = bits
