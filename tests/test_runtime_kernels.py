@@ -109,6 +109,39 @@ def test_sparse_linear_int8(isa, rows, cols):
         close(layer(x), F.linear(x, w))
 
 
+def _int8_epilogue_reference(q, scales, bias, x):
+    """(sum * scale) + bias with two fp32 roundings: ``x`` and ``q`` hold small integers, so
+    the sums are exact in float64 and in the kernel alike; only the epilogue can differ."""
+    sums = (x.double() @ q.double().T).float()
+    return sums * scales + bias
+
+
+@pytest.mark.parametrize("rows,cols", [(40, 300), (16, 72001)])
+def test_int8_epilogue_is_two_roundings_bit_for_bit(isa, rows, cols):
+    """The int8 kinds must requantize as fbgemm does, ``(sum * scale) + bias`` rounded twice;
+    an fma (one rounding) moves about a third of these outputs by 1 ulp. Every batch tile
+    (1..8 columns, the 8-wide and 16-wide tiles and their tails) and the direct conv."""
+    gen = torch.Generator().manual_seed(rows + cols)
+    q = torch.randint(-127, 128, (rows, cols), generator=gen).float()
+    q[torch.rand(rows, cols, generator=gen) < 0.8] = 0
+    scales = torch.rand(rows, generator=gen) * 0.01 + 1e-3
+    bias = torch.randn(rows, generator=gen)
+    layer = SparseLinear(SparseWeights.from_dense(q * scales[:, None], int8_scales=scales), bias)
+    for batch in (1, 2, 3, 5, 7, 8, 9, 16, 19, 40):
+        x = torch.randint(-60, 61, (batch, cols), generator=gen).float()
+        got, want = layer(x), _int8_epilogue_reference(q, scales, bias, x)
+        assert torch.equal(got, want), f"batch {batch}: {int((got != want).sum())} outputs differ"
+    cin, k = 8, 3
+    qc = q[:, : cin * k * k]
+    conv = SparseConv2d(SparseWeights.from_dense(qc * scales[:, None], int8_scales=scales), bias, cin, (k, k),
+                        padding=(1, 1))
+    x = torch.randint(-60, 61, (2, cin, 9, 11), generator=gen).float()
+    cols_of_x = F.unfold(x, k, padding=1).transpose(1, 2)  # [N, H*W, cin*k*k]
+    want = _int8_epilogue_reference(qc, scales, bias, cols_of_x).transpose(1, 2).reshape(2, rows, 9, 11)
+    got = conv(x)
+    assert torch.equal(got, want), f"conv: {int((got != want).sum())} outputs differ"
+
+
 @pytest.mark.parametrize("cols", [1, 15, 63, 64, 65, 130])
 @pytest.mark.parametrize("zeros", [0.0, 0.4, 1.0])
 def test_ternary_linear(isa, cols, zeros):

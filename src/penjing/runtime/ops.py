@@ -84,7 +84,8 @@ def _check_input(x: torch.Tensor, features: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- sparse
 
 def _csr(w: SparseWeights) -> torch.Tensor:
-    """torch CSR of ``w`` (fallback only): rows' pointers are every ``panels``-th segment pointer."""
+    """torch CSR of ``w`` (fallback only): rows' pointers are every ``panels``-th segment pointer.
+    An int8 weight keeps its integers: :func:`_csr_product` scales the sums, as the kernels do."""
     counts = w.segptr[1:] - w.segptr[:-1]
     seg = torch.arange(w.rows * w.panels)
     p = torch.repeat_interleave(seg % w.panels, counts)
@@ -93,8 +94,18 @@ def _csr(w: SparseWeights) -> torch.Tensor:
     rows = torch.repeat_interleave(seg // w.panels, counts)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(w.segptr[::w.panels].contiguous(), cols, w.values_f32(e, rows),
+        values = w.values.to(torch.float32) if w.kind == "int8" else w.values_f32(e, rows)
+        return torch.sparse_csr_tensor(w.segptr[::w.panels].contiguous(), cols, values,
                                        size=(w.rows, w.cols), check_invariants=True)
+
+
+def _csr_product(w: SparseWeights, csr: torch.Tensor, X: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``(W @ X) * scale + bias`` in the fallback: int8 sums are scaled per row before the
+    bias, rounded twice like the kernels' epilogue, so both paths requantize alike."""
+    y = csr @ X
+    if w.kind == "int8":
+        y = y * w.scales[:, None]
+    return y + bias[:, None] if bias is not None else y
 
 
 def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, fallback=None,
@@ -106,9 +117,7 @@ def sparse_mm_kn(w: SparseWeights, X: torch.Tensor, bias: torch.Tensor | None, f
         raise ValueError(f"out must be a contiguous float32 [{w.rows}, {X.shape[1]}] tensor")
     k = _lib()
     if k is None or _needs_grad(X):
-        csr = fallback() if fallback is not None else _csr(w)
-        y = csr @ X
-        y = y + bias[:, None] if bias is not None else y
+        y = _csr_product(w, fallback() if fallback is not None else _csr(w), X, bias)
         return y if out is None else out.copy_(y)
     X = X.contiguous()
     P = X.shape[1]
@@ -125,9 +134,7 @@ def sparse_linear(w: SparseWeights, x: torch.Tensor, bias: torch.Tensor | None, 
     x2 = x.reshape(-1, w.cols)
     k = _lib()
     if k is None or _needs_grad(x2):
-        csr = fallback() if fallback is not None else _csr(w)
-        y = (csr @ x2.t()).t()
-        y = y + bias if bias is not None else y
+        y = _csr_product(w, fallback() if fallback is not None else _csr(w), x2.t(), bias).t()
         return y.reshape(*lead, w.rows)
     if x2.shape[0] == 1:
         xc = x2.contiguous()
