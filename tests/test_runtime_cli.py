@@ -33,7 +33,9 @@ def test_bench_prints_the_report(lenet_file, capsys):
 def test_bench_auto_lists_choices(lenet_file, capsys):
     assert main(["bench", str(lenet_file), "--batch", "2", "--rounds", "2", "--probe-mb", "8"]) == 0
     out = capsys.readouterr().out
-    assert out.count(" at batch 2 -> ") == 3
+    report = out[out.index("\nload: "):out.index("measured read")]  # each layer's choice, with both times
+    assert report.count("(Linear)") == 3 and max(len(line) for line in report.split("\n")) <= 80
+    assert " ".join(report.split()).count(" ms at batch 2") == 3
 
 
 def test_bench_errors(lenet_file, tmp_path, capsys):

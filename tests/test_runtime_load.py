@@ -177,6 +177,71 @@ def test_convert_swaps_live_layers():
     assert rel(model(x), ref(x)) <= 1e-5
 
 
+class EmbedMLP(nn.Module):
+    """An embedding, a pruned Linear, a dense Linear and a reflect-padded conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 40)
+        self.sparse = nn.Linear(40, 96)
+        self.dense = nn.Linear(96, 8)
+        self.reflect = nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, ids):
+        h = self.dense(torch.relu(self.sparse(self.embed(ids)))).mean(1)  # [B, 8]
+        return self.reflect(h.reshape(-1, 1, 2, 4)).flatten(1)
+
+
+def test_every_weighted_layer_is_reported_on_a_kernel_or_with_the_reason(tmp_path):
+    from penjing.runtime import convert
+
+    torch.manual_seed(0)
+    model = EmbedMLP()
+    with torch.no_grad():
+        model.sparse.weight[torch.rand_like(model.sparse.weight) < 0.9] = 0
+        model.reflect.weight[0] = 0
+    ids = torch.randint(0, 50, (3, 5))
+    expected = model(ids)
+    pj.save(model, tmp_path / "m.pjz")
+    loaded, info = load_into(EmbedMLP(), tmp_path / "m.pjz", runtime="kernel", return_info=True)
+    assert torch.allclose(loaded(ids), expected, rtol=1e-5, atol=1e-6)
+    report = pj.last_report(loaded)
+    assert report is info.report and report.verb == "load"
+    assert [(c.name, c.kind) for c in report.touched] == [("sparse", "Linear")]
+    assert report.touched[0].after == loaded.sparse.format
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert reasons == {
+        "embed": "no kernel for Embedding (the kernels take Linear, Conv2d and pj.convert's int8 Linear / Conv2d)",
+        "dense": "100% of the weights are nonzero: above 50%, dense BLAS is faster than a sparse kernel",
+        "reflect": "the kernels pad with zeros given as numbers; this layer pads otherwise",
+    }
+    live = EmbedMLP()
+    live.load_state_dict(model.state_dict())
+    assert convert(live) == ["sparse"]
+    assert {s.name: s.reason for s in pj.last_report(live).skipped} == reasons
+    assert convert(live) == []  # a second call finds the kernel layer already there
+    with pytest.raises(ValueError, match=r"runtime.convert: select names no weighted layer of the model: \['spars'\]"):
+        convert(EmbedMLP(), select={"spars"})
+
+
+def test_auto_reports_each_layer_it_kept_dense_with_both_times(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    pj.save(model, tmp_path / "m.pjz")
+    loaded, info = load_into(mlp(), tmp_path / "m.pjz", runtime="auto", return_info=True)
+    report = pj.last_report(loaded)
+    assert len(report.touched) + len(report.skipped) == 3
+    ms = pj.core.report.ms_text
+    for choice in info.layers:
+        text = f"kernel {ms(choice.kernel_s)} ms, dense {ms(choice.dense_s)} ms at batch 1"
+        if choice.chosen == "kernel":
+            assert next(c for c in report.touched if c.name == choice.name).detail == text
+        else:
+            skip = next(s for s in report.skipped if s.name == choice.name)
+            assert skip.reason == f"auto kept the dense, faster: {text}"
+
+
 def test_n_of_m_pruned_model_runs_sparse(tmp_path):
     torch.manual_seed(0)
     model = mlp()

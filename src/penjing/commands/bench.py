@@ -94,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.file}: {info.file_bytes:,} bytes; runtime {args.runtime} (kernels: {info.isa}); "
           f"model holds {info.model_bytes:,} bytes of tensors"
           + (f"; resident memory +{delta / 1e6:.1f} MB over the load" if delta is not None else ""))
-    if args.runtime == "auto":
-        for c in info.layers:
-            print(f"  {c.name}: {c.format}: kernel {c.kernel_s * 1e3:.3f} ms vs dense {c.dense_s * 1e3:.3f} ms "
-                  f"at batch {args.batch[0]} -> {c.chosen}")
+    if info.report is not None:  # each layer on a kernel (auto: both times), each left dense with the reason
+        print(info.report)
     print(format_report(rows, bw), end="")
     return 0

@@ -35,19 +35,33 @@ __all__ = ["BinaryLinear", "BitWeights", "CodebookLinear", "FileSpeed", "LayerCh
 def convert(model, *, select=None):
     """Replace, in place, every ``nn.Linear`` / ``nn.Conv2d`` and every int8 layer of
     ``pj.convert`` (optionally only those ``select`` names, a set of module names) whose weight
-    a kernel takes; returns the names replaced."""
-    from torch import nn
-
-    from penjing.runtime.convert import is_int8_layer
+    a kernel takes; returns the names replaced. ``pj.last_report(model)`` lists them and every
+    weighted layer left as it was, with the reason; a ``select`` name that is no weighted layer
+    of the model is an error."""
+    from penjing.core.layers import is_weighted
+    from penjing.core.report import Report, record
+    from penjing.runtime.convert import is_int8_layer, kernel_layer
     from penjing.runtime.load import _set_module
 
+    modules = dict(model.named_modules())
+    if select is not None:
+        unknown = sorted(n for n in select if n not in modules or not (is_weighted(modules[n])
+                                                                      or is_int8_layer(modules[n])))
+        if unknown:
+            raise ValueError(f"runtime.convert: select names no weighted layer of the model: {unknown[:5]}")
+    report = Report("runtime.convert")
     replaced = []
-    for name, module in list(model.named_modules()):
+    for name, module in modules.items():
         if not name or (select is not None and name not in select):
             continue
-        takes = isinstance(module, (nn.Linear, nn.Conv2d)) or is_int8_layer(module)
-        layer = runtime_layer(module) if takes else None
-        if layer is not None:
-            _set_module(model, name, layer)
-            replaced.append(name)
+        if not (is_weighted(module) or is_int8_layer(module)) or isinstance(module, RuntimeLayer):
+            continue
+        layer = kernel_layer(module)
+        if isinstance(layer, str):
+            report.skip(name, module, layer)
+            continue
+        _set_module(model, name, layer)
+        replaced.append(name)
+        report.touch(name, module, "weight", layer.format)
+    record(model, report)
     return replaced

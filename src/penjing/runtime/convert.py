@@ -65,7 +65,7 @@ def sparse_from_stored(s: StoredSparse, rows: int, cols: int) -> SparseWeights:
 
 
 def _weights_for(weight: torch.Tensor | StoredSparse, rows: int, cols: int, allow_bits: bool
-                 ) -> SparseWeights | BitWeights | None:
+                 ) -> SparseWeights | BitWeights | str:
     if isinstance(weight, StoredSparse):
         bits = _bits_from_stored(weight, rows, cols) if allow_bits else None
         return bits if bits is not None else sparse_from_stored(weight, rows, cols)
@@ -76,8 +76,13 @@ def _weights_for(weight: torch.Tensor | StoredSparse, rows: int, cols: int, allo
             return bits
     sparse = SparseWeights.from_dense(w)
     if sparse.kind == "f32" and sparse.nnz > MAX_SPARSE_DENSITY * rows * cols:
-        return None
+        return _too_dense(sparse.nnz, rows * cols)
     return sparse
+
+
+def _too_dense(nnz: int, numel: int) -> str:
+    return (f"{nnz / max(numel, 1):.0%} of the weights are nonzero: above {MAX_SPARSE_DENSITY:.0%}, "
+            "dense BLAS is faster than a sparse kernel")
 
 
 def is_int8_layer(module: nn.Module) -> bool:
@@ -98,25 +103,31 @@ def _int8_nonzeros(weight: torch.Tensor | StoredSparse) -> tuple[np.ndarray, tor
     return pos.numpy(), flat[pos]
 
 
-def _int8_runtime_layer(module: nn.Module, weight, bias) -> RuntimeLayer | None:
+_ZERO_PADDING = "the kernels pad with zeros given as numbers; this layer pads otherwise"
+
+
+def _int8_runtime_layer(module: nn.Module, weight, bias) -> RuntimeLayer | str:
     """``pj.convert``'s int8 Linear / Conv2d as a sparse int8 layer: the same integers and
     per-channel scales, its input rounded to the same grid in float (``float_input_grid``),
-    its fused ReLU after. ``None`` where the kernels cannot: asymmetric weights (a zero-point
-    per channel, which the kernels do not subtract), non-zero padding modes, dense weights."""
+    its fused ReLU after. The reason instead where the kernels cannot: asymmetric weights (a
+    zero-point per channel, which the kernels do not subtract), non-zero padding modes, dense
+    weights."""
     if bool((module.weight_zero_point != 0).any()):
-        return None
+        return "asymmetric int8 weights (a zero point per channel): the kernels take symmetric int8"
     w = module.weight_int8 if weight is None else weight
     shape = tuple(w.shape)
     rows, cols = shape[0], math.prod(shape[1:])
     nonzeros = _int8_nonzeros(w)
-    if nonzeros is None or len(nonzeros[0]) > MAX_SPARSE_DENSITY * rows * cols:
-        return None
+    if nonzeros is None:
+        return "its stored weight is not int8"
+    if len(nonzeros[0]) > MAX_SPARSE_DENSITY * rows * cols:
+        return _too_dense(len(nonzeros[0]), rows * cols)
     positions, values = nonzeros
     conv = len(shape) == 4
     groups = module.groups if conv else 1
     if conv:
         if getattr(module, "padding_mode", "zeros") != "zeros" or isinstance(getattr(module, "padding_arg", 0), str):
-            return None
+            return _ZERO_PADDING
         positions = block_diagonal_positions(positions, rows, cols, groups)
     grid = module.float_input_grid()
     # the input's step folded into the channel scales, a float32 product as fbgemm forms it
@@ -134,21 +145,34 @@ def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None 
                   bias: torch.Tensor | None = None) -> RuntimeLayer | None:
     """The runtime layer for ``module`` (an ``nn.Linear`` or ``nn.Conv2d``, or an int8 one of
     ``pj.convert``, :func:`is_int8_layer`) with ``weight`` (default: the module's own,
-    parametrized or baked), or ``None`` when no kernel applies (a dense fp32 weight...)."""
+    parametrized or baked), or ``None`` when no kernel applies (:func:`kernel_layer` says why)."""
+    made = kernel_layer(module, weight, bias)
+    return None if isinstance(made, str) else made
+
+
+#: the layers a kernel can take (the reason given for any other weighted layer)
+KERNEL_LAYERS = "Linear, Conv2d and pj.convert's int8 Linear / Conv2d"
+
+
+def kernel_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None = None,
+                 bias: torch.Tensor | None = None) -> RuntimeLayer | str:
+    """:func:`runtime_layer`, or the reason no kernel applies (the text the reports show)."""
+    if not (is_int8_layer(module) or isinstance(module, (nn.Linear, nn.Conv2d))):
+        return f"no kernel for {type(module).__name__} (the kernels take {KERNEL_LAYERS})"
     b = module.bias if bias is None else bias
     if is_int8_layer(module):
         return _int8_runtime_layer(module, weight, b)
     w = module.weight if weight is None else weight
     if isinstance(module, nn.Linear):
         made = _weights_for(w, module.out_features, module.in_features, allow_bits=True)
-        if made is None:
-            return None
+        if isinstance(made, str):
+            return made
         if isinstance(made, BitWeights):
             return TernaryLinear(made, b) if made.ternary else BinaryLinear(made, b)
         return CodebookLinear(made, b) if made.kind == "codebook" else SparseLinear(made, b)
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            return None
+            return _ZERO_PADDING
         g, rows = module.groups, module.out_channels
         cols = module.in_channels // g * module.kernel_size[0] * module.kernel_size[1]
         if isinstance(w, StoredSparse):
@@ -156,15 +180,15 @@ def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None 
                                     positions=block_diagonal_positions(w.positions, rows, cols, g))
         else:
             w = w.detach().to(torch.float32).reshape(rows, cols)
-            if g > 1 and int(torch.count_nonzero(w)) > MAX_SPARSE_DENSITY * w.numel():
-                return None  # (the density of the grouped weight, not of its block-diagonal form)
+            nnz = int(torch.count_nonzero(w))
+            if g > 1 and nnz > MAX_SPARSE_DENSITY * w.numel():
+                return _too_dense(nnz, w.numel())  # (of the grouped weight, not its block-diagonal form)
             w = block_diagonal(w, g)
         made = _weights_for(w, rows, g * cols, allow_bits=False)
-        if made is None:
-            return None
+        if isinstance(made, str):
+            return made
         return SparseConv2d(made, b, module.in_channels, module.kernel_size, module.stride, module.padding,
                             module.dilation, g)
-    return None
 
 
 def dense_twin(layer: RuntimeLayer) -> nn.Module:

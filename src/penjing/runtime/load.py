@@ -28,13 +28,14 @@ from torch import nn
 from penjing.codec.dtypes import from_bits, to_bits
 from penjing.codec.file import MAX_ELEMENTS, _read, load_stored
 from penjing.codec.tensors import StoredSparse
+from penjing.core.report import Report, ms_text, record
 from penjing.runtime.convert import (
     dense_call,
     dense_twin,
     input_for,
     input_shapes,
     is_int8_layer,
-    runtime_layer,
+    kernel_layer,
     time_pair,
 )
 from penjing.runtime.modules import RuntimeLayer, SparseConv2d
@@ -68,6 +69,9 @@ class LoadInfo:
     rss_after: int | None
     model_bytes: int
     layers: list[LayerChoice] = field(default_factory=list)
+    #: layer by layer: each on a kernel, and each weighted layer left dense with the reason
+    #: (also ``pj.last_report(model)``)
+    report: Report | None = None
 
     @property
     def rss_delta(self) -> int | None:
@@ -195,6 +199,7 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
     gc.collect()
     rss0 = rss_bytes()
     choices: list[LayerChoice] = []
+    report = Report("load")
     if runtime == "dense":
         state, file_info = _read(path, max_elements)
         if _whole_format(state) is not None:
@@ -212,10 +217,14 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
         #: int8 layers taken by a kernel: name -> (the int8 module, its stored weight), which
         #: ``auto`` loads and times as the dense alternative
         int8: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
+        kinds: dict[str, str] = {}
         for name, module in list(model.named_modules()):
             key = f"{name}.weight" if name else "weight"
             is_int8 = is_int8_layer(module)
-            if not (is_int8 or isinstance(module, (nn.Linear, nn.Conv2d))) or key not in stored:
+            if key not in stored or len(stored[key].shape) < 2:
+                continue
+            if not (is_int8 or isinstance(module, (nn.Linear, nn.Conv2d))):
+                report.skip(name, module, kernel_layer(module))
                 continue
             weight = stored[key]
             shape = tuple(weight.shape)
@@ -234,10 +243,12 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
             if is_int8:  # its scales and input grid first: the runtime layer copies them
                 module.load_state_dict({k[len(prefix):]: densify(stored[k]) if isinstance(stored[k], StoredSparse)
                                         else stored[k] for k in own_keys if k != key}, strict=False)
-            layer = runtime_layer(module, weight, bias)
-            if layer is None:
+            layer = kernel_layer(module, weight, bias)
+            if isinstance(layer, str):
+                report.skip(name, module, layer)
                 continue
             layers[name] = layer
+            kinds[name] = type(module).__name__
             if is_int8:
                 int8[name] = (module, weight)
             for k in own_keys:
@@ -273,11 +284,21 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
                     _set_module(model, name, make_dense())
                 del dense, make_dense
             choices.append(choice)
+            other = "int8 layer" if name in int8 else "dense"
+            timed = (f"kernel {ms_text(choice.kernel_s)} ms, {other} {ms_text(choice.dense_s)} ms at batch {batch}"
+                     if choice.kernel_s is not None else "")
+            if choice.chosen == "kernel":
+                report.touch(name, kinds[name], "stored weight", layer.format, timed)
+            else:
+                report.skip(name, kinds[name], f"auto kept the {other}, faster: {timed}")
         int8.clear()
     gc.collect()
     _trim_heap()
+    if runtime == "dense":
+        report.note("runtime='dense': every layer holds plain dense weights")
+    record(model, report)
     info = LoadInfo(path, path.stat().st_size, runtime, compiled_isa(), rss0, rss_bytes(),
-                    model_tensor_bytes(model), choices)
+                    model_tensor_bytes(model), choices, report)
     return (model, info) if return_info else model
 
 
