@@ -211,7 +211,8 @@ def test_every_weighted_layer_is_reported_on_a_kernel_or_with_the_reason(tmp_pat
     assert report.touched[0].after == loaded.sparse.format
     reasons = {s.name: s.reason for s in report.skipped}
     assert reasons == {
-        "embed": "no kernel for Embedding (the kernels take Linear, Conv2d and pj.convert's int8 Linear / Conv2d)",
+        "embed": "no kernel for Embedding (the kernels take Linear, Conv2d, Hugging Face Conv1D and "
+                 "pj.convert's int8 Linear / Conv2d)",
         "dense": "100% of the weights are nonzero: above 50%, dense BLAS is faster than a sparse kernel",
         "reflect": "the kernels pad with zeros given as numbers; this layer pads otherwise",
     }
@@ -240,6 +241,52 @@ def test_auto_reports_each_layer_it_kept_dense_with_both_times(tmp_path):
         else:
             skip = next(s for s in report.skipped if s.name == choice.name)
             assert skip.reason == f"auto kept the dense, faster: {text}"
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 ``Conv1D``, as transformers defines it: y = x @ W + b, W [in, out]."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.randn(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(*x.shape[:-1], self.nf)
+
+
+@pytest.mark.parametrize("runtime", ["kernel", "auto"])
+def test_hugging_face_conv1d_runs_as_a_linear_of_its_transpose(tmp_path, monkeypatch, runtime):
+    import sys
+    import types
+
+    fake = types.ModuleType("transformers.pytorch_utils")  # what penjing looks for, not importing transformers
+    fake.Conv1D = Conv1D
+    monkeypatch.setitem(sys.modules, "transformers.pytorch_utils", fake)
+
+    def gpt_mlp():
+        torch.manual_seed(1)
+        return nn.Sequential(Conv1D(48, 20), nn.GELU(), Conv1D(20, 48))
+
+    model = gpt_mlp()
+    pj.prune(model, pj.PruneConfig(sparsity=0.9))
+    pj.share(model, pj.ShareConfig(bits=4, layers=["2"]))  # one fp32 sparse, one Deep-Compressed
+    baked = pj.bake(copy.deepcopy(model)).eval()
+    pj.save(model, tmp_path / "g.pjz")
+    with torch.device("meta"):
+        skeleton = gpt_mlp()
+    loaded = pj.load(tmp_path / "g.pjz", skeleton, runtime=runtime)
+    x = torch.randn(2, 5, 20)  # [batch, tokens, features]
+    assert rel(loaded(x), baked(x)) <= 1e-5
+    report = pj.last_report(loaded)
+    assert len(report.touched) + len(report.skipped) == 2
+    if runtime == "kernel":
+        assert isinstance(loaded[0], SparseLinear) and isinstance(loaded[2], CodebookLinear)
+        assert loaded[0].weights.nnz == int(torch.count_nonzero(baked[0].weight))
+    for skipped in report.skipped:  # auto kept the Conv1D itself, weight [in, out] as the file has it
+        assert isinstance(loaded[int(skipped.name)], Conv1D)
+        assert loaded[int(skipped.name)].weight.shape == baked[int(skipped.name)].weight.shape
 
 
 def test_n_of_m_pruned_model_runs_sparse(tmp_path):

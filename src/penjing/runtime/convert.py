@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -85,6 +86,30 @@ def _too_dense(nnz: int, numel: int) -> str:
             "dense BLAS is faster than a sparse kernel")
 
 
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 and its kin): a Linear whose weight is stored
+    transposed, ``[in, out]``. Checked without importing transformers."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None) if utils is not None else None
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def takes_kernel(module: nn.Module) -> bool:
+    """Is ``module`` of a type some kernel runs (its weight decides whether one does)?"""
+    return isinstance(module, (nn.Linear, nn.Conv2d)) or is_int8_layer(module) or is_hf_conv1d(module)
+
+
+def transposed_stored(s: StoredSparse) -> StoredSparse:
+    """A stored ``[a, b]`` tensor as ``[b, a]``: positions mapped and put back in ascending order."""
+    a, b = s.shape
+    pos = np.asarray(s.positions, dtype=np.int64)
+    moved = (pos % b) * a + pos // b
+    order = np.argsort(moved, kind="stable")
+    return StoredSparse((b, a), moved[order],
+                        values=None if s.values is None else s.values[torch.from_numpy(order)],
+                        codebook=s.codebook, indices=None if s.indices is None else np.asarray(s.indices)[order])
+
+
 def is_int8_layer(module: nn.Module) -> bool:
     """An int8 Linear / Conv2d of ``pj.convert`` (layer mode): its integers in ``weight_int8``,
     per-channel ``weight_scale``, and its input rounding as :meth:`float_input_grid`."""
@@ -151,20 +176,23 @@ def runtime_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None 
 
 
 #: the layers a kernel can take (the reason given for any other weighted layer)
-KERNEL_LAYERS = "Linear, Conv2d and pj.convert's int8 Linear / Conv2d"
+KERNEL_LAYERS = "Linear, Conv2d, Hugging Face Conv1D and pj.convert's int8 Linear / Conv2d"
 
 
 def kernel_layer(module: nn.Module, weight: torch.Tensor | StoredSparse | None = None,
                  bias: torch.Tensor | None = None) -> RuntimeLayer | str:
     """:func:`runtime_layer`, or the reason no kernel applies (the text the reports show)."""
-    if not (is_int8_layer(module) or isinstance(module, (nn.Linear, nn.Conv2d))):
+    if not takes_kernel(module):
         return f"no kernel for {type(module).__name__} (the kernels take {KERNEL_LAYERS})"
     b = module.bias if bias is None else bias
     if is_int8_layer(module):
         return _int8_runtime_layer(module, weight, b)
     w = module.weight if weight is None else weight
-    if isinstance(module, nn.Linear):
-        made = _weights_for(w, module.out_features, module.in_features, allow_bits=True)
+    if is_hf_conv1d(module):  # y = x @ W + b with W [in, out]: a Linear of W's transpose
+        w = transposed_stored(w) if isinstance(w, StoredSparse) else w.detach().t()
+    if isinstance(module, nn.Linear) or is_hf_conv1d(module):
+        rows, cols = (module.nf, w.shape[1]) if is_hf_conv1d(module) else (module.out_features, module.in_features)
+        made = _weights_for(w, rows, cols, allow_bits=True)
         if isinstance(made, str):
             return made
         if isinstance(made, BitWeights):

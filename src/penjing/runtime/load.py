@@ -34,8 +34,10 @@ from penjing.runtime.convert import (
     dense_twin,
     input_for,
     input_shapes,
+    is_hf_conv1d,
     is_int8_layer,
     kernel_layer,
+    takes_kernel,
     time_pair,
 )
 from penjing.runtime.modules import RuntimeLayer, SparseConv2d
@@ -218,12 +220,13 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
         #: ``auto`` loads and times as the dense alternative
         int8: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
         kinds: dict[str, str] = {}
+        conv1d: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
         for name, module in list(model.named_modules()):
             key = f"{name}.weight" if name else "weight"
             is_int8 = is_int8_layer(module)
             if key not in stored or len(stored[key].shape) < 2:
                 continue
-            if not (is_int8 or isinstance(module, (nn.Linear, nn.Conv2d))):
+            if not takes_kernel(module):
                 report.skip(name, module, kernel_layer(module))
                 continue
             weight = stored[key]
@@ -251,6 +254,9 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
             kinds[name] = type(module).__name__
             if is_int8:
                 int8[name] = (module, weight)
+            elif is_hf_conv1d(module):  # auto's dense choice keeps the module (its weight stays [in, out])
+                module.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+                conv1d[name] = (module, weight)
             for k in own_keys:
                 stored.pop(k)
             stored.pop(key, None)
@@ -270,10 +276,11 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
                     raise ValueError(f"runtime='auto' times conv layer {name} on its input size: pass "
                                      "example=<an input of the model>, or use runtime='kernel'")
                 x = input_for(layer, batch, sizes.get(name))
-                if name in int8:  # the dense alternative is the int8 layer itself (its int8 kernel)
-                    module, stored_weight = int8[name]
+                if name in int8 or name in conv1d:  # the alternative is the layer itself (int8: its int8 kernel)
+                    module, stored_weight = int8[name] if name in int8 else conv1d[name]
+                    # (a Conv1D of a meta-device skeleton takes the tensors themselves: assign)
                     module.load_state_dict({"weight": densify(stored_weight) if isinstance(stored_weight, StoredSparse)
-                                            else stored_weight}, strict=False)
+                                            else stored_weight}, strict=False, assign=name in conv1d)
                     dense, make_dense = module, (lambda m=module: m)
                 else:
                     dense = dense_call(layer, layer.dense_weight())
@@ -292,6 +299,7 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
             else:
                 report.skip(name, kinds[name], f"auto kept the {other}, faster: {timed}")
         int8.clear()
+        conv1d.clear()
     gc.collect()
     _trim_heap()
     if runtime == "dense":
