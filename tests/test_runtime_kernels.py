@@ -424,3 +424,16 @@ def test_calls_from_two_python_threads_at_once(monkeypatch):
         assert not bad
     finally:
         torch.set_num_threads(before)
+
+
+def test_reading_weight_decodes_the_dense_weight_each_time():
+    """Code that reads ``layer.weight`` (Hugging Face's ``.weight.dtype`` checks) gets the true
+    dense values, decoded per read: nothing dense is kept on the layer."""
+    gen = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    conv.weight.data = sparse(6, 36, 0.2, gen).reshape(6, 4, 3, 3)
+    layer = SparseConv2d.from_conv(conv)
+    assert layer.weight.dtype == torch.float32 and torch.equal(layer.weight, conv.weight.detach())
+    assert layer.weight is not layer.weight and "weight" not in dict(layer.named_buffers())
+    linear = SparseLinear.from_linear(_linear(sparse(5, 7, 0.3, gen)))
+    assert torch.equal(linear.weight, linear.dense_weight()) and linear.weight.shape == (5, 7)

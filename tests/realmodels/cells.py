@@ -18,6 +18,7 @@ import penjing as pj
 from penjing.core.attention import split_attention
 from penjing.core.batch import default_forward
 from penjing.core.layers import weight_layout, weighted_layers
+from penjing.runtime import RuntimeLayer
 
 from .zoo import Spec, build_model
 
@@ -144,6 +145,63 @@ def quantize_convert(spec: Spec) -> str:
     return f"rel. error {error:.3f}"
 
 
+def _kernel_layers(spec: Spec, model: nn.Module, fresh: nn.Module, path: Path) -> tuple[nn.Module, str]:
+    """Load ``path`` into ``fresh`` on the kernels; assert that every weighted layer is reported
+    (on a kernel, or dense with a reason), that those reported run a kernel, and that no
+    Linear/Conv2d the file holds sparse was left dense. Returns the model and its coverage text."""
+    loaded = pj.load(path, fresh, runtime="kernel")
+    report = pj.last_report(loaded)
+    on_kernels = {n for n, m in loaded.named_modules() if isinstance(m, RuntimeLayer)}
+    assert on_kernels == {c.name for c in report.touched}, "reported kernel layers differ from the model's"
+    reasons = {s.name: s.reason for s in report.skipped}
+    left = [n for n, m in weighted_layers(loaded) if n not in on_kernels and n not in reasons]
+    assert not left, f"weighted layers neither on a kernel nor reported: {left[:5]}"
+    linear = [n for n in reasons if isinstance(dict(model.named_modules()).get(n), nn.Linear)
+              and "nonzero" not in reasons[n]]
+    assert not linear, f"pruned Linear layers left dense: {[(n, reasons[n]) for n in linear[:3]]}"
+    why = sorted({r.split(" (")[0].split(":")[0] for r in reasons.values()})
+    return loaded, f"{len(on_kernels)} layers on kernels, {len(reasons)} not ({'; '.join(why) or '-'})"
+
+
+def runtime_from_file(spec: Spec) -> str:
+    """Pruned 90%, saved, loaded with ``runtime="kernel"``: equals the baked model within 1e-5."""
+    model = build_model(spec)
+    pj.prune(model, pj.PruneConfig(sparsity=0.9), progress=False)
+    batch = spec.batches()[0]
+    expected = _out(spec, _baked(model), batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.pjz"
+        pj.save(model, path)
+        fresh = build_model(spec)
+        split_attention(fresh)
+        loaded, coverage = _kernel_layers(spec, model, fresh, path)
+    error = _rel(_out(spec, loaded, batch), expected)
+    assert error <= 1e-5, f"kernel output differs from the baked model by {error:.2e}"
+    return f"{coverage}; rel. diff {error:.0e}"
+
+
+def int8_runtime_from_file(spec: Spec) -> str:
+    """Pruned 90%, int8 layer by layer (pj.convert(graph=False)), saved, loaded into a fresh
+    model with ``runtime="kernel"``: the int8 layers run the sparse int8 kernels, outputs within
+    1e-2 of the in-memory int8 model (a deep net's 1-ulp epilogue differences flip a later
+    rounding now and then; the layer-by-layer agreement is 1e-7, tests/test_runtime_int8.py)."""
+    model = build_model(spec)
+    batches = spec.batches()
+    pj.prune(model, pj.PruneConfig(sparsity=0.9), progress=False)
+    config = pj.QuantConfig(activations="dynamic" if spec.family != "cnn" else "static")
+    pj.quantize(model, config, data=batches, forward_fn=spec.forward_fn, progress=False)
+    pj.convert(model, graph=False)
+    expected = _out(spec, model, batches[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.pjz"
+        pj.save(model, path)
+        loaded, coverage = _kernel_layers(spec, model, build_model(spec), path)
+    int8 = sum(1 for m in loaded.modules() if isinstance(m, RuntimeLayer) and m.weights.kind == "int8")
+    error = _rel(_out(spec, loaded, batches[0]), expected)
+    assert error <= 1e-2, f"kernel output differs from the int8 model by {error:.2e}"
+    return f"{coverage}, {int8} int8; rel. diff {error:.0e}"
+
+
 def lowrank(spec: Spec) -> str:
     model = build_model(spec)
     before = sum(p.numel() for p in model.parameters())
@@ -265,6 +323,8 @@ CELLS = {
     "prune channels": prune_structured,
     "share+save+load": share_save_load,
     "quantize+convert": quantize_convert,
+    "run from .pjz (prune 90%)": runtime_from_file,
+    "int8 from .pjz (prune 90%)": int8_runtime_from_file,
     "lowrank 50%": lowrank,
     "ternarize": ternarize,
     "winograd": winograd,

@@ -86,6 +86,12 @@ class RuntimeLayer(nn.Module):
         """The dense weight these layers stand for (the reference; forward never builds it)."""
         return self.weights.to_dense()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """:meth:`dense_weight`, decoded at each read and not kept: for code that reads a
+        layer's ``weight`` (Hugging Face models check ``.weight.dtype``). Forward never does."""
+        return self.dense_weight()
+
     def extra_repr(self) -> str:  # the Linear layers'; SparseConv2d has its own
         relu = ", relu" if self.fused_relu else ""
         return f"{self.in_features}, {self.out_features}, {self.format}, bias={self.bias is not None}{relu}"
