@@ -163,27 +163,44 @@ def _kernel_layers(spec: Spec, model: nn.Module, fresh: nn.Module, path: Path) -
     return loaded, f"{len(on_kernels)} layers on kernels, {len(reasons)} not ({'; '.join(why) or '-'})"
 
 
+def _largest_difference(spec: Spec, reference: nn.Module, loaded: nn.Module, batch) -> float:
+    """Largest relative difference over the model's output and every kernel layer's output
+    (hooked on both models at the same names): several of these random-init models give
+    near-constant logits once pruned 90% (mobilenet, efficientnet; torchvision ViT's head
+    starts at zero), so the logits alone would prove little."""
+    names = [n for n, m in loaded.named_modules() if isinstance(m, RuntimeLayer)]
+    outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: outputs[n].append(out.detach()))
+               for model in (reference, loaded) for n, m in model.named_modules() if n in outputs]
+    try:
+        expected, got = _out(spec, reference, batch), _out(spec, loaded, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    assert all(len(v) == 2 for v in outputs.values()), "a kernel layer has no twin in the reference model"
+    return max([_rel(got, expected)] + [_rel(b, a) for a, b in outputs.values()])
+
+
 def runtime_from_file(spec: Spec) -> str:
-    """Pruned 90%, saved, loaded with ``runtime="kernel"``: equals the baked model within 1e-5."""
+    """Pruned 90%, saved, loaded with ``runtime="kernel"``: the output and every kernel layer's
+    output equal the baked model's within 1e-5."""
     model = build_model(spec)
     pj.prune(model, pj.PruneConfig(sparsity=0.9), progress=False)
-    batch = spec.batches()[0]
-    expected = _out(spec, _baked(model), batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.pjz"
         pj.save(model, path)
         fresh = build_model(spec)
         split_attention(fresh)
         loaded, coverage = _kernel_layers(spec, model, fresh, path)
-    error = _rel(_out(spec, loaded, batch), expected)
-    assert error <= 1e-5, f"kernel output differs from the baked model by {error:.2e}"
-    return f"{coverage}; rel. diff {error:.0e}"
+    error = _largest_difference(spec, _baked(model), loaded, spec.batches()[0])
+    assert error <= 1e-5, f"kernel outputs differ from the baked model by {error:.2e}"
+    return f"{coverage}; rel. diff <= {error:.0e}"
 
 
 def int8_runtime_from_file(spec: Spec) -> str:
     """Pruned 90%, int8 layer by layer (pj.convert(graph=False)), saved, loaded into a fresh
     model with ``runtime="kernel"``: the int8 layers run the sparse int8 kernels, outputs within
-    1e-2 of the in-memory int8 model (a deep net's 1-ulp epilogue differences flip a later
+    1e-2 of the in-memory int8 model, layer by layer (a deep net's 1-ulp epilogue differences flip a later
     rounding now and then; the layer-by-layer agreement is 1e-7, tests/test_runtime_int8.py)."""
     model = build_model(spec)
     batches = spec.batches()
@@ -191,15 +208,14 @@ def int8_runtime_from_file(spec: Spec) -> str:
     config = pj.QuantConfig(activations="dynamic" if spec.family != "cnn" else "static")
     pj.quantize(model, config, data=batches, forward_fn=spec.forward_fn, progress=False)
     pj.convert(model, graph=False)
-    expected = _out(spec, model, batches[0])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.pjz"
         pj.save(model, path)
         loaded, coverage = _kernel_layers(spec, model, build_model(spec), path)
     int8 = sum(1 for m in loaded.modules() if isinstance(m, RuntimeLayer) and m.weights.kind == "int8")
-    error = _rel(_out(spec, loaded, batches[0]), expected)
-    assert error <= 1e-2, f"kernel output differs from the int8 model by {error:.2e}"
-    return f"{coverage}, {int8} int8; rel. diff {error:.0e}"
+    error = _largest_difference(spec, model, loaded, batches[0])
+    assert error <= 1e-2, f"kernel outputs differ from the int8 model by {error:.2e}"
+    return f"{coverage}, {int8} int8; rel. diff <= {error:.0e}"
 
 
 def lowrank(spec: Spec) -> str:
