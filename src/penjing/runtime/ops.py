@@ -7,6 +7,7 @@ fallback (differentiable with respect to the input) runs instead.
 from __future__ import annotations
 
 import ctypes
+import functools
 import warnings
 
 import torch
@@ -190,6 +191,15 @@ def lut_kernel(k=None) -> bool:
     return k is not None and k.isa == "avx512"
 
 
+@functools.lru_cache(maxsize=256)
+def _window_offsets(cin: int, kh: int, kw: int, rows: int, ld: int) -> torch.Tensor:
+    """Offset of each im2col column's window (channel ci, kernel row, kernel column) in the
+    padded input planes: the same for every call at a shape, so built once."""
+    c = torch.arange(cin * kh * kw, dtype=torch.int64)
+    ci, rem = c // (kh * kw), c % (kh * kw)
+    return (ci * rows * ld + (rem // kw) * ld + rem % kw).to(torch.int32)
+
+
 def conv_direct(w: SparseWeights, x: torch.Tensor, kernel_size: tuple[int, int], padding: tuple[int, int],
                 bias: torch.Tensor | None, out_size: tuple[int, int]) -> torch.Tensor | None:
     """Stride-1 sparse conv straight from the zero-padded input (no im2col), for output planes
@@ -201,12 +211,12 @@ def conv_direct(w: SparseWeights, x: torch.Tensor, kernel_size: tuple[int, int],
     (kh, kw), (ph, pw) = kernel_size, padding
     n, cin, h, wd = x.shape
     rows = 16 + kh - 1  # every one of the 16 computed output rows reads inside its channel
-    ld = max(wd + 2 * pw, kw - 1 + 16)  # every 16-lane load stays inside its row
+    # loads are masked to the ow output lanes, so a row holds just the padded width: 16 floats
+    # for a padded 14x14 map, one cache line, and no load crosses a line
+    ld = wd + 2 * pw
     xp = torch.zeros(n, cin, rows, ld)
     xp[:, :, ph:ph + h, pw:pw + wd] = x
-    c = torch.arange(cin * kh * kw, dtype=torch.int64)
-    ci, rem = c // (kh * kw), c % (kh * kw)
-    off = (ci * rows * ld + (rem // kw) * ld + rem % kw).to(torch.int32)
+    off = _window_offsets(cin, kh, kw, rows, ld)
     out = torch.empty(n, w.rows, oh, ow)
     nt = threads_for(w.nnz * oh * ow)
     fn = k.fn("pj_conv_direct")

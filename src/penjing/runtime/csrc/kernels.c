@@ -498,7 +498,7 @@ INLINE void conv_rows(const convctx *c, const int kind, int64_t lo, int64_t hi) 
                 __m512 v = _mm512_set1_ps(entry_value(W, kind, i, e));
                 const float *base = c->xp + c->off[p * pw + (e >> cb)];
 #pragma GCC unroll 16
-                for (int q = 0; q < 16; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(base + q * ld), acc[q]);
+                for (int q = 0; q < 16; q++) acc[q] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, base + q * ld), acc[q]);
             }
         }
         __m512 s = _mm512_set1_ps(kind == 1 ? W->scales[r] : 1.0f), bv = _mm512_set1_ps(c->bias ? c->bias[r] : 0.0f);
