@@ -347,3 +347,30 @@ def test_hf_gpt2_conv1d_and_tied_head_and_timm_vit():
     assert [lay.name for lay in layers if lay.kind == "gemm"][-1] == "lm_head"  # tied to wte
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
     assert gemm_macs(trace(vit, torch.randn(1, 3, 32, 32))) == vit_macs(32, 16, 12, 3, 192, 768, 1000)
+
+
+def _depthwise_net():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                         nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 16 * 16, 3))
+
+
+@pytest.mark.parametrize("build", ["resnet", "depthwise"])
+def test_an_int8_graph_traces_as_the_float_models_gemms_in_8_bit_integers(build):
+    """pj.convert's int8 graph (torch.ao packed convs and Linear, oneDNN convs with a fused
+    residual sum on a VNNI CPU; uint8 / quint8 tensors between them) is costed layer by layer:
+    the same GEMMs as the float model (BN folded away, a depthwise conv's groups read from its
+    channels), each an 8-bit integer one."""
+    from penjing.models import SmallResNet
+
+    torch.manual_seed(0)
+    model = (SmallResNet(widths=(8, 16, 32)) if build == "resnet" else _depthwise_net()).eval()
+    x = torch.rand(1, 1, 16, 16)
+    float_gemms = [(lay.M, lay.K, lay.N, lay.count) for lay in trace(model, x) if lay.kind == "gemm"]
+    pj.quantize(model, pj.QuantConfig(), data=torch.rand(32, 1, 16, 16), progress=False)
+    pj.convert(model, graph=True)
+    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())  # all in the graph
+    layers = [lay for lay in trace(model, x) if lay.kind == "gemm"]
+    assert [(lay.M, lay.K, lay.N, lay.count) for lay in layers] == float_gemms
+    assert all(lay.op == "int_gemm" and lay.integer and lay.weight_bits == 8 for lay in layers)
+    report = pj.simulate(model, x)  # and the hardware model prices it
+    assert report.macs == sum(m * k * n * c for m, k, n, c in float_gemms) and report.cycles > 0

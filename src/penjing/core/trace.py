@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from penjing.core.stats import stored_weight
 from penjing.core.trace_kernels import (
     Frame,
     FunctionNames,
@@ -104,9 +105,9 @@ def trace(model: nn.Module, example: torch.Tensor | tuple | Mapping) -> list[Lay
         raise ValueError("the example input must be a tensor, a tuple of tensors or a dict of tensors")
     state = State(model)
     modules = {name or "(root)": m for name, m in model.named_modules()}
-    # int8 layers keep their integers in weight_int8 (their weight attribute is a float view)
-    stored = {id(m): getattr(m, "weight_int8", None) if hasattr(m, "weight_int8") else getattr(m, "weight", None)
-              for m in modules.values()}
+    # int8 layers keep their integers in weight_int8 (their weight attribute is a float view),
+    # torch.ao's quantized modules (pj.convert's int8 graph) inside a packed weight
+    stored = {id(m): stored_weight(m) for m in modules.values()}
     int_modules = {i for i, w in stored.items()
                    if isinstance(w, torch.Tensor) and not w.is_floating_point() and w.dim() in (2, 3, 4, 5)}
     handles = []
@@ -119,8 +120,9 @@ def trace(model: nn.Module, example: torch.Tensor | tuple | Mapping) -> list[Lay
             if hidden:
                 state.hidden += 1
             xs = tensors(args) + tensors(kwargs.values())
-            # an integer-weight layer fed floats runs its own kernel; fed ids it is a lookup
-            state.stack.append(Frame(name, module, maybe_int and bool(xs) and xs[0].is_floating_point()))
+            # an integer-weight layer fed floats or int8 activations (quantized / uint8 tensors of
+            # an int8 graph) runs its own kernel; fed ids it is a lookup
+            state.stack.append(Frame(name, module, maybe_int and bool(xs) and _activation(xs[0])))
         return hook
 
     def post(name: str, module: nn.Module):
@@ -173,3 +175,8 @@ def trace(model: nn.Module, example: torch.Tensor | tuple | Mapping) -> list[Lay
                          "was executed, so there is nothing for the hardware model to cost")
     assign_names(state)
     return state.layers
+
+
+def _activation(x: torch.Tensor) -> bool:
+    """An activation tensor (not token ids): float, quantized, or uint8 (int8 graphs' codes)."""
+    return x.is_floating_point() or x.is_quantized or x.dtype == torch.uint8

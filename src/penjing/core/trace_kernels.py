@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from penjing.core.params import parametrizations
-from penjing.core.stats import INDEX_BITS
+from penjing.core.stats import INDEX_BITS, stored_weight
 from penjing.core.trace_layer import Layer
 
 aten = torch.ops.aten
@@ -450,14 +450,15 @@ class Kernels(TorchDispatchMode):
 
 
 def int_kernel_layer(name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Layer:
-    """An integer-kernel layer (int8 weight buffer, custom op): cost it from its weight shape."""
-    w = getattr(module, "weight_int8", None) if hasattr(module, "weight_int8") else module.weight
+    """An integer-kernel layer (int8 weight buffer, torch.ao packed weight, custom op): cost it
+    from its weight shape."""
+    w = stored_weight(module)
     nonzeros = int(torch.count_nonzero(w))
     if w.dim() == 2:
         K = w.shape[1]
         M, N, count, index = x.numel() // K, w.shape[0], 1, INDEX_BITS["Linear"]
-    else:
-        groups = int(getattr(module, "groups", 1))
+    else:  # the groups from the channels (a module may keep them only inside its packed weight)
+        groups = x.shape[1] // w.shape[1] if x.dim() == w.dim() else int(getattr(module, "groups", 1))
         M, K, N, count = out.numel() // w.shape[0], math.prod(w.shape[1:]), w.shape[0] // groups, groups
         index = INDEX_BITS["conv"]
     return Layer(name=name, op="int_gemm", kind="gemm", in_elems=x.numel(), out_elems=out.numel(),
