@@ -463,7 +463,9 @@ def main() -> None:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
         f"CPU: {cpu_name()} ({os.cpu_count()} cores visible), {platform.machine()}; flags: "
         f"{', '.join(f for f in build.REPORTED_FLAGS if f in flags) or 'none of ' + ', '.join(build.REPORTED_FLAGS)}  ",
-        f"Kernels: {k.isa if k else 'PyTorch fallback'} variant; torch {torch.__version__}; scipy {scipy.__version__}  ",
+        f"Kernels: {k.isa if k else 'PyTorch fallback'} variant, threads: "
+        f"{k.threading + (' (torch' + chr(39) + 's OpenMP team)' if k.threading == 'openmp' else ' (their own)') if k else '-'}"
+        f"; torch {torch.__version__}; scipy {scipy.__version__}  ",
         f"Load before: `{load_before}`  ",
         f"Load after: `{load_after}`  ",
         f"Other processes kept {others:.2f} of the {os.cpu_count()} cores busy on average during the run "

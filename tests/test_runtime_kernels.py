@@ -4,6 +4,8 @@ non-contiguous inputs."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -437,3 +439,26 @@ def test_reading_weight_decodes_the_dense_weight_each_time():
     assert layer.weight is not layer.weight and "weight" not in dict(layer.named_buffers())
     linear = SparseLinear.from_linear(_linear(sparse(5, 7, 0.3, gen)))
     assert torch.equal(linear.weight, linear.dense_weight()) and linear.weight.shape == (5, 7)
+
+
+def test_kernels_join_torchs_openmp_team_only_when_they_share_its_runtime(monkeypatch):
+    """With one OpenMP runtime mapped (torch's, which the library's libgomp resolves to) the
+    kernels run on torch's team; with two, or PENJING_THREADS=pool, on their own threads."""
+    k = build.kernels()
+    if k is None:
+        pytest.skip("compiled kernels unavailable")
+    if not hasattr(k.lib, f"pj_set_openmp_{k.isa}"):
+        pytest.skip("the compiler here has no OpenMP: the kernels always use their own pool")
+    forced = os.environ.get("PENJING_THREADS", "").lower() == "pool"
+    assert k.threading == ("openmp" if len(build.openmp_runtimes()) == 1 and not forced else "pool")
+    monkeypatch.delenv("PENJING_THREADS", raising=False)
+    try:
+        monkeypatch.setattr(build, "openmp_runtimes", lambda: {"/a/libgomp.so.1", "/b/libiomp5.so"})
+        assert build.threading_mode(k.lib, k.isa) == "pool"
+        monkeypatch.setattr(build, "openmp_runtimes", lambda: {"/a/libgomp.so.1"})
+        assert build.threading_mode(k.lib, k.isa) == "openmp"
+        monkeypatch.setenv("PENJING_THREADS", "pool")
+        assert build.threading_mode(k.lib, k.isa) == "pool"
+    finally:
+        monkeypatch.undo()
+        build.threading_mode(k.lib, k.isa)  # back to what this process has

@@ -8,7 +8,8 @@ new gcc or a different CPU (these machines change from one day to the next) gets
 build, and nothing links against torch's C++ ABI (a torch upgrade cannot break it).
 
 Environment: ``PENJING_KERNELS=off`` forces the PyTorch fallback; ``PENJING_ISA=generic|avx2|
-avx512`` forces a variant (it must be one the CPU supports); ``CC`` picks the compiler.
+avx512`` forces a variant (it must be one the CPU supports); ``PENJING_THREADS=pool`` keeps the
+kernels off torch's OpenMP team (:func:`threading_mode`); ``CC`` picks the compiler.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Kernels:
     lib: ctypes.CDLL
     isa: str
     path: Path
+    #: ``"openmp"`` (torch's OpenMP team) or ``"pool"`` (the kernels' own threads)
+    threading: str = "pool"
 
     def fn(self, name: str):
         return getattr(self.lib, f"{name}_{self.isa}")
@@ -91,23 +94,60 @@ def _compiler() -> str:
 
 
 def _compile(cc: str, variants: list[str], out: Path) -> None:
+    """Build the library; with OpenMP (``-fopenmp``) where the compiler has it, else without
+    (the kernels then always use their own thread pool)."""
+    try:
+        _compile_with(cc, variants, out, ["-fopenmp"])
+    except KernelsUnavailable:
+        _compile_with(cc, variants, out, [])
+
+
+def _compile_with(cc: str, variants: list[str], out: Path, extra: list[str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="build-", dir=out.parent))
     try:
         objects = []
         for v in variants:
             obj = tmp / f"{v}.o"
-            cmd = [cc, *COMMON_FLAGS, *VARIANTS[v][0], f"-DSUFFIX={v}", "-c", str(SOURCE), "-o", str(obj)]
+            cmd = [cc, *COMMON_FLAGS, *extra, *VARIANTS[v][0], f"-DSUFFIX={v}", "-c", str(SOURCE), "-o", str(obj)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode:
                 raise KernelsUnavailable(f"compiling the {v} kernels failed: {res.stderr.strip()[-2000:]}")
             objects.append(str(obj))
         lib = tmp / "libpenjing_kernels.so"
-        res = subprocess.run([cc, "-shared", "-pthread", *objects, "-o", str(lib)], capture_output=True, text=True)
+        res = subprocess.run([cc, "-shared", "-pthread", *extra, *objects, "-o", str(lib)], capture_output=True,
+                             text=True)
         if res.returncode:
             raise KernelsUnavailable(f"linking the kernels failed: {res.stderr.strip()[-2000:]}")
         os.replace(lib, out)  # atomic: a concurrent process sees the whole library or none
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: OpenMP runtimes a process may map (GNU, LLVM, Intel)
+_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
+
+
+def openmp_runtimes() -> set[str]:
+    """The OpenMP runtime files mapped into this process (Linux ``/proc/self/maps``)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    paths = {line.split(maxsplit=5)[-1] for line in lines if len(line.split(maxsplit=5)) == 6}
+    return {os.path.realpath(p) for p in paths if Path(p).name.startswith(_OPENMP_RUNTIMES)}
+
+
+def threading_mode(lib: ctypes.CDLL, isa: str) -> str:
+    """``"openmp"`` when the kernels run on torch's own OpenMP team: the library was built with
+    OpenMP and the process maps exactly one OpenMP runtime (so it is torch's). Otherwise
+    ``"pool"`` (the kernels' own threads). ``PENJING_THREADS=pool`` forces the pool."""
+    setter = getattr(lib, f"pj_set_openmp_{isa}", None)
+    shared = setter is not None and len(openmp_runtimes()) == 1
+    on = shared and os.environ.get("PENJING_THREADS", "").lower() != "pool"
+    if setter is not None:
+        setter.argtypes = [ctypes.c_int]
+        setter(1 if on else 0)
+    return "openmp" if on else "pool"
 
 
 def cache_dir() -> Path:
@@ -142,7 +182,7 @@ def build(force_isa: str | None = None) -> Kernels:
         lib = ctypes.CDLL(str(out))
     except OSError as exc:
         raise KernelsUnavailable(f"loading {out} failed: {exc}") from None
-    return Kernels(lib, isa, out)
+    return Kernels(lib, isa, out, threading_mode(lib, isa))
 
 
 def kernels() -> Kernels | None:

@@ -159,11 +159,40 @@ static void *pool_worker(void *arg) {
  * kernels at once; the second then runs its call on its own thread. */
 static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER;
 
+#ifdef _OPENMP
+/* torch's own OpenMP team, where this library shares torch's OpenMP runtime (Python checks
+ * that only one is mapped and sets this). After each of its ops torch's workers spin for a
+ * few ms; a thread of the pool above then finds its core taken and the caller does nearly all
+ * the work (measured: 32 rows x 4096 at 90% after an F.linear, 2 threads, 3.1 ms with the pool
+ * vs 2.1 ms when torch's workers sleep at once). A region of the same runtime is picked up by
+ * those spinning workers. Inside it, chunks are still claimed as they go. */
+static int use_openmp = 0;
+
+void NAME(pj_set_openmp)(int on) { use_openmp = on; }
+
+static void openmp_for(pj_task fn, void *ctx, int64_t n, int64_t chunk, int64_t nchunks, int nthreads) {
+    _Atomic int64_t next = 0;
+#pragma omp parallel num_threads(nthreads)
+    for (;;) {
+        int64_t k = atomic_fetch_add(&next, 1);
+        if (k >= nchunks) break;
+        int64_t lo = k * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        fn(ctx, lo, hi);
+    }
+}
+#endif
+
 /* Run fn over [0, n) in chunks of `chunk`, on up to nthreads threads (the caller included). */
 static void parallel_for(pj_task fn, void *ctx, int64_t n, int64_t chunk, int nthreads) {
     if (chunk < 1) chunk = 1;
     int64_t nchunks = (n + chunk - 1) / chunk;
     if (nthreads > POOL_MAX) nthreads = POOL_MAX;
+#ifdef _OPENMP
+    if (use_openmp && nthreads > 1 && nchunks > 1) {
+        openmp_for(fn, ctx, n, chunk, nchunks, nthreads);
+        return;
+    }
+#endif
     if (nthreads <= 1 || nchunks <= 1 || pthread_mutex_trylock(&pool_job) != 0) {
         if (n > 0) fn(ctx, 0, n);
         return;
