@@ -287,6 +287,8 @@ def test_hugging_face_conv1d_runs_as_a_linear_of_its_transpose(tmp_path, monkeyp
     for skipped in report.skipped:  # auto kept the Conv1D itself, weight [in, out] as the file has it
         assert isinstance(loaded[int(skipped.name)], Conv1D)
         assert loaded[int(skipped.name)].weight.shape == baked[int(skipped.name)].weight.shape
+    rows = speed_report(loaded, [1], rounds=2, bandwidth=1e10)  # every layer timed, Conv1D or kernel
+    assert [r.name for r in rows] == ["0", "2"]
 
 
 def test_n_of_m_pruned_model_runs_sparse(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from penjing.core.report import ms_text
-from penjing.runtime.convert import dense_call, input_for, input_shapes, time_pair
+from penjing.runtime.convert import dense_call, input_for, input_shapes, is_hf_conv1d, time_pair
 from penjing.runtime.modules import RuntimeLayer, SparseConv2d
 from penjing.runtime.ops import compiled_isa, read_probe
 
@@ -91,14 +91,14 @@ def speed_report(model: nn.Module, batch_sizes: list[int], *, example: torch.Ten
                 rows.append(LayerSpeed(name, m.format, compiled_isa(), b, m.bytes_per_call(b), 4 * weight.numel(),
                                        tk, td, bw))
             del weight, dense
-        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+        elif isinstance(m, (nn.Linear, nn.Conv2d)) or is_hf_conv1d(m):
             for b in batch_sizes:
                 if isinstance(m, nn.Conv2d):
                     if name not in shapes:
                         raise ValueError(f"timing conv layer {name} needs example=<an input of the model>")
                     x = torch.randn(b, *shapes[name])
-                else:
-                    x = torch.randn(b, m.in_features)
+                else:  # (a Conv1D's weight is [in, out])
+                    x = torch.randn(b, m.in_features if isinstance(m, nn.Linear) else m.weight.shape[0])
                 ts = []
                 for _ in range(rounds):
                     t0 = time.perf_counter()
