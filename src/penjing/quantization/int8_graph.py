@@ -22,7 +22,8 @@ The plan, node by node:
   model on oneDNN, as on resnets) convs run oneDNN's kernel directly (:class:`OnednnConv2d`)
   on plain uint8 tensors, and a residual sum (+ ReLU) runs inside the conv that computes its
   second input, reading the first where nothing reads it afterwards; a conv that feeds a
-  max pool (whose uint8 kernel is slow) or a float op stays a torch.ao module;
+  max pool (whose uint8 kernel is slow) or a float op stays a torch.ao module; quint8 and
+  uint8 tensors turn into each other as views of the same memory (:mod:`.u8_views`);
 * convs that the x86 engine packs for oneDNN keep one packed weight per input shape
   (:mod:`.per_shape`);
 * pooling, flatten / reshape, dropout, identities and ReLUs run on the int8 tensor as it is;
