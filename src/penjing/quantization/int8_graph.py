@@ -22,7 +22,8 @@ The plan, node by node:
   model on oneDNN, as on resnets) convs run oneDNN's kernel directly (:class:`OnednnConv2d`)
   on plain uint8 tensors, and a residual sum (+ ReLU) runs inside the conv that computes its
   second input, reading the first where nothing reads it afterwards; a conv that feeds a
-  max pool (whose uint8 kernel is slow) or a float op stays a torch.ao module;
+  max pool (whose uint8 kernel is slow) or a float op stays a torch.ao module; quint8 and
+  uint8 tensors turn into each other as views of the same memory (:mod:`.u8_views`);
 * convs that the x86 engine packs for oneDNN keep one packed weight per input shape
   (:mod:`.per_shape`);
 * pooling, flatten / reshape, dropout, identities and ReLUs run on the int8 tensor as it is;
@@ -52,6 +53,7 @@ from penjing.quantization.per_shape import (
     PerShapeConvReLU2d,
     onednn_runs,
 )
+from penjing.quantization.u8_views import quint8_view, uint8_view
 
 _RELU_MODULES = (nn.ReLU,)
 _RELU6_MODULES = (nn.ReLU6,)
@@ -140,15 +142,17 @@ def _full_u8(lo: float, hi: float) -> tuple[float, int]:
 
 
 def quantize_channels_last(x: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.quantize_per_tensor`` writing a 4-D tensor channels-last in the same pass.
+    """``torch.quantize_per_tensor`` giving a 4-D tensor channels-last.
 
     The int8 convs (oneDNN and fbgemm) take channels-last tensors and reorder any other one
-    first; a graph's input usually comes contiguous (NCHW). Quantizing a permuted view writes
-    the channels-last layout directly: measured 3.3-4.7 ms for a 32x3x224x224 batch against
-    4.9-5.6 ms for quantizing and then reordering (1 thread); the integers are identical."""
+    first; a graph's input usually comes contiguous (NCHW). Reordering the one-byte integers
+    after quantizing moves a quarter of the bytes that reordering the float input does:
+    measured for a 32x3x224x224 batch (1 thread, torch 2.14.1, 41 interleaved rounds) 3.5 ms
+    against 4.9 ms (median of the per-round ratios 1.12), at batch 1 0.084 / 0.089 ms; the
+    integers are identical."""
     if x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):
         return torch.quantize_per_tensor(x, scale, zero_point, dtype)
-    return torch.quantize_per_tensor(x.permute(0, 2, 3, 1), scale, zero_point, dtype).permute(0, 3, 1, 2)
+    return torch.quantize_per_tensor(x, scale, zero_point, dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _qweight(quant: LayerQuant) -> torch.Tensor:
@@ -188,10 +192,11 @@ class OnednnConv2d(nn.Module):
     a residual sum (+ ReLU) fused as well (``qconv2d_pointwise.binary``'s ``sum`` post-op: the
     conv adds the int8 ``accum`` tensor into its result as it writes it).
 
-    With ``quantized_io`` it takes and gives ``quint8`` tensors (two copies: torch.ao has no
-    module for conv + SiLU / Hardswish, and without one each activation costs a dequantize, a
-    float pass and a quantize). Without, it takes and gives plain ``uint8`` tensors whose scale
-    and zero-point the graph knows statically (:class:`_Builder`'s ``u8`` mode).
+    With ``quantized_io`` it takes and gives ``quint8`` tensors, read and written as uint8 views
+    of the same memory (:mod:`.u8_views`; torch.ao has no module for conv + SiLU / Hardswish,
+    and without one each activation costs a dequantize, a float pass and a quantize). Without,
+    it takes and gives plain ``uint8`` tensors whose scale and zero-point the graph knows
+    statically (:class:`_Builder`'s ``u8`` mode).
 
     The weight is packed once per input shape, with that shape: oneDNN then picks the layout
     for it. Measured at batch 1 on resnet18's 15 conv shapes (1 thread, min of 40 calls): packed
@@ -228,7 +233,7 @@ class OnednnConv2d(nn.Module):
     def forward(self, x: torch.Tensor, accum: torch.Tensor | None = None) -> torch.Tensor:
         stride, padding, dilation, groups = self.geometry
         (x_scale, x_zp), (o_scale, o_zp) = self.in_qparams, self.out_qparams
-        u = x.int_repr() if self.quantized_io else x
+        u = uint8_view(x) if self.quantized_io else x
         packed = self.packed(tuple(u.shape))
         if self.accum_qparams is None:
             y = torch.ops.onednn.qconv_pointwise(
@@ -240,7 +245,7 @@ class OnednnConv2d(nn.Module):
                 u, x_scale, x_zp, packed, self.weight_scale, self.weight_zero_point, accum, self.bias,
                 stride, padding, dilation, groups, o_scale, o_zp, torch.uint8, a_scale, a_zp, "sum", 1.0,
                 self.sum_act, [], "")
-        return torch._make_per_tensor_quantized_tensor(y, o_scale, o_zp) if self.quantized_io else y
+        return quint8_view(y, o_scale, o_zp) if self.quantized_io else y
 
     def extra_repr(self) -> str:
         fused = "" if self.act == "none" else f", {self.act} fused"
@@ -276,6 +281,17 @@ def u8_mode(quants: dict[str, LayerQuant], modules: dict[str, nn.Module]) -> boo
     56x56x256, 10.3 / 12.5 at 28x28x512, 9.5 / 10.3 at 14x14x1024, equal at 7x7x2048."""
     convs = [modules[name] for name in quants if isinstance(modules.get(name), nn.Conv2d)]
     return bool(convs) and _has_onednn_conv() and all(onednn_runs(conv.groups) for conv in convs)
+
+
+def _allocates(new: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Does the emitted node ``new`` give its tensor in memory of its own, never its input's?"""
+    import torch.ao.nn.quantized as nnq
+
+    if new.op == "call_module":
+        return isinstance(modules.get(new.target), (OnednnConv2d, nnq.Conv2d, nnq.Linear, nn.MaxPool2d))
+    allocating = (torch.quantize_per_tensor, quantize_channels_last, torch.ops.quantized.add,
+                  torch.ops.quantized.add_relu, torch.ops.quantized.hardswish, F.max_pool2d)
+    return new.op == "call_function" and any(new.target is f for f in allocating)
 
 
 class _Builder:
@@ -359,7 +375,7 @@ class _Builder:
             return self.env[node]
         if kind == "u":
             return self.converted_copy(node, "q", lambda: self.graph.call_function(
-                torch._make_per_tensor_quantized_tensor, (self.env[node], *self.qp[node])))
+                quint8_view, (self.env[node], *self.qp[node])))
         self.qin_qp.setdefault(node, (scale, zp))
         quantize = quantize_channels_last if conv else torch.quantize_per_tensor
         return self.converted_copy(node, "q", lambda: self.graph.call_function(
@@ -370,7 +386,7 @@ class _Builder:
         if self.kind.get(node, "f") == "u":
             return self.env[node]
         q = self.as_q(node, scale, zp, conv=True)
-        return self.converted_copy(node, "u", lambda: self.graph.call_method("int_repr", (q,)))
+        return self.converted_copy(node, "u", lambda: self.graph.call_function(uint8_view, (q,)))
 
     def input_qparams(self, node: fx.Node) -> tuple[float, int] | None:
         return self.qp.get(node) if self.quantized(node) else self.qin_qp.get(node)
@@ -394,7 +410,8 @@ class _Builder:
         if kind is None:
             return None  # not computed yet: the other input's conv takes the sum
         buffer = self.env[other]
-        # a oneDNN conv's output, or a uint8 copy of a quint8 tensor: either is fresh memory
+        # a oneDNN conv's uint8 output, or a quint8 tensor (the sum goes into a uint8 view of
+        # it, or of a copy of it where it may be a view of another tensor: accum_input)
         fresh = kind == "q" or (kind == "u" and buffer.op == "call_module"
                                 and isinstance(self.modules.get(buffer.target), OnednnConv2d))
         if not fresh:
@@ -407,6 +424,16 @@ class _Builder:
                 if user not in self.env or self.layer(user) is None:
                     return None  # read later, or by an op that could keep a view of it
         return add, other
+
+    def accum_input(self, other: fx.Node) -> fx.Node:
+        """The uint8 tensor a fused sum is written into (:meth:`accum_for`'s ``other``): a view of
+        ``other``'s own memory where its op gave it fresh memory, else a copy (a dropout, a
+        reshape... may hand on the very tensor another op reads)."""
+        u = self.as_u8(other, *self.qp[other])
+        new = self.env[other]
+        if self.kind[other] == "u" or _allocates(new, self.modules):
+            return u
+        return self.graph.call_method("clone", (u,))
 
     def emit(self, node: fx.Node) -> None:
         if node in self.absorbed:  # fused into its producer: the producer's output stands for it
@@ -493,7 +520,7 @@ class _Builder:
             out = self.qparams(sum_relu or add)
             new = OnednnConv2d(layer, q, "none", in_qp, out, self.qp[other], "relu" if sum_relu else "none",
                                quantized_io=False)
-            self.install(node, layer, new, (x, self.as_u8(other, *self.qp[other])), "u", out, add,
+            self.install(node, layer, new, (x, self.accum_input(other)), "u", out, add,
                          "int8 oneDNN conv + fused residual sum" + (" + ReLU" if sum_relu else "")
                          + ", uint8 in / uint8 out")
             if sum_relu is not None:
