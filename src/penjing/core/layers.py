@@ -17,6 +17,7 @@ The rule every verb follows (:func:`pick_layers`):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,14 @@ from penjing.core.select import LayerSelector, _direct_tensors, _matches, type_n
 
 #: ``supports(name, module) -> None`` when the method handles the layer, else the reason not.
 Support = Callable[[str, nn.Module], str | None]
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 and its kin): a Linear whose weight is stored
+    transposed, ``[in, out]``. Checked without importing transformers."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None) if utils is not None else None
+    return conv1d is not None and isinstance(module, conv1d)
 
 
 def is_weighted(module: nn.Module) -> bool:

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from penjing.core.layers import is_hf_conv1d
 from penjing.core.report import Report, record
 from penjing.core.select import swap, type_name
 from penjing.quantization.fake_quant import ActFakeQuant, WeightFakeQuant, dynamic_quant, row_scales
@@ -219,7 +220,8 @@ class Int8Linear(_Int8Base):
     """
 
     @classmethod
-    def from_float(cls, layer: nn.Linear, backend: str = "auto") -> Int8Linear:
+    def from_float(cls, layer: nn.Module, backend: str = "auto") -> Int8Linear:
+        """From a fake-quantized ``nn.Linear`` or Hugging Face ``Conv1D``."""
         weight_q, scale, zp, act = _integer_weight(layer)
         if backend == "auto":
             backend = "fbgemm" if _has_fbgemm_linear() else "onednn" if _has_onednn_linear() else "reference"
@@ -417,11 +419,13 @@ def _integer_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch
     wq = next((p for p in parametrizations(layer) if isinstance(p, WeightFakeQuant)), None)
     if wq is None:
         raise ValueError(f"{type(layer).__name__} is not quantized; run penjing.quantize first")
-    if wq.spec.axis not in (None, 0):
-        raise ValueError("int8 layers take per-output-channel (axis 0) or per-tensor weight scales")
+    conv1d = is_hf_conv1d(layer)  # its weight is [in, out]: the int8 layer takes the transpose
+    if wq.spec.axis not in (None, 1 if conv1d else 0):
+        raise ValueError("int8 layers take per-output-channel or per-tensor weight scales")
     with torch.no_grad():
         w = layer.weight.detach()
         q = wq.integers(w)
+        q = q.t().contiguous() if conv1d else q
     act = getattr(layer, "input_quant", None)
     if isinstance(act, ActFakeQuant) and not act.enabled:
         raise ValueError("the input quantizer was never calibrated; run calibration first")
@@ -440,7 +444,7 @@ def _executable(layer: nn.Module) -> str | None:
     wq = _weight_quantizer(layer)
     if wq.spec.bits > 8:
         return f"{wq.spec.bits}-bit weights do not fit int8; it stays fake-quantized (float compute)"
-    if not isinstance(layer, nn.Linear | nn.Conv2d | nn.Embedding):
+    if not isinstance(layer, nn.Linear | nn.Conv2d | nn.Embedding) and not is_hf_conv1d(layer):
         return f"{type_name(layer)} has no int8 kernel; it stays fake-quantized (float compute)"
     if isinstance(layer, nn.Embedding) and layer.max_norm is not None:
         return "Embedding with max_norm renormalizes its rows in forward; it stays fake-quantized"
@@ -519,7 +523,7 @@ def convert_into(model: nn.Module, report: Report, backend: str = "auto", fuse_r
         was_training = module.training
         if isinstance(module, nn.Embedding):
             new = Int8Embedding.from_float(module)
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, nn.Linear) or is_hf_conv1d(module):  # a Conv1D: a Linear of its transpose
             new = Int8Linear.from_float(module, backend)
         else:
             new = Int8Conv2d.from_float(module, "auto" if backend == "fbgemm" else backend)

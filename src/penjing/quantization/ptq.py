@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from penjing.core.batch import batch_size_of, batches, run_forward, to_device
 from penjing.core.config import Run, verb
-from penjing.core.layers import pick_layers
+from penjing.core.layers import is_hf_conv1d, pick_layers
 from penjing.core.params import attach, parametrizations, remove
 from penjing.core.select import type_name
 from penjing.quantization.config import QuantConfig
@@ -58,9 +58,25 @@ def supports(name: str, module: nn.Module) -> str | None:
                 "functional forward, never called as a layer")
     if isinstance(module, _ConvTransposeNd):
         return "transposed convolutions have no quantizer in penjing"
-    if not isinstance(module, QUANTIZABLE):
-        return f"{type_name(module)} has no quantizer (Linear, Conv1d/2d/3d, Embedding have)"
+    if not isinstance(module, QUANTIZABLE) and not is_hf_conv1d(module):
+        return (f"{type_name(module)} has no quantizer (Linear, Conv1d/2d/3d, Embedding and Hugging "
+                "Face Conv1D have)")
     return None
+
+
+def takes_activations(module: nn.Module) -> bool:
+    """Is ``module``'s input a float activation (not an Embedding's indices)?"""
+    return isinstance(module, TAKES_ACTIVATIONS) or is_hf_conv1d(module)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """A Linear, or a Hugging Face ``Conv1D`` (a Linear with its weight stored ``[in, out]``)."""
+    return isinstance(module, nn.Linear) or is_hf_conv1d(module)
+
+
+def out_axis(module: nn.Module) -> int:
+    """The axis of ``module``'s weight that indexes output channels (per-channel scales)."""
+    return 1 if is_hf_conv1d(module) else 0
 
 
 def weight_quantizer(module: nn.Module) -> WeightFakeQuant | None:
@@ -281,15 +297,19 @@ def _prepare(model: nn.Module, config: QuantConfig, run: Run, layers, bits, undo
 
         factors, note = smooth_linears(model, layers, calib, config, run, undo.weights)
         run.report.note(note)
+        unsmoothed = [n for n, m in layers if is_hf_conv1d(m)]
+        if unsmoothed:
+            run.report.note(f"SmoothQuant migrates outliers of nn.Linear layers only: {len(unsmoothed)} Hugging "
+                            f"Face Conv1D layers ({unsmoothed[0]}, ...) are quantized without it")
     qat = config.mode == "qat"
     for name, module in layers:
-        spec = config.weight_spec(bits[name], axis=0)
+        spec = config.weight_spec(bits[name], axis=out_axis(module))
         undo.layers.append(module)
         with torch.no_grad():
             current = module.weight.detach()
         attach(module, WeightFakeQuant(current, spec, observer=config.observer, percentile=config.percentile,
                                        lsq=config.lsq and qat, observing=qat))
-        if config.activations == "static" and isinstance(module, TAKES_ACTIVATIONS):
+        if config.activations == "static" and takes_activations(module):
             attach_input_quant(module, ActFakeQuant(
                 config.act_spec(), observer="moving_average" if qat and config.act_observer == "minmax"
                 else config.act_observer, percentile=config.percentile, lsq=config.lsq and qat))
@@ -305,16 +325,16 @@ def _prepare(model: nn.Module, config: QuantConfig, run: Run, layers, bits, undo
         from penjing.quantization.fake_quant import mark_dynamic
 
         for name, module in layers:
-            if isinstance(module, nn.Linear):
+            if is_linear(module):
                 mark_dynamic(module, factors.get(name))
 
 
 def _describe_layer(config: QuantConfig, bits: int, module: nn.Module) -> str:
     weights = f"{bits}-bit {'per-channel' if config.per_channel else 'per-tensor'} weights"
-    if not isinstance(module, TAKES_ACTIVATIONS) or config.weight_only:
+    if not takes_activations(module) or config.weight_only:
         return weights + " (weight-only)"
     if config.activations == "dynamic":
-        if isinstance(module, nn.Linear):
+        if is_linear(module):
             return weights + ", 8-bit dynamic per-row activations"
         return weights + " (weight-only: dynamic activations are for Linear)"
     return weights + f", {config.act_bits}-bit static activations"

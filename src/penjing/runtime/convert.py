@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from penjing.codec.tensors import StoredSparse
+from penjing.core.layers import is_hf_conv1d
 from penjing.runtime.formats import MAX_CODE_BITS, BitWeights, SparseWeights
 from penjing.runtime.modules import (
     BinaryLinear,
@@ -84,14 +84,6 @@ def _weights_for(weight: torch.Tensor | StoredSparse, rows: int, cols: int, allo
 def _too_dense(nnz: int, numel: int) -> str:
     return (f"{nnz / max(numel, 1):.0%} of the weights are nonzero: above {MAX_SPARSE_DENSITY:.0%}, "
             "dense BLAS is faster than a sparse kernel")
-
-
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2 and its kin): a Linear whose weight is stored
-    transposed, ``[in, out]``. Checked without importing transformers."""
-    utils = sys.modules.get("transformers.pytorch_utils")
-    conv1d = getattr(utils, "Conv1D", None) if utils is not None else None
-    return conv1d is not None and isinstance(module, conv1d)
 
 
 def takes_kernel(module: nn.Module) -> bool:
