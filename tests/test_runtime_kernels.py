@@ -462,3 +462,49 @@ def test_kernels_join_torchs_openmp_team_only_when_they_share_its_runtime(monkey
     finally:
         monkeypatch.undo()
         build.threading_mode(k.lib, k.isa)  # back to what this process has
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_the_kernels_on_their_own_pool(monkeypatch):
+    """GNU OpenMP's team does not survive fork: a child's first parallel region would wait
+    forever for threads that are gone. After a fork the kernels switch to their own pool (a
+    child that calls torch's own parallel ops still hangs in those, as plain torch does)."""
+    import time
+
+    import numpy as np
+
+    from penjing.runtime import ops
+
+    k = build.kernels()
+    if k is None or k.threading != "openmp":
+        pytest.skip("the kernels do not run on torch's OpenMP team here")
+    monkeypatch.setattr(ops, "MIN_WORK_PER_THREAD", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(5)
+        w = SparseWeights.from_dense(sparse(300, 400, 0.3, gen), codebook=False)
+        X = torch.randn(400, 24, generator=gen)
+        want = ops.sparse_mm_kn(w, X, None).numpy().copy()  # the parent's team now exists
+        pid = os.fork()
+        if pid == 0:  # the child: only the kernel and numpy, nothing of torch's that goes parallel
+            code = 3
+            try:
+                got = ops.sparse_mm_kn(w, X, None).numpy()
+                code = 0 if (k.threading == "pool" and np.array_equal(got, want)) else 4
+            finally:
+                os._exit(code)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's kernel call hung")
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert k.threading == "openmp"  # the parent keeps torch's team
+    finally:
+        torch.set_num_threads(before)

@@ -142,7 +142,7 @@ def threading_mode(lib: ctypes.CDLL, isa: str) -> str:
     OpenMP and the process maps exactly one OpenMP runtime (so it is torch's). Otherwise
     ``"pool"`` (the kernels' own threads). ``PENJING_THREADS=pool`` forces the pool."""
     setter = getattr(lib, f"pj_set_openmp_{isa}", None)
-    shared = setter is not None and len(openmp_runtimes()) == 1
+    shared = setter is not None and len(openmp_runtimes()) == 1 and not _forked
     on = shared and os.environ.get("PENJING_THREADS", "").lower() != "pool"
     if setter is not None:
         setter.argtypes = [ctypes.c_int]
@@ -219,3 +219,20 @@ def reset(isa: str | None = None) -> Kernels | None:
             _cached = exc
             return None
         return _cached
+
+
+#: set in a child process made by fork: GNU OpenMP's team does not survive a fork, so a child's
+#: first parallel region would wait forever for threads that are gone (as torch's own ops do);
+#: the kernels there use their own pool, whose caller runs every chunk no thread has claimed
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+    if isinstance(_cached, Kernels) and _cached.threading == "openmp":
+        _cached.threading = threading_mode(_cached.lib, _cached.isa)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
