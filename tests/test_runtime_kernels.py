@@ -4,6 +4,7 @@ non-contiguous inputs."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import pytest
@@ -442,20 +443,26 @@ def test_reading_weight_decodes_the_dense_weight_each_time():
 
 
 def test_kernels_join_torchs_openmp_team_only_when_they_share_its_runtime(monkeypatch):
-    """With one OpenMP runtime mapped (torch's, which the library's libgomp resolves to) the
-    kernels run on torch's team; with two, or PENJING_THREADS=pool, on their own threads."""
+    """Bound to the OpenMP runtime torch uses (the library's libgomp.so.1 resolves to the one
+    torch loaded: the same omp_get_max_threads) the kernels run on torch's team; bound to
+    another, or with PENJING_THREADS=pool, on their own threads. A second runtime elsewhere
+    in the process (scikit-learn vendors one) changes nothing."""
     k = build.kernels()
     if k is None:
         pytest.skip("compiled kernels unavailable")
     if not hasattr(k.lib, f"pj_set_openmp_{k.isa}"):
         pytest.skip("the compiler here has no OpenMP: the kernels always use their own pool")
+    ours = getattr(k.lib, f"pj_openmp_symbol_{k.isa}")
+    ours.restype = ctypes.c_void_p
+    assert build.torch_openmp_symbol() is not None and ours() == build.torch_openmp_symbol()
     forced = os.environ.get("PENJING_THREADS", "").lower() == "pool"
-    assert k.threading == ("openmp" if len(build.openmp_runtimes()) == 1 and not forced else "pool")
+    assert k.threading == ("pool" if forced else "openmp")
     monkeypatch.delenv("PENJING_THREADS", raising=False)
     try:
-        monkeypatch.setattr(build, "openmp_runtimes", lambda: {"/a/libgomp.so.1", "/b/libiomp5.so"})
+        monkeypatch.setattr(build, "torch_openmp_symbol", lambda: 12345)  # torch bound elsewhere
         assert build.threading_mode(k.lib, k.isa) == "pool"
-        monkeypatch.setattr(build, "openmp_runtimes", lambda: {"/a/libgomp.so.1"})
+        monkeypatch.undo()
+        monkeypatch.delenv("PENJING_THREADS", raising=False)
         assert build.threading_mode(k.lib, k.isa) == "openmp"
         monkeypatch.setenv("PENJING_THREADS", "pool")
         assert build.threading_mode(k.lib, k.isa) == "pool"

@@ -123,26 +123,34 @@ def _compile_with(cc: str, variants: list[str], out: Path, extra: list[str]) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: OpenMP runtimes a process may map (GNU, LLVM, Intel)
-_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
+def torch_openmp_symbol() -> int | None:
+    """Address of ``omp_get_max_threads`` in the OpenMP runtime torch's CPU library is bound to."""
+    import torch
 
-
-def openmp_runtimes() -> set[str]:
-    """The OpenMP runtime files mapped into this process (Linux ``/proc/self/maps``)."""
     try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return set()
-    paths = {line.split(maxsplit=5)[-1] for line in lines if len(line.split(maxsplit=5)) == 6}
-    return {os.path.realpath(p) for p in paths if Path(p).name.startswith(_OPENMP_RUNTIMES)}
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return ctypes.cast(lib.omp_get_max_threads, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def shares_torch_openmp(lib: ctypes.CDLL, isa: str) -> bool:
+    """Is the library bound to the very OpenMP runtime torch uses? (Other runtimes a process
+    maps, such as scikit-learn's vendored libgomp, do not matter: each library is bound to one.)"""
+    ours = getattr(lib, f"pj_openmp_symbol_{isa}", None)
+    if ours is None:
+        return False
+    ours.restype = ctypes.c_void_p
+    theirs = torch_openmp_symbol()
+    return theirs is not None and ours() == theirs
 
 
 def threading_mode(lib: ctypes.CDLL, isa: str) -> str:
     """``"openmp"`` when the kernels run on torch's own OpenMP team: the library was built with
-    OpenMP and the process maps exactly one OpenMP runtime (so it is torch's). Otherwise
-    ``"pool"`` (the kernels' own threads). ``PENJING_THREADS=pool`` forces the pool."""
+    OpenMP and is bound to torch's runtime (:func:`shares_torch_openmp`). Otherwise ``"pool"``
+    (the kernels' own threads). ``PENJING_THREADS=pool`` forces the pool."""
     setter = getattr(lib, f"pj_set_openmp_{isa}", None)
-    shared = setter is not None and len(openmp_runtimes()) == 1 and not _forked
+    shared = setter is not None and shares_torch_openmp(lib, isa) and not _forked
     on = shared and os.environ.get("PENJING_THREADS", "").lower() != "pool"
     if setter is not None:
         setter.argtypes = [ctypes.c_int]

@@ -160,6 +160,7 @@ static void *pool_worker(void *arg) {
 static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER;
 
 #ifdef _OPENMP
+#include <omp.h>
 /* torch's own OpenMP team, where this library shares torch's OpenMP runtime (Python checks
  * that only one is mapped and sets this). After each of its ops torch's workers spin for a
  * few ms; a thread of the pool above then finds its core taken and the caller does nearly all
@@ -169,6 +170,9 @@ static pthread_mutex_t pool_job = PTHREAD_MUTEX_INITIALIZER;
 static int use_openmp = 0;
 
 void NAME(pj_set_openmp)(int on) { use_openmp = on; }
+
+/* The OpenMP runtime this library is bound to (Python compares it with torch's). */
+void *NAME(pj_openmp_symbol)(void) { return (void *)&omp_get_max_threads; }
 
 static void openmp_for(pj_task fn, void *ctx, int64_t n, int64_t chunk, int64_t nchunks, int nthreads) {
     _Atomic int64_t next = 0;
