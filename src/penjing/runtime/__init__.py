@@ -44,9 +44,12 @@ def convert(model, *, select=None):
     from penjing.runtime.load import _set_module
 
     modules = dict(model.named_modules())
+
+    def candidate(m) -> bool:
+        return is_weighted(m) or is_int8_layer(m)
+
     if select is not None:
-        unknown = sorted(n for n in select if n not in modules or not (is_weighted(modules[n])
-                                                                      or is_int8_layer(modules[n])))
+        unknown = sorted(n for n in select if n not in modules or not candidate(modules[n]))
         if unknown:
             raise ValueError(f"runtime.convert: select names no weighted layer of the model: {unknown[:5]}")
     report = Report("runtime.convert")
@@ -54,7 +57,7 @@ def convert(model, *, select=None):
     for name, module in modules.items():
         if not name or (select is not None and name not in select):
             continue
-        if not (is_weighted(module) or is_int8_layer(module)) or isinstance(module, RuntimeLayer):
+        if not candidate(module) or isinstance(module, RuntimeLayer):
             continue
         layer = kernel_layer(module)
         if isinstance(layer, str):

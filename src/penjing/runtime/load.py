@@ -216,11 +216,10 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
             return _load_whole(model, dense, path, runtime, rss0, return_info)
         _replay(model, file_info.structure, stored, path)
         layers: dict[str, RuntimeLayer] = {}
-        #: int8 layers taken by a kernel: name -> (the int8 module, its stored weight), which
-        #: ``auto`` loads and times as the dense alternative
-        int8: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
+        #: layers whose own module is the alternative ``auto`` times (an int8 layer runs its int8
+        #: kernel; a Conv1D keeps its ``[in, out]`` weight): name -> (module, stored weight)
+        itself: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
         kinds: dict[str, str] = {}
-        conv1d: dict[str, tuple[nn.Module, torch.Tensor | StoredSparse]] = {}
         for name, module in list(model.named_modules()):
             key = f"{name}.weight" if name else "weight"
             is_int8 = is_int8_layer(module)
@@ -252,11 +251,10 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
                 continue
             layers[name] = layer
             kinds[name] = type(module).__name__
-            if is_int8:
-                int8[name] = (module, weight)
-            elif is_hf_conv1d(module):  # auto's dense choice keeps the module (its weight stays [in, out])
+            if is_hf_conv1d(module):  # (its bias is taken out of the state below)
                 module.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-                conv1d[name] = (module, weight)
+            if is_int8 or is_hf_conv1d(module):
+                itself[name] = (module, weight)
             for k in own_keys:
                 stored.pop(k)
             stored.pop(key, None)
@@ -269,18 +267,19 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
         del rest
         sizes = _input_sizes(model, layers, example) if runtime == "auto" and example is not None else {}
         for name, layer in layers.items():
-            dense_bytes = (1 if name in int8 else 4) * _dense_numel(layer)
+            int8 = name in itself and is_int8_layer(itself[name][0])
+            dense_bytes = (1 if int8 else 4) * _dense_numel(layer)
             choice = LayerChoice(name, layer.format, "kernel", layer.weight_bytes, dense_bytes)
             if runtime == "auto":
                 if isinstance(layer, SparseConv2d) and name not in sizes:
                     raise ValueError(f"runtime='auto' times conv layer {name} on its input size: pass "
                                      "example=<an input of the model>, or use runtime='kernel'")
                 x = input_for(layer, batch, sizes.get(name))
-                if name in int8 or name in conv1d:  # the alternative is the layer itself (int8: its int8 kernel)
-                    module, stored_weight = int8[name] if name in int8 else conv1d[name]
+                if name in itself:
+                    module, stored_weight = itself[name]
                     # (a Conv1D of a meta-device skeleton takes the tensors themselves: assign)
                     module.load_state_dict({"weight": densify(stored_weight) if isinstance(stored_weight, StoredSparse)
-                                            else stored_weight}, strict=False, assign=name in conv1d)
+                                            else stored_weight}, strict=False, assign=not int8)
                     dense, make_dense = module, (lambda m=module: m)
                 else:
                     dense = dense_call(layer, layer.dense_weight())
@@ -291,15 +290,14 @@ def load_into(model: nn.Module, path: str | Path, *, runtime: str = "auto", batc
                     _set_module(model, name, make_dense())
                 del dense, make_dense
             choices.append(choice)
-            other = "int8 layer" if name in int8 else "dense"
+            other = "int8 layer" if int8 else "dense"
             timed = (f"kernel {ms_text(choice.kernel_s)} ms, {other} {ms_text(choice.dense_s)} ms at batch {batch}"
                      if choice.kernel_s is not None else "")
             if choice.chosen == "kernel":
                 report.touch(name, kinds[name], "stored weight", layer.format, timed)
             else:
                 report.skip(name, kinds[name], f"auto kept the {other}, faster: {timed}")
-        int8.clear()
-        conv1d.clear()
+        itself.clear()
     gc.collect()
     _trim_heap()
     if runtime == "dense":
